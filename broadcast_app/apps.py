@@ -1,0 +1,26 @@
+"""App config: registers checks and the settings hook; no queries, no network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.signals import setting_changed
+
+
+def _settings_changed(setting: str, **kwargs: Any) -> None:
+    if setting == "CHANNEL_LAYERS" or setting.startswith("BROADCAST_"):
+        from . import publisher
+
+        publisher.reset()
+
+
+class BroadcastAppConfig(AppConfig):
+    name = "broadcast_app"
+    verbose_name = "Broadcast"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
+
+        setting_changed.connect(_settings_changed, dispatch_uid="broadcast_app.settings")

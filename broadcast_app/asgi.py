@@ -1,0 +1,50 @@
+"""ASGI glue: run the instance's listener for the lifetime of the server.
+
+``with_broadcast(app)`` answers the ASGI ``lifespan`` protocol itself (uvicorn,
+hypercorn): the listener starts before the first request and is stopped cleanly on
+shutdown. Servers without lifespan (daphne) get it started lazily by the first HTTP
+request or websocket connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .listener import listener
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await listener.start()
+            except Exception as exc:  # report it the way ASGI servers expect
+                logger.exception("broadcast_app listener failed to start")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await listener.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def with_broadcast(app: Any) -> Any:
+    """Wrap an ASGI application so the broadcast listener runs alongside it."""
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        await listener.ensure_started()
+        await app(scope, receive, send)
+
+    return application

@@ -1,0 +1,92 @@
+"""The per-instance broadcast cache: each object's broadcast data, kept current by events.
+
+Built on Django's cache framework (alias ``BROADCAST_CACHE_ALIAS``). A miss loads the
+row from the database and stores it with ``add`` (never overwriting), so a load that
+raced with an incoming event cannot put stale data over the event's. ``created`` and
+``updated`` events overwrite the entry; ``deleted`` replaces it with a short-lived
+tombstone so a racing miss cannot bring the row back. Entries hold broadcast data only,
+exactly as in events (after a JSON round trip): never an excluded field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.cache import BaseCache, caches
+from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.db import models
+
+from .conf import conf
+from .events import field_values, serialize, to_json_data
+from .registry import ModelConfig, get_config
+
+__all__ = ["Lookup", "apply_event", "delete", "fetch", "get"]
+
+_TOMBSTONE_TIMEOUT = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The result of :func:`fetch`: the data (None if no such object) and whether it was cached."""
+
+    data: dict[str, Any] | None
+    hit: bool
+
+
+def _cache() -> BaseCache:
+    return caches[conf.BROADCAST_CACHE_ALIAS]
+
+
+def cache_key(label: str, pk: str) -> str:
+    """The cache key of one object's entry."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}:obj:{label}:{pk}"
+
+
+def is_in_memory() -> bool:
+    """True when cache calls never block on I/O, so the event loop may call them directly."""
+    return isinstance(_cache(), (LocMemCache, DummyCache))
+
+
+def load(config: ModelConfig, pk: Any) -> dict[str, Any] | None:
+    """Read one object's broadcast data from the database (None when it does not exist)."""
+    instance = config.model._default_manager.filter(pk=pk).first()
+    if instance is None:
+        return None
+    return to_json_data(serialize(config, instance, field_values(config, instance)))
+
+
+def fetch(model: type[models.Model] | str, pk: Any) -> Lookup:
+    """Return an object's broadcast data from this instance's cache, loading it on a miss."""
+    config = get_config(model)
+    key = cache_key(config.label, str(pk))
+    cache = _cache()
+    entry = cache.get(key)
+    if entry is not None:
+        return Lookup(entry.get("data"), True)
+    data = load(config, pk)
+    if data is not None:
+        cache.add(key, {"id": None, "data": data}, conf.BROADCAST_CACHE_TIMEOUT)
+    return Lookup(data, False)
+
+
+def get(model: type[models.Model] | str, pk: Any) -> dict[str, Any] | None:
+    """Return an object's broadcast data (None if it does not exist), cached per instance."""
+    return fetch(model, pk).data
+
+
+def delete(model: type[models.Model] | str, pk: Any) -> None:
+    """Drop one object's entry (the next :func:`get` reloads it)."""
+    config = get_config(model)
+    _cache().delete(cache_key(config.label, str(pk)))
+
+
+def apply_event(event: dict[str, Any]) -> None:
+    """Bring the cache in line with one received event (called by the listener)."""
+    key = cache_key(event["model"], event["pk"])
+    cache = _cache()
+    if event["op"] == "deleted":
+        cache.set(key, {"id": event["id"], "data": None}, _TOMBSTONE_TIMEOUT)
+    else:
+        cache.set(key, {"id": event["id"], "data": event["data"]}, conf.BROADCAST_CACHE_TIMEOUT)

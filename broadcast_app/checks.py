@@ -1,0 +1,127 @@
+"""System checks: misconfiguration is reported at startup with a hint, not at the first save."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, register
+
+from .conf import conf
+from .layer import PUBSUB_BACKEND, layer_config
+from .registry import all_configs
+
+_POSITIVE_INTS = (
+    "BROADCAST_QUEUE_SIZE",
+    "BROADCAST_LOG_MAXLEN",
+    "BROADCAST_MAX_FRAME_BYTES",
+    "BROADCAST_MAX_SUBSCRIPTIONS",
+    "BROADCAST_SEND_QUEUE_SIZE",
+)
+_POSITIVE_FLOATS = ("BROADCAST_REDIS_TIMEOUT", "BROADCAST_FLUSH_TIMEOUT")
+
+
+@register(Tags.compatibility)
+def check_channel_layer(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    alias = conf.BROADCAST_CHANNEL_LAYER
+    entry = layer_config()
+    if not entry:
+        return [
+            Error(
+                f"CHANNEL_LAYERS has no {alias!r} layer, which BROADCAST_CHANNEL_LAYER names.",
+                hint=(
+                    f"Add CHANNEL_LAYERS[{alias!r}] = {{'BACKEND': '{PUBSUB_BACKEND}', "
+                    "'CONFIG': {'hosts': ['redis://127.0.0.1:6379/0']}}, or point "
+                    "BROADCAST_CHANNEL_LAYER at an existing alias."
+                ),
+                id="broadcast_app.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    if entry.get("BACKEND") != PUBSUB_BACKEND:
+        errors.append(
+            Error(
+                f"CHANNEL_LAYERS[{alias!r}] uses {entry.get('BACKEND')!r}; broadcast_app "
+                "needs channels-redis' pub/sub layer.",
+                hint=(
+                    f"Set its BACKEND to '{PUBSUB_BACKEND}' (the core RedisChannelLayer drops "
+                    "group messages at capacity), or add a separate pub/sub alias and name "
+                    "it in BROADCAST_CHANNEL_LAYER."
+                ),
+                id="broadcast_app.E002",
+            )
+        )
+    config = entry.get("CONFIG") or {}
+    if config.get("symmetric_encryption_keys") or config.get(
+        "serializer_format", "msgpack"
+    ) not in (
+        "msgpack",
+        "json",
+    ):
+        errors.append(
+            Error(
+                f"CHANNEL_LAYERS[{alias!r}] uses encryption or a custom serializer_format, "
+                "which broadcast_app cannot publish in.",
+                hint="Use a separate layer alias with serializer_format 'msgpack' (or 'json') "
+                "and no symmetric_encryption_keys for BROADCAST_CHANNEL_LAYER.",
+                id="broadcast_app.E003",
+            )
+        )
+    return errors
+
+
+@register(Tags.caches)
+def check_cache(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    alias = conf.BROADCAST_CACHE_ALIAS
+    if alias not in getattr(settings, "CACHES", {}):
+        return [
+            Error(
+                f"BROADCAST_CACHE_ALIAS names {alias!r}, which is not in CACHES.",
+                hint="Add that alias to CACHES (a LocMemCache keeps one cache per instance) "
+                "or set BROADCAST_CACHE_ALIAS to an existing one.",
+                id="broadcast_app.E004",
+            )
+        ]
+    return []
+
+
+@register(Tags.models)
+def check_registry(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for config in all_configs():
+        unknown = config.unknown_field_names()
+        if unknown:
+            errors.append(
+                Error(
+                    f"broadcast_app.register({config.model.__name__}) names unknown field(s): "
+                    + ", ".join(unknown),
+                    hint="fields and exclude take names of the model's concrete fields.",
+                    obj=config.model,
+                    id="broadcast_app.E005",
+                )
+            )
+    return errors
+
+
+@register()
+def check_numbers(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for name in _POSITIVE_INTS + _POSITIVE_FLOATS:
+        try:
+            value = getattr(conf, name)
+            ok = value > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(
+                Error(
+                    f"{name} must be a positive number.",
+                    hint=f"Remove {name} to use its default, or give a number above 0.",
+                    id="broadcast_app.E006",
+                )
+            )
+    return errors

@@ -1,0 +1,88 @@
+"""Every setting of broadcast_app, read at access time (so ``override_settings`` works).
+
+Each property is one Django setting; the default is inline and the docstring is its
+one-line meaning. The README's configuration reference mirrors this file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from django.conf import settings
+
+
+class Settings:
+    """Typed access to the ``BROADCAST_*`` settings."""
+
+    @property
+    def BROADCAST_ENABLED(self) -> bool:
+        """Master switch: when False, saves are not captured and nothing is published."""
+        return bool(getattr(settings, "BROADCAST_ENABLED", True))
+
+    @property
+    def BROADCAST_CHANNEL_LAYER(self) -> str:
+        """Alias in ``CHANNEL_LAYERS`` of the RedisPubSubChannelLayer events travel on."""
+        return str(getattr(settings, "BROADCAST_CHANNEL_LAYER", "default"))
+
+    @property
+    def BROADCAST_GROUP_PREFIX(self) -> str:
+        """Prefix of the channel-layer group (one per model) and of the Redis keys."""
+        return str(getattr(settings, "BROADCAST_GROUP_PREFIX", "broadcast"))
+
+    @property
+    def BROADCAST_CACHE_ALIAS(self) -> str:
+        """Alias in ``CACHES`` of the per-instance broadcast cache."""
+        return str(getattr(settings, "BROADCAST_CACHE_ALIAS", "default"))
+
+    @property
+    def BROADCAST_CACHE_TIMEOUT(self) -> int | None:
+        """Seconds a broadcast cache entry lives (None: until evicted)."""
+        value = getattr(settings, "BROADCAST_CACHE_TIMEOUT", 3600)
+        return None if value is None else int(value)
+
+    @property
+    def BROADCAST_INSTANCE_ID(self) -> str:
+        """This process's id, the ``origin`` of its events (default: env var, else host:pid)."""
+        value = getattr(settings, "BROADCAST_INSTANCE_ID", None) or os.environ.get(
+            "BROADCAST_INSTANCE_ID"
+        )
+        return str(value) if value else f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def BROADCAST_REDIS_TIMEOUT(self) -> float:
+        """Seconds the publisher waits on Redis (connect and reply) before giving up."""
+        return float(getattr(settings, "BROADCAST_REDIS_TIMEOUT", 0.5))
+
+    @property
+    def BROADCAST_QUEUE_SIZE(self) -> int:
+        """Events a process holds for its publisher thread; more are dropped (and counted)."""
+        return int(getattr(settings, "BROADCAST_QUEUE_SIZE", 10_000))
+
+    @property
+    def BROADCAST_FLUSH_TIMEOUT(self) -> float:
+        """Seconds a process waits at exit for queued events to be published."""
+        return float(getattr(settings, "BROADCAST_FLUSH_TIMEOUT", 2.0))
+
+    @property
+    def BROADCAST_LOG_MAXLEN(self) -> int:
+        """Approximate number of events kept per model in the Redis stream that assigns ids."""
+        return int(getattr(settings, "BROADCAST_LOG_MAXLEN", 10_000))
+
+    @property
+    def BROADCAST_MAX_FRAME_BYTES(self) -> int:
+        """Largest websocket frame accepted from a client; larger ones get ``too_large``."""
+        return int(getattr(settings, "BROADCAST_MAX_FRAME_BYTES", 4096))
+
+    @property
+    def BROADCAST_MAX_SUBSCRIPTIONS(self) -> int:
+        """Subscriptions one websocket connection may hold at once."""
+        return int(getattr(settings, "BROADCAST_MAX_SUBSCRIPTIONS", 100))
+
+    @property
+    def BROADCAST_SEND_QUEUE_SIZE(self) -> int:
+        """Frames buffered per websocket connection; a client further behind is closed."""
+        return int(getattr(settings, "BROADCAST_SEND_QUEUE_SIZE", 1000))
+
+
+conf = Settings()

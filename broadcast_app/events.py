@@ -1,0 +1,158 @@
+"""The change event: values of broadcast fields, and the event's JSON.
+
+On the wire an event is the ``change`` frame of ``docs/protocol.md``. A publishing
+process builds every key but ``type`` and ``id``; Redis assigns the id and prepends
+both, so the frame text is built once and sent as-is to every websocket client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Literal
+
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+
+if TYPE_CHECKING:
+    from .registry import ModelConfig
+
+Op = Literal["created", "updated", "deleted"]
+
+_MISSING: Any = object()
+
+
+def normalize(field: models.Field[Any, Any], value: Any) -> Any:
+    """Bring a raw attribute value to the form it has after a database round trip.
+
+    ``price = "12.5"`` and ``Decimal("12.50")`` must compare equal and serialize alike,
+    or an event would differ from what a cache miss loads from the database.
+    """
+    if value is None:
+        return None
+    if isinstance(field, models.FileField):
+        return getattr(value, "name", value) or None
+    if field.is_relation:
+        return value
+    try:
+        value = field.to_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return value
+    if isinstance(field, models.DecimalField) and isinstance(value, Decimal):
+        with contextlib.suppress(InvalidOperation):  # too many digits: keep as is
+            value = value.quantize(Decimal(1).scaleb(-field.decimal_places))
+    return value
+
+
+def raw_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
+    """Attribute values of the broadcast fields as loaded, without touching deferred ones."""
+    loaded = instance.__dict__
+    return {f.attname: loaded.get(f.attname, _MISSING) for f in config.broadcast_fields}
+
+
+def field_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
+    """Normalized values of the broadcast fields, keyed by field name."""
+    return {f.name: normalize(f, f.value_from_object(instance)) for f in config.broadcast_fields}
+
+
+def serialize(
+    config: ModelConfig, instance: models.Model, values: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``data`` of an event: the serializer hook's output, or the field values.
+
+    Whatever a custom serializer returns, keys naming non-broadcast fields are dropped
+    here, so an excluded field cannot reach a payload or a cache entry by mistake.
+    """
+    if config.serializer is None:
+        return dict(values)
+    data = dict(config.serializer(instance))
+    for name in config.private_names.intersection(data):
+        del data[name]
+    return data
+
+
+def changed_fields(
+    config: ModelConfig, before: dict[str, Any], after: dict[str, Any]
+) -> list[str]:
+    """Broadcast fields whose normalized values differ, ``auto_now`` ones left out."""
+    return [
+        f.name
+        for f in config.broadcast_fields
+        if f.name not in config.volatile_names
+        and before.get(f.name, _MISSING) != after.get(f.name, _MISSING)
+    ]
+
+
+def to_json_data(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as it reads after a JSON round trip (what the cache and clients hold)."""
+    result: dict[str, Any] = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    return result
+
+
+def now_iso() -> str:
+    """The current UTC time in ISO 8601 with microseconds (the ``ts`` of events)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Change:
+    """One captured change of one row, before coalescing and publication."""
+
+    config: ModelConfig
+    pk: str
+    op: Op
+    data: dict[str, Any]
+    values: dict[str, Any]
+    before: dict[str, Any] | None = None
+    confirmed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def confirm(self) -> None:
+        """Commit hook: the savepoint this change was made in was not rolled back."""
+        self.confirmed = True
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    def changed(self) -> list[str]:
+        """The ``changed`` list of an ``updated`` event built from this change."""
+        if self.op != "updated" or self.before is None:
+            return []
+        return changed_fields(self.config, self.before, self.values)
+
+
+def event_body(change: Change, ts: str, origin: str) -> str:
+    """The event JSON without its opening ``{`` and without ``type`` and ``id``.
+
+    Redis prepends ``{"type":"change","id":"<id>",`` when it assigns the id.
+    """
+    body = json.dumps(
+        {
+            "op": change.op,
+            "model": change.label,
+            "pk": change.pk,
+            "data": change.data,
+            "changed": change.changed(),
+            "ts": ts,
+            "origin": origin,
+        },
+        cls=DjangoJSONEncoder,
+        separators=(",", ":"),
+    )
+    return body[1:]
+
+
+def frame_from_body(event_id: str, body: str) -> str:
+    """Rebuild a full ``change`` frame from a stored body (mirrors the Lua script)."""
+    return '{"type":"change","id":"' + event_id + '",' + body
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    """Sort key of an event id (a Redis stream id ``<ms>-<seq>``); ids are otherwise opaque."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,64 @@
+"""Where events travel: names and Redis routes derived from the channel layer's config.
+
+Events ride a channels-redis ``RedisPubSubChannelLayer``: one group per model, which
+each instance's listener joins through the layer. Publishing happens in a Lua script
+that assigns the event id and publishes in one atomic step (so ids increase in publish
+order even with many publishing processes); it therefore writes the group channel name
+and payload format that the layer itself reads. Both are derived here, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from channels_redis.utils import _consistent_hash, decode_hosts
+from django.conf import settings
+
+from .conf import conf
+
+PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
+#: ``type`` of the channel-layer message that carries one event
+MESSAGE_TYPE = "broadcast.event"
+
+
+def layer_config() -> dict[str, Any]:
+    """The ``CHANNEL_LAYERS`` entry broadcast_app uses ({} when missing)."""
+    layers = getattr(settings, "CHANNEL_LAYERS", {}) or {}
+    entry = layers.get(conf.BROADCAST_CHANNEL_LAYER, {})
+    return entry if isinstance(entry, dict) else {}
+
+
+def group_name(label: str) -> str:
+    """The channel-layer group of one model's events, e.g. ``broadcast.demo.product``."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}.{label}"
+
+
+def stream_key(label: str) -> str:
+    """The Redis stream that assigns (and keeps) one model's event ids."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}:log:{label}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one model's events go: Redis host kwargs, pub/sub channel, stream key."""
+
+    host: dict[str, Any]
+    channel: str
+    stream: str
+    serializer_format: str
+
+
+def route(label: str) -> Route:
+    """Compute the route of ``label`` exactly as the pubsub layer would for its group."""
+    config = layer_config().get("CONFIG", {}) or {}
+    hosts = decode_hosts(config.get("hosts"))
+    prefix = config.get("prefix", "asgi")
+    channel = f"{prefix}__group__{group_name(label)}"
+    host = hosts[_consistent_hash(channel, len(hosts))]
+    return Route(
+        host=dict(host),
+        channel=channel,
+        stream=stream_key(label),
+        serializer_format=str(config.get("serializer_format", "msgpack")),
+    )

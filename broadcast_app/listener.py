@@ -1,0 +1,145 @@
+"""The per-instance listener: one subscription to the change stream, local fan-out.
+
+Each ASGI process runs one listener task in its event loop. It joins every registered
+model's group on a channel layer of its own (so closing it never disturbs the project's
+consumers) and, for each event: updates the broadcast cache, sends ``change_received``,
+then hands the frame to this instance's subscribed websocket clients. Websocket
+consumers never join layer groups themselves: per-consumer groups collapse at a few
+hundred clients, one subscription plus direct local push does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
+
+from . import cache
+from .conf import conf
+from .hub import hub
+from .layer import MESSAGE_TYPE, group_name
+from .registry import all_configs, get_config
+from .signals import change_received
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+_STARTUP_WAIT = 5.0  # seconds start() waits for the subscription before returning
+_RETRY_MIN, _RETRY_MAX = 0.2, 5.0
+
+
+class Listener:
+    """Owns the listener task of the running event loop."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self.subscribed = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def ensure_started(self) -> None:
+        """Start the listener unless it already runs in this loop (cheap when it does)."""
+        if self._task is not None and self._loop is asyncio.get_running_loop():
+            return
+        await self.start(wait=False)
+
+    async def start(self, wait: bool = True) -> None:
+        """Start listening; with ``wait``, return once subscribed (or after a few seconds)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A new loop (tests, or a server restarted in-process): the old task, if
+            # any, died with its loop; lock and event are per loop.
+            self._loop, self._task = loop, None
+            self._lock = asyncio.Lock()
+            self.subscribed = asyncio.Event()
+        assert self._lock is not None
+        async with self._lock:
+            if self._task is None or self._task.done():
+                self.subscribed.clear()
+                self._task = loop.create_task(self._run(), name="broadcast-listener")
+        if wait:
+            try:
+                await asyncio.wait_for(self.subscribed.wait(), _STARTUP_WAIT)
+            except TimeoutError:
+                logger.warning("broadcast_app listener is not subscribed yet; retrying")
+
+    async def stop(self) -> None:
+        """Cancel the listener task and wait for it to close its connections."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        # The task's own CancelledError comes back as a value; our cancellation propagates.
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = _RETRY_MIN
+        while True:
+            layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
+            try:
+                channel = await layer.new_channel("broadcast-listener.")
+                for config in all_configs():
+                    await layer.group_add(group_name(config.label), channel)
+                self.subscribed.set()
+                logger.info("broadcast_app listener subscribed to %d model(s)", len(all_configs()))
+                delay = _RETRY_MIN
+                while True:
+                    message = await layer.receive(channel)
+                    if message.get("type") == MESSAGE_TYPE:
+                        await self.handle(message["frame"])
+            except asyncio.CancelledError:
+                await _close(layer)
+                raise
+            except Exception as exc:
+                self.subscribed.clear()
+                stats.incr("listener_errors")
+                logger.warning(
+                    "broadcast_app listener lost Redis (%s); retrying in %.1fs", exc, delay
+                )
+                await _close(layer)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+
+    async def handle(self, frame: str) -> None:
+        """Process one event frame: cache, ``change_received``, local clients."""
+        try:
+            event: dict[str, Any] = json.loads(frame)
+            config = get_config(event["model"])
+        except Exception:
+            stats.incr("bad_events")
+            logger.warning("broadcast_app listener ignored a malformed event")
+            return
+        stats.incr("received")
+        hub.last_ids[config.label] = event["id"]
+        try:
+            if cache.is_in_memory():
+                cache.apply_event(event)
+            else:
+                await sync_to_async(cache.apply_event, thread_sensitive=False)(event)
+        except Exception:
+            stats.incr("cache_errors")
+            logger.exception("broadcast_app could not update the cache for %s", config.label)
+        if change_received.receivers:
+            try:
+                await change_received.asend(sender=config.model, event=event)
+            except Exception:
+                logger.exception("a change_received receiver failed for %s", config.label)
+        stats.incr("delivered", hub.deliver(frame, event))
+
+
+async def _close(layer: Any) -> None:
+    try:
+        await layer.flush()
+    except Exception:  # closing a broken connection may fail too; nothing to save
+        logger.debug("broadcast_app listener: error while closing the layer", exc_info=True)
+
+
+listener = Listener()

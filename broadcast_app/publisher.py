@@ -1,0 +1,246 @@
+"""Hand committed changes to a background thread that publishes them to Redis.
+
+A ``save()`` only pays for building the event JSON and a ``put_nowait`` on a bounded
+queue: it never waits on Redis, so a Redis outage cannot make it fail or hang. One
+daemon thread per process drains the queue in batches and sends each batch in one
+pipelined round trip over a persistent connection (no event loop, no connection per
+event). Each event goes through a Lua script that appends it to the model's stream
+(``XADD``: Redis assigns the id) and publishes it on the model's channel-layer group in
+the same atomic step, so ids increase in publish order across every publishing process.
+
+Events that cannot be published (queue full, Redis down or slower than
+``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from .conf import conf
+from .events import Change, event_body, now_iso
+from .layer import route
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["flush", "publish", "reset", "stats"]
+
+PUBLISH_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[2])
+local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
+local message = {type = 'broadcast.event', frame = frame}
+local payload
+if ARGV[4] == 'json' then
+  payload = cjson.encode(message)
+else
+  payload = cmsgpack.pack(message)
+end
+redis.call('PUBLISH', ARGV[3], payload)
+return id
+"""
+
+_BATCH = 500
+_WARN_EVERY = 10.0  # seconds between two warnings of the same kind (no log flood)
+
+
+def make_client(host: dict[str, Any], timeout: float) -> redis.Redis:
+    """A sync Redis client for one channel-layer host entry, with bounded timeouts."""
+    host = dict(host)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # No retry loop inside redis-py: a failed batch is counted and the next one
+        # reconnects, which keeps the time lost to an outage bounded.
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 30,
+    }
+    if "address" in host:
+        address = host.pop("address")
+        return redis.Redis.from_url(address, **{**host, **options})
+    if "master_name" in host:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            host.pop("sentinels"),
+            sentinel_kwargs=host.pop("sentinel_kwargs", None) or options,
+            **options,
+        )
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            host.pop("master_name"), **{**host, **options}
+        )
+        return master
+    return redis.Redis(**{**host, **options})
+
+
+class Publisher:
+    """The per-process publisher thread and its queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._clients: dict[str, redis.Redis] = {}
+        self._scripts: dict[str, Any] = {}
+        self._last_warning: dict[str, float] = {}
+        self._atexit_registered = False
+        #: test hooks (see broadcast_app.testing): called with each event dict
+        self.sinks: list[Any] = []
+        #: whether events still go to Redis while a sink is installed
+        self.forward = True
+
+    # -- called from saving threads -------------------------------------------------
+
+    def publish(self, changes: Iterable[Change]) -> None:
+        """Queue events for publication; never blocks, never raises."""
+        try:
+            ts, origin = now_iso(), conf.BROADCAST_INSTANCE_ID
+            items = [(c.label, event_body(c, ts, origin)) for c in changes]
+        except Exception:
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not encode an event")
+            return
+        if not items:
+            return
+        if self.sinks:
+            for _label, body in items:
+                event = json.loads('{"type":"change","id":null,' + body)
+                for sink in self.sinks:
+                    sink(event)
+            if not self.forward:
+                return
+        q = self._ensure_thread()
+        for item in items:
+            try:
+                q.put_nowait(item)
+            except queue.Full:
+                stats.incr("dropped")
+                self._warn(
+                    "full", "broadcast_app publish queue is full; dropping %s event", item[0]
+                )
+            else:
+                stats.incr("queued")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued event was sent (or failed). True if the queue drained."""
+        q = self._queue
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                q.all_tasks_done.wait(remaining)
+        return True
+
+    def reset(self) -> None:
+        """Forget Redis clients (settings changed); the thread reconnects lazily."""
+        with self._lock:
+            self._clients = {}
+
+    def _ensure_thread(self) -> queue.Queue[tuple[str, str]]:
+        if self._pid == os.getpid() and self._thread is not None:
+            return self._queue
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None:
+                # New process (first use, or a fork): threads and sockets did not survive.
+                self._pid = os.getpid()
+                self._queue = queue.Queue(maxsize=conf.BROADCAST_QUEUE_SIZE)
+                self._clients = {}
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._queue,), name="broadcast-publisher", daemon=True
+                )
+                self._thread.start()
+                if not self._atexit_registered:
+                    atexit.register(self._at_exit)
+                    self._atexit_registered = True
+        return self._queue
+
+    def _at_exit(self) -> None:
+        # Short-lived processes (manage.py shell, commands, workers) save and exit at once.
+        if self._pid == os.getpid() and not self.flush(conf.BROADCAST_FLUSH_TIMEOUT):
+            logger.warning("broadcast_app exited with events still queued (flush timed out)")
+
+    # -- the publisher thread ---------------------------------------------------------
+
+    def _run(self, q: queue.Queue[tuple[str, str]]) -> None:
+        while True:
+            batch = [q.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._send(batch)
+            except Exception:  # never let the thread die
+                stats.incr("publish_errors", len(batch))
+                logger.exception("broadcast_app publisher failed on a batch")
+            finally:
+                for _ in batch:
+                    q.task_done()
+
+    def _send(self, batch: list[tuple[str, str]]) -> None:
+        by_host: dict[str, list[tuple[Any, tuple[str, str]]]] = {}
+        for label, body in batch:
+            r = route(label)
+            key = repr(sorted(r.host.items()))
+            by_host.setdefault(key, []).append((r, (label, body)))
+        for key, items in by_host.items():
+            client = self._client(key, items[0][0].host)
+            script = self._scripts[key]
+            try:
+                pipe = client.pipeline(transaction=False)
+                maxlen = conf.BROADCAST_LOG_MAXLEN
+                for r, (_label, body) in items:
+                    script(
+                        keys=[r.stream],
+                        args=[maxlen, body, r.channel, r.serializer_format],
+                        client=pipe,
+                    )
+                pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                stats.incr("publish_errors", len(items))
+                self._warn(
+                    "redis",
+                    "broadcast_app could not publish %s event(s) to Redis: %s",
+                    len(items),
+                    exc,
+                )
+                with self._lock:
+                    self._clients.pop(key, None)
+                client.close()
+            else:
+                stats.incr("published", len(items))
+
+    def _client(self, key: str, host: dict[str, Any]) -> redis.Redis:
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
+                self._clients[key] = client
+                self._scripts[key] = client.register_script(PUBLISH_SCRIPT)
+            return client
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._last_warning[kind] = now
+            logger.warning(message, *args)
+
+
+_publisher = Publisher()
+publish = _publisher.publish
+flush = _publisher.flush
+reset = _publisher.reset

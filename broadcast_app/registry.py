@@ -1,0 +1,164 @@
+"""Which models broadcast, and how: the opt-in registry.
+
+A project calls :func:`register` (usually in its ``AppConfig.ready()``) once per model.
+Registration connects the capture signal receivers for that model only, so models that
+do not broadcast pay nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.apps import apps
+from django.db import models
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+    User = AbstractBaseUser | AnonymousUser
+
+#: ``serializer(instance) -> dict`` returning the broadcast data of one object.
+Serializer = Callable[[models.Model], dict[str, Any]]
+#: ``object_check(user, data) -> bool``: may this user see this object's event?
+ObjectCheck = Callable[["User", Mapping[str, Any]], bool]
+
+
+class AlreadyRegistered(Exception):
+    """The model was registered for broadcasting twice."""
+
+
+class NotRegistered(LookupError):
+    """The model (or label) is not registered for broadcasting."""
+
+
+@dataclass(eq=False)
+class ModelConfig:
+    """How one model broadcasts. Built by :func:`register`; read-only afterwards."""
+
+    model: type[models.Model]
+    fields: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    serializer: Serializer | None = None
+    permission: str | None = None
+    object_check: ObjectCheck | None = None
+    #: concrete fields that are broadcast, in model order
+    broadcast_fields: tuple[models.Field[Any, Any], ...] = field(init=False, default=())
+    #: names of fields that must never leave the process (model fields not broadcast)
+    private_names: frozenset[str] = field(init=False, default=frozenset())
+    #: broadcast fields that change by themselves on every save (``auto_now``)
+    volatile_names: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        opts = self.model._meta
+        concrete = [f for f in opts.concrete_fields]
+        wanted = set(self.fields) if self.fields is not None else None
+        excluded = set(self.exclude)
+        chosen = tuple(
+            f
+            for f in concrete
+            if (wanted is None or f.name in wanted or f.primary_key) and f.name not in excluded
+        )
+        self.broadcast_fields = chosen
+        chosen_names = {f.name for f in chosen}
+        private: set[str] = set()
+        for f in opts.get_fields():
+            if getattr(f, "concrete", False) and f.name not in chosen_names:
+                private.add(f.name)
+                private.add(getattr(f, "attname", f.name))
+        self.private_names = frozenset(private)
+        self.volatile_names = frozenset(f.name for f in chosen if getattr(f, "auto_now", False))
+
+    @property
+    def label(self) -> str:
+        """The model's lower-case label, ``app_label.model_name``: its name on the wire."""
+        return self.model._meta.label_lower
+
+    @property
+    def view_permission(self) -> str:
+        """The permission a user needs to subscribe (default: the model's ``view``)."""
+        if self.permission is not None:
+            return self.permission
+        opts = self.model._meta
+        return f"{opts.app_label}.view_{opts.model_name}"
+
+    def unknown_field_names(self) -> list[str]:
+        """Names in ``fields``/``exclude`` that are not concrete fields of the model."""
+        names = {f.name for f in self.model._meta.concrete_fields}
+        given = list(self.fields or ()) + list(self.exclude)
+        return [n for n in given if n not in names]
+
+
+_registry: dict[str, ModelConfig] = {}
+
+
+def register(
+    model: type[models.Model],
+    *,
+    fields: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    serializer: Serializer | None = None,
+    permission: str | None = None,
+    object_check: ObjectCheck | None = None,
+) -> ModelConfig:
+    """Make ``model`` broadcast its saves and deletes.
+
+    ``fields`` / ``exclude`` choose the broadcast fields (the primary key is always
+    included); ``serializer(instance) -> dict`` replaces the default field dump (its
+    output is still stripped of every non-broadcast field); ``permission`` is the
+    Django permission needed to subscribe (default ``<app>.view_<model>``);
+    ``object_check(user, data) -> bool`` is asked before each object's event is sent
+    to a user (it runs in the event loop: keep it fast and free of queries).
+    """
+    from . import capture
+
+    config = ModelConfig(
+        model=model,
+        fields=tuple(fields) if fields is not None else None,
+        exclude=tuple(exclude),
+        serializer=serializer,
+        permission=permission,
+        object_check=object_check,
+    )
+    if config.label in _registry:
+        raise AlreadyRegistered(f"{config.label} is already registered for broadcasting.")
+    _registry[config.label] = config
+    capture.connect(config)
+    return config
+
+
+def unregister(model: type[models.Model]) -> None:
+    """Stop broadcasting ``model`` (mainly for tests)."""
+    from . import capture
+
+    config = _registry.pop(model._meta.label_lower, None)
+    if config is None:
+        raise NotRegistered(model._meta.label_lower)
+    capture.disconnect(config)
+
+
+def get_config(model_or_label: type[models.Model] | str) -> ModelConfig:
+    """Return the config of a registered model, by class or ``app_label.model`` label."""
+    if isinstance(model_or_label, str):
+        label = model_or_label.lower()
+    else:
+        label = model_or_label._meta.label_lower
+    try:
+        return _registry[label]
+    except KeyError:
+        raise NotRegistered(label) from None
+
+
+def all_configs() -> list[ModelConfig]:
+    """Every registered model's config, in registration order."""
+    return list(_registry.values())
+
+
+def model_for_label(label: str) -> type[models.Model] | None:
+    """The model class for a label, registered or not (None when unknown)."""
+    try:
+        return apps.get_model(label)
+    except (LookupError, ValueError):
+        return None
