@@ -1,0 +1,258 @@
+/**
+ * The browser client of broadcast_app: one websocket to `/ws/broadcast/` that carries
+ * every subscription of the page.
+ *
+ * A plain ES module, no build step, no dependencies:
+ *
+ *     import { connect } from "/static/broadcast_app/js/broadcast.js";
+ *     const client = connect({ onStatus: (status) => console.log(status) });
+ *     const unsubscribe = client.subscribe("demo.product", {
+ *       onChange: (event) => console.log(event.op, event.pk, event.data),
+ *     });
+ *
+ * The client reconnects by itself (exponential backoff with jitter) and resubscribes
+ * with `since`, the last event id each subscription saw, so the server can replay what
+ * was missed meanwhile. An event id seen twice (a replay overlapping live events) is
+ * delivered once.
+ *
+ * @module broadcast
+ */
+
+/** @typedef {"connecting" | "open" | "reconnecting" | "closed"} Status */
+
+/**
+ * A change to one object, as the server sends it.
+ *
+ * @typedef {object} ChangeEvent
+ * @property {"change"} type
+ * @property {string} id  The event id, increasing per model.
+ * @property {"created" | "updated" | "deleted"} op
+ * @property {string} model  The model's label, `app_label.model_name`.
+ * @property {string} pk
+ * @property {Object<string, *> | null} data  The object's broadcast fields.
+ * @property {string[]} changed  The fields an update changed.
+ * @property {string} ts  When the change was published (ISO 8601).
+ * @property {string} origin  The server instance that published it.
+ */
+
+/**
+ * An error the server reports, about a subscription when `ref` is set.
+ *
+ * @typedef {object} ErrorFrame
+ * @property {"error"} type
+ * @property {string} code
+ * @property {string} detail
+ * @property {string} [ref]
+ */
+
+/**
+ * @typedef {object} ConnectOptions
+ * @property {string} [url]  The websocket URL. Default: `/ws/broadcast/` on this page's
+ *   host, `wss:` when the page is served over `https:`.
+ * @property {(status: Status) => void} [onStatus]  Called on each status change (the same
+ *   status is also dispatched on `document` as a `broadcast:status` event).
+ * @property {(error: ErrorFrame) => void} [onError]  Server errors no subscription handles.
+ *   Default: `console.warn`.
+ * @property {number} [pingInterval=20000]  Milliseconds between keepalive pings.
+ * @property {number} [minDelay=500]  Milliseconds before the first reconnection attempt.
+ * @property {number} [maxDelay=30000]  The longest wait between reconnection attempts.
+ */
+
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {string | number} [pk]  One object only; omit it for every object of the model.
+ * @property {(event: ChangeEvent) => void} onChange  Called with each change event.
+ * @property {(error: ErrorFrame) => void} [onError]  Errors about this subscription.
+ */
+
+/**
+ * @typedef {object} Client
+ * @property {(model: string, options: SubscribeOptions) => () => void} subscribe  Start
+ *   receiving a model's (or one object's) changes; returns the function that stops it.
+ * @property {() => void} close  Close the connection for good.
+ * @property {Status} status  The connection's current status.
+ */
+
+/** How many recent event ids are remembered to drop duplicates. */
+const SEEN_IDS_KEPT = 1000;
+
+/**
+ * Open a connection to the broadcast websocket.
+ *
+ * @param {ConnectOptions} [options]
+ * @returns {Client}
+ */
+export function connect(options = {}) {
+  const {
+    url = defaultUrl(),
+    onStatus = () => {},
+    onError = (error) => console.warn("broadcast:", error.code, error.detail),
+    pingInterval = 20_000,
+    minDelay = 500,
+    maxDelay = 30_000,
+  } = options;
+
+  /** One entry per model or model and pk; several subscribe() calls may share one. */
+  const subscriptions = new Map();
+  const seenIds = new Set();
+  let socket = null;
+  let status = null;
+  let closed = false;
+  let attempt = 0;
+  let lastHeard = 0;
+  let refs = 0;
+  let retryTimer = null;
+  let pingTimer = null;
+
+  function setStatus(next) {
+    if (next === status) return;
+    status = next;
+    onStatus(next);
+    document.dispatchEvent(new CustomEvent("broadcast:status", { detail: next }));
+  }
+
+  function send(frame) {
+    if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
+  function subscribeFrame(sub) {
+    const frame = { type: "subscribe", model: sub.model, ref: sub.ref };
+    if (sub.pk !== null) frame.pk = sub.pk;
+    if (sub.lastId !== null) frame.since = sub.lastId;
+    return frame;
+  }
+
+  function open() {
+    setStatus(attempt === 0 ? "connecting" : "reconnecting");
+    const ws = new WebSocket(url);
+    socket = ws;
+    ws.onopen = () => {
+      lastHeard = Date.now();
+      setStatus("open");
+      for (const sub of subscriptions.values()) send(subscribeFrame(sub));
+      pingTimer = setInterval(keepalive, pingInterval);
+    };
+    ws.onmessage = (message) => {
+      lastHeard = Date.now();
+      // Only a server that talks back counts as recovered: one that accepts and then
+      // closes at once must not be hammered at the shortest delay.
+      attempt = 0;
+      receive(message.data);
+    };
+    // An "error" is always followed by "close", which does the work.
+    ws.onclose = () => dropped(ws);
+  }
+
+  function keepalive() {
+    // Nothing heard through two pings: the connection is dead without having closed
+    // (a sleeping laptop, a dropped network), so stop waiting for "close".
+    if (Date.now() - lastHeard > 2 * pingInterval) {
+      dropped(socket);
+      return;
+    }
+    send({ type: "ping" });
+  }
+
+  function dropped(ws) {
+    if (ws === null || ws !== socket) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.close();
+    socket = null;
+    clearInterval(pingTimer);
+    if (closed) return;
+    const delay = Math.min(maxDelay, minDelay * 2 ** attempt);
+    attempt += 1;
+    setStatus("reconnecting");
+    // Jitter spreads the reconnections of many pages after a server restart.
+    retryTimer = setTimeout(open, delay / 2 + (Math.random() * delay) / 2);
+  }
+
+  function receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (frame.type === "change") {
+      deliver(frame);
+    } else if (frame.type === "subscribed") {
+      // Without events of its own yet, a subscription resumes from where it started.
+      const sub = byRef(frame.ref);
+      if (sub && sub.lastId === null && frame.last_id) sub.lastId = frame.last_id;
+    } else if (frame.type === "error") {
+      const handlers = [...(byRef(frame.ref)?.listeners ?? [])]
+        .map((listener) => listener.onError)
+        .filter(Boolean);
+      for (const handler of handlers.length ? handlers : [onError]) call(handler, frame);
+    }
+  }
+
+  function deliver(event) {
+    if (seenIds.has(event.id)) return;
+    seenIds.add(event.id);
+    if (seenIds.size > SEEN_IDS_KEPT) seenIds.delete(seenIds.values().next().value);
+    const pk = String(event.pk);
+    for (const sub of subscriptions.values()) {
+      if (sub.model !== event.model || (sub.pk !== null && sub.pk !== pk)) continue;
+      sub.lastId = event.id;
+      for (const listener of [...sub.listeners]) call(listener.onChange, event);
+    }
+  }
+
+  function byRef(ref) {
+    for (const sub of subscriptions.values()) if (sub.ref === ref) return sub;
+    return undefined;
+  }
+
+  function subscribe(model, { pk = null, onChange, onError: onSubError } = {}) {
+    if (typeof onChange !== "function") throw new TypeError("subscribe() needs onChange");
+    const key = pk === null ? model : `${model}#${pk}`;
+    let sub = subscriptions.get(key);
+    if (!sub) {
+      sub = { model, pk: pk === null ? null : String(pk), ref: `s${++refs}`, lastId: null };
+      sub.listeners = new Set();
+      subscriptions.set(key, sub);
+      send(subscribeFrame(sub));
+    }
+    const listener = { onChange, onError: onSubError };
+    sub.listeners.add(listener);
+    return () => {
+      if (!sub.listeners.delete(listener) || sub.listeners.size) return;
+      subscriptions.delete(key);
+      const frame = { type: "unsubscribe", model };
+      if (sub.pk !== null) frame.pk = sub.pk;
+      send(frame);
+    };
+  }
+
+  function close() {
+    closed = true;
+    clearTimeout(retryTimer);
+    dropped(socket);
+    setStatus("closed");
+  }
+
+  open();
+  return {
+    subscribe,
+    close,
+    get status() {
+      return status;
+    },
+  };
+}
+
+function defaultUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws/broadcast/`;
+}
+
+/** Run a callback so that its exception is reported but stops nothing else. */
+function call(callback, argument) {
+  try {
+    callback(argument);
+  } catch (error) {
+    console.error(error);
+  }
+}

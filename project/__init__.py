@@ -1,0 +1,1 @@
+"""The demo project of broadcast_app: settings, URLs and the ASGI/WSGI entry points."""

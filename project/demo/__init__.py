@@ -1,0 +1,1 @@
+"""The demo app: a product catalogue whose changes broadcast live."""

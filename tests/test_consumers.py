@@ -1,0 +1,244 @@
+"""The websocket endpoint, through WebsocketCommunicator, with real Redis behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, Permission, User
+from django.test import override_settings
+
+from broadcast_app.events import id_key
+from broadcast_app.routing import websocket_urlpatterns
+from project.demo.models import Product
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+TIMEOUT = 5
+
+
+def viewer() -> User:
+    user = User.objects.create_user("viewer", password="x")
+    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    return User.objects.get(pk=user.pk)  # fresh permission cache
+
+
+def make(sku: str, **fields: Any) -> Product:
+    values: dict[str, Any] = {"name": sku, "price": Decimal("1.00"), "stock": 1}
+    values.update(fields)
+    return Product.objects.create(sku=sku, **values)
+
+
+def make_quietly(sku: str, **fields: Any) -> Product:
+    """Create a product without an event (so none can race with the test's frames)."""
+    with override_settings(BROADCAST_ENABLED=False):
+        return make(sku, **fields)
+
+
+async def connect(user: Any) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/broadcast/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected
+    return communicator
+
+
+async def ask(ws: WebsocketCommunicator, frame: Any) -> dict[str, Any]:
+    if isinstance(frame, bytes):
+        await ws.send_to(bytes_data=frame)
+    else:
+        await ws.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+    reply: dict[str, Any] = await ws.receive_json_from(timeout=TIMEOUT)
+    return reply
+
+
+@pytest_asyncio.fixture
+async def anon_ws(running_listener: Any) -> AsyncIterator[WebsocketCommunicator]:
+    ws = await connect(AnonymousUser())
+    yield ws
+    await ws.disconnect()
+
+
+@pytest_asyncio.fixture
+async def viewer_ws(running_listener: Any) -> AsyncIterator[WebsocketCommunicator]:
+    ws = await connect(await database_sync_to_async(viewer)())
+    yield ws
+    await ws.disconnect()
+
+
+async def test_ping_pong(anon_ws: WebsocketCommunicator) -> None:
+    assert await ask(anon_ws, {"type": "ping"}) == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json {", "bad_json"),
+        (b"\x00\x01binary", "bad_request"),
+        ("[1, 2]", "bad_request"),
+        ('"just a string"', "bad_request"),
+        ({"type": "dance"}, "bad_request"),
+        ({"no": "type"}, "bad_request"),
+        ({"type": "subscribe"}, "bad_request"),
+        ({"type": "subscribe", "model": 12}, "bad_request"),
+        ({"type": "subscribe", "model": "demo.product", "pk": ["x"]}, "bad_request"),
+        ({"type": "subscribe", "model": "demo.product", "pk": "abc"}, "bad_request"),
+        ({"type": "subscribe", "model": "auth.user"}, "unknown_model"),
+        ({"type": "subscribe", "model": "no.such"}, "unknown_model"),
+        ({"type": "unsubscribe", "model": "nope"}, "unknown_model"),
+        ("x" * 5000, "too_large"),
+        ({"type": "ping", "pad": "é" * 3000}, "too_large"),
+    ],
+)
+async def test_bad_frames_get_error_frames_and_the_connection_stays_usable(
+    anon_ws: WebsocketCommunicator, frame: Any, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        reply = await ask(anon_ws, frame)
+    assert reply["type"] == "error"
+    assert reply["code"] == code
+    assert reply["detail"]
+    assert await ask(anon_ws, {"type": "ping"}) == {"type": "pong"}
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_error_frames_echo_ref(anon_ws: WebsocketCommunicator) -> None:
+    reply = await ask(anon_ws, {"type": "subscribe", "model": "x.y", "ref": {"n": 7}})
+    assert reply == {
+        "type": "error",
+        "code": "unknown_model",
+        "detail": reply["detail"],
+        "ref": {"n": 7},
+    }
+
+
+async def test_anonymous_subscribe_is_forbidden(anon_ws: WebsocketCommunicator) -> None:
+    reply = await ask(anon_ws, {"type": "subscribe", "model": "demo.product", "ref": 1})
+    assert (reply["type"], reply["code"], reply["ref"]) == ("error", "forbidden", 1)
+
+
+async def test_subscribed_then_change_events_then_unsubscribe(
+    viewer_ws: WebsocketCommunicator,
+) -> None:
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "ref": "r1"})
+    assert reply == {
+        "type": "subscribed",
+        "model": "demo.product",
+        "pk": None,
+        "ref": "r1",
+        "last_id": reply["last_id"],
+    }
+    product = await database_sync_to_async(make)("S-1", cost_price=Decimal("3.33"))
+    event = await viewer_ws.receive_json_from(timeout=TIMEOUT)
+    assert event["type"] == "change"
+    assert (event["op"], event["model"], event["pk"]) == (
+        "created",
+        "demo.product",
+        str(product.pk),
+    )
+    assert "cost_price" not in event["data"]
+    assert isinstance(event["id"], str) and event["id"]
+
+    # Swap the model-wide subscription for one on another object: a save of `product`
+    # must no longer arrive, so the next frame is the other object's event.
+    other = await database_sync_to_async(make)("S-2")
+    assert (await viewer_ws.receive_json_from(timeout=TIMEOUT))["pk"] == str(other.pk)
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": other.pk})
+    assert (reply["type"], reply["pk"]) == ("subscribed", str(other.pk))
+
+    def touch_both() -> None:
+        product.stock = 50
+        product.save()
+        other.stock = 60
+        other.save()
+
+    await database_sync_to_async(touch_both)()
+    event = await viewer_ws.receive_json_from(timeout=TIMEOUT)
+    assert (event["pk"], event["changed"], event["data"]["stock"]) == (
+        str(other.pk),
+        ["stock"],
+        60,
+    )
+
+
+async def test_subscription_to_model_and_object_delivers_once(
+    viewer_ws: WebsocketCommunicator,
+) -> None:
+    product = await database_sync_to_async(make_quietly)("D-1")
+    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product"})
+    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": str(product.pk)})
+
+    def two_saves() -> None:
+        product.stock = 2
+        product.save()
+        product.stock = 3
+        product.save()
+
+    await database_sync_to_async(two_saves)()
+    first = await viewer_ws.receive_json_from(timeout=TIMEOUT)
+    second = await viewer_ws.receive_json_from(timeout=TIMEOUT)
+    assert (first["data"]["stock"], second["data"]["stock"]) == (2, 3)
+    assert id_key(first["id"]) < id_key(second["id"])
+
+
+@override_settings(BROADCAST_MAX_SUBSCRIPTIONS=2)
+async def test_subscriptions_per_connection_are_bounded(viewer_ws: WebsocketCommunicator) -> None:
+    for pk in ("1", "2"):
+        reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": pk})
+        assert reply["type"] == "subscribed"
+    # Subscribing again to the same target is not a new subscription.
+    again = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": "2"})
+    assert again["type"] == "subscribed"
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": "3"})
+    assert (reply["type"], reply["code"]) == ("error", "too_many_subscriptions")
+
+
+async def test_object_check_filters_subscriptions_and_events(
+    running_listener: Any, reregister: Any
+) -> None:
+    reregister(exclude=["cost_price"], object_check=lambda user, data: data.get("stock", 0) > 0)
+    hidden = await database_sync_to_async(make_quietly)("H-1", stock=0)
+    ws = await connect(await database_sync_to_async(viewer)())
+    try:
+        reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": hidden.pk})
+        assert (reply["type"], reply["code"]) == ("error", "forbidden")
+        await ask(ws, {"type": "subscribe", "model": "demo.product"})
+        await database_sync_to_async(make)("H-2", stock=0)
+        shown = await database_sync_to_async(make)("V-1", stock=4)
+        event = await ws.receive_json_from(timeout=TIMEOUT)
+        assert event["pk"] == str(shown.pk)
+    finally:
+        await ws.disconnect()
+
+
+async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_behind(
+    running_listener: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from broadcast_app.hub import hub
+
+    user = await database_sync_to_async(viewer)()
+    before = hub.count()
+    with caplog.at_level(logging.WARNING):
+        clients = await asyncio.gather(*(connect(user) for _ in range(200)))
+        replies = await asyncio.gather(
+            *(ask(ws, {"type": "subscribe", "model": "demo.product"}) for ws in clients)
+        )
+        assert {r["type"] for r in replies} == {"subscribed"}
+        assert hub.count() == before + 200
+        product = await database_sync_to_async(make)("BURST-1")
+        events = await asyncio.gather(*(ws.receive_json_from(timeout=TIMEOUT) for ws in clients))
+        assert {e["pk"] for e in events} == {str(product.pk)}
+        await asyncio.gather(*(ws.disconnect() for ws in clients))
+    assert hub.count() == before
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
