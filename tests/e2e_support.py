@@ -1,0 +1,450 @@
+"""Process and protocol helpers for the end-to-end tests (tests/test_e2e.py).
+
+A throwaway database (SQLite file, or a uniquely named PostgreSQL database), the demo's
+``manage.py`` run in subprocesses, real uvicorn instances whose output goes to files,
+and thin HTTP (admin forms) and websocket clients. Every process started here is
+stopped by the context manager or method that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from broadcast_app.embedded_redis import free_port
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+#: seconds an instance may take to answer HTTP after it starts
+STARTUP_TIMEOUT = 30.0
+#: seconds an instance may take to exit after SIGTERM before it is killed
+STOP_TIMEOUT = 10.0
+#: seconds a ``manage.py`` subprocess may run
+MANAGE_TIMEOUT = 120.0
+#: seconds to wait for one websocket frame
+FRAME_TIMEOUT = 10.0
+
+
+# -- database -------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(env_url: str | None, directory: Path) -> Iterator[str]:
+    """Yield the ``DATABASE_URL`` of an empty database, removed afterwards.
+
+    A PostgreSQL ``env_url`` gives a uniquely named database on that server (created and
+    dropped through its ``postgres`` database); anything else a SQLite file in
+    ``directory``.
+    """
+    if env_url and urlsplit(env_url).scheme in {"postgres", "postgresql", "pgsql"}:
+        with _postgres_database(env_url) as url:
+            yield url
+    else:
+        yield f"sqlite:///{directory / 'e2e.sqlite3'}"
+
+
+@contextmanager
+def _postgres_database(env_url: str) -> Iterator[str]:
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(env_url)
+    name = f"broadcast_e2e_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.conninfo.make_conninfo(
+        host=parts.hostname or "",
+        port=parts.port or 5432,
+        user=parts.username or "",
+        password=parts.password or "",
+        dbname="postgres",
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            # FORCE: a connection left behind by a killed instance must not keep it alive.
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# -- manage.py ------------------------------------------------------------------------
+
+
+def manage(
+    *args: str, env: Mapping[str, str], timeout: float = MANAGE_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python manage.py <args>``; raise with its output when it fails."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"manage.py {args[0]} exited with {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+async def manage_async(
+    *args: str, env: Mapping[str, str], timeout: float = MANAGE_TIMEOUT
+) -> tuple[int, str, str]:
+    """Run ``python manage.py <args>`` without blocking the event loop: (code, out, err)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "manage.py",
+        *args,
+        cwd=BASE_DIR,
+        env=dict(env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def last_json_line(output: str) -> Any:
+    """The JSON value a ``shell -c`` script printed on its last line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"no output to parse: {output!r}")
+    return json.loads(lines[-1])
+
+
+# -- uvicorn instances ----------------------------------------------------------------
+
+
+@dataclass
+class Instance:
+    """One uvicorn process of the demo project, its port and its captured output."""
+
+    name: str
+    env: dict[str, str]
+    log_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    _files: list[Any] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        """An ``Origin`` header value this instance accepts."""
+        return self.base_url
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/broadcast/"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.log_dir / f"{self.name}.stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_dir / f"{self.name}.stderr.log"
+
+    def start(self, attempts: int = 3) -> None:
+        """Start uvicorn on a free port and wait until it answers HTTP.
+
+        A port found free may be taken before uvicorn binds it: that attempt exits at
+        once and the next one uses another port.
+        """
+        for attempt in range(1, attempts + 1):
+            self.port = free_port()
+            self._spawn()
+            try:
+                self._wait_ready(STARTUP_TIMEOUT)
+                return
+            except _ExitedEarly:
+                self.stop()
+                if attempt == attempts:
+                    raise RuntimeError(
+                        f"instance {self.name} could not start:\n{self.log_text()}"
+                    ) from None
+
+    def _spawn(self) -> None:
+        command = [
+            sys.executable, "-m", "uvicorn", "project.asgi:application",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--ws-per-message-deflate", "false",
+            "--lifespan", "on",
+        ]  # fmt: skip
+        stdout = self.stdout_path.open("ab")
+        stderr = self.stderr_path.open("ab")
+        self._files = [stdout, stderr]
+        self.process = subprocess.Popen(
+            command, cwd=BASE_DIR, env=self.env, stdout=stdout, stderr=stderr
+        )
+
+    def _wait_ready(self, timeout: float) -> None:
+        # The lifespan startup subscribes the listener before uvicorn accepts
+        # connections, so an HTTP answer also means events will be received.
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise _ExitedEarly()
+                try:
+                    client.get(f"{self.base_url}/admin/login/")
+                    return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"instance {self.name} gave no HTTP answer in {timeout:.0f}s:\n"
+                        f"{self.log_text()}"
+                    )
+                time.sleep(0.1)  # readiness polling, bounded by the deadline
+
+    def stop(self) -> None:
+        """SIGTERM, wait, SIGKILL if needed; close the log files."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT)
+        for file in self._files:
+            file.close()
+        self._files = []
+
+    def log_text(self) -> str:
+        """Everything the instance wrote to stdout and stderr so far."""
+        parts = []
+        for path in (self.stdout_path, self.stderr_path):
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "\n".join(parts)
+
+
+class _ExitedEarly(Exception):
+    """The uvicorn process exited before answering HTTP."""
+
+
+@contextmanager
+def running_instances(
+    envs: Mapping[str, dict[str, str]], log_dir: Path
+) -> Iterator[list[Instance]]:
+    """Start one instance per ``{name: env}``, ready to serve; always stop them all."""
+    instances = [Instance(name, env, log_dir) for name, env in envs.items()]
+    try:
+        for instance in instances:
+            instance.start()
+        yield instances
+    finally:
+        for instance in instances:
+            instance.stop()
+
+
+# -- HTTP: admin login and forms ------------------------------------------------------
+
+
+class FormParser(HTMLParser):
+    """The fields of one ``<form>`` (by id) as a browser would submit them, bar buttons."""
+
+    def __init__(self, form_id: str | None = None) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.fields: dict[str, str] = {}
+        self._in_form = False
+        self._textarea: str | None = None
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = {key: value or "" for key, value in attrs}
+        if tag == "form":
+            self._in_form = self.form_id is None or attr.get("id") == self.form_id
+        if not self._in_form or ("name" not in attr and tag != "option"):
+            return
+        if tag == "input":
+            kind = attr.get("type", "text").lower()
+            if kind in {"submit", "button", "image", "reset", "file"}:
+                return
+            if kind in {"checkbox", "radio"} and "checked" not in attr:
+                return
+            self.fields[attr["name"]] = attr.get("value", "on" if kind == "checkbox" else "")
+        elif tag == "textarea":
+            self._textarea = attr["name"]
+            self.fields[attr["name"]] = ""
+        elif tag == "select":
+            self._select = attr["name"]
+        elif tag == "option" and self._select is not None and "selected" in attr:
+            self.fields[self._select] = attr.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._in_form = False
+        elif tag == "textarea":
+            self._textarea = None
+        elif tag == "select":
+            self._select = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea is not None:
+            self.fields[self._textarea] += data
+
+
+def form_fields(html: str, form_id: str | None = None) -> dict[str, str]:
+    """Parse the submittable fields of a form out of a page."""
+    parser = FormParser(form_id)
+    parser.feed(html)
+    parser.close()
+    return parser.fields
+
+
+def login(base_url: str, username: str, password: str) -> str:
+    """Log in through the admin login form; return the ``sessionid`` cookie."""
+    with httpx.Client(base_url=base_url, timeout=10.0, trust_env=False) as client:
+        page = client.get("/admin/login/", params={"next": "/admin/"})
+        page.raise_for_status()
+        fields = form_fields(page.text, "login-form")
+        fields.update(username=username, password=password, next="/admin/")
+        response = client.post(
+            "/admin/login/", data=fields, headers={"Referer": f"{base_url}/admin/login/"}
+        )
+        if response.status_code != 302 or "sessionid" not in response.cookies:
+            raise AssertionError(
+                f"login of {username!r} failed: {response.status_code}\n{response.text[:2000]}"
+            )
+        return str(response.cookies["sessionid"])
+
+
+@asynccontextmanager
+async def http_client(base_url: str, session_id: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of one instance, logged in with ``session_id`` when given."""
+    cookies = {"sessionid": session_id} if session_id else None
+    async with httpx.AsyncClient(
+        base_url=base_url, cookies=cookies, timeout=10.0, trust_env=False
+    ) as client:
+        yield client
+
+
+async def admin_change(client: httpx.AsyncClient, model: str, pk: int, **changes: str) -> None:
+    """Submit the admin change form of one object, as loaded, with ``changes`` applied."""
+    url = f"/admin/{model.replace('.', '/')}/{pk}/change/"
+    page = await client.get(url)
+    assert page.status_code == 200, f"GET {url}: {page.status_code}"
+    form_id = f"{model.split('.')[1]}_form"
+    fields = form_fields(page.text, form_id)
+    assert "csrfmiddlewaretoken" in fields, f"no csrf token in the form {form_id}"
+    missing = set(changes) - set(fields)
+    assert not missing, f"the form has no field(s) {sorted(missing)}: {sorted(fields)}"
+    fields.update(changes)
+    fields["_save"] = "Save"
+    referer = str(client.base_url.join(url))
+    response = await client.post(url, data=fields, headers={"Referer": referer})
+    if response.status_code != 302:
+        errors = re.findall(r'<ul class="errorlist[^"]*"[^>]*>.*?</ul>', response.text, re.S)
+        raise AssertionError(
+            f"POST {url}: {response.status_code} {errors or response.text[:2000]}"
+        )
+
+
+# -- websocket ------------------------------------------------------------------------
+
+
+class Socket:
+    """A websocket client speaking the broadcast protocol, each wait bounded."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    async def send(self, message: Any) -> None:
+        """Send a JSON text frame (a ``str`` or ``bytes`` goes out as is)."""
+        if isinstance(message, str | bytes):
+            await self.connection.send(message)
+        else:
+            await self.connection.send(json.dumps(message))
+
+    async def receive(self, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        """The next frame, decoded; fails after ``timeout`` seconds."""
+        try:
+            raw = await asyncio.wait_for(self.connection.recv(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no frame within {timeout}s") from None
+        assert isinstance(raw, str), f"expected a text frame, got {raw!r}"
+        frame: dict[str, Any] = json.loads(raw)
+        return frame
+
+    async def ask(self, message: Any) -> dict[str, Any]:
+        """Send one frame and return the next frame received."""
+        await self.send(message)
+        return await self.receive()
+
+    async def subscribe(
+        self, model: str, pk: str | None = None, ref: Any = None
+    ) -> dict[str, Any]:
+        """Subscribe and check the ``subscribed`` answer; return it."""
+        message: dict[str, Any] = {"type": "subscribe", "model": model, "ref": ref}
+        if pk is not None:
+            message["pk"] = pk
+        reply = await self.ask(message)
+        assert reply["type"] == "subscribed", reply
+        assert (reply["model"], reply["pk"], reply["ref"]) == (model, pk, ref), reply
+        return reply
+
+    async def expect_nothing_queued(self) -> None:
+        """Ping: the server writes frames in order, so the pong must come next."""
+        assert await self.ask({"type": "ping"}) == {"type": "pong"}
+
+
+@asynccontextmanager
+async def websocket(
+    url: str, *, origin: str | None, session_id: str | None = None
+) -> AsyncIterator[Socket]:
+    """Open a websocket with an ``Origin`` and the session cookie (either may be left out)."""
+    headers = {"Cookie": f"sessionid={session_id}"} if session_id else None
+    async with connect(
+        url,
+        origin=origin,  # type: ignore[arg-type]
+        additional_headers=headers,
+        compression=None,
+        proxy=None,
+        open_timeout=FRAME_TIMEOUT,
+        close_timeout=5,
+    ) as connection:
+        yield Socket(connection)
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """This process's environment with ``overrides`` (the demo reads its config from it)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env.update(overrides)
+    return env
