@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis
+from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import override_settings
 
 from broadcast_app import publisher
@@ -65,6 +67,9 @@ async def running_listener() -> AsyncIterator[Any]:
     yield listener
     await listener.stop()
     hub.last_ids.clear()
+    # Close what the thread that ran database_sync_to_async calls still holds open, or
+    # PostgreSQL refuses to drop the test database at the end of the session.
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from channels.db import database_sync_to_async
+from django.db import connection
 from django.test import override_settings
 
 from broadcast_app import cache, publisher
@@ -174,8 +175,11 @@ def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
             saved = threading.Event()
 
             def save() -> None:
-                make(sku="SLOW-1")
-                saved.set()
+                try:
+                    make(sku="SLOW-1")
+                    saved.set()
+                finally:
+                    connection.close()  # this thread's own connection
 
             # The save itself runs while the publisher is stuck waiting on the socket.
             make(sku="SLOW-0")
