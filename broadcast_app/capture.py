@@ -1,34 +1,30 @@
-"""Capture saves and deletes of registered models, buffered per transaction.
+"""Capture saves, deletes and many-to-many changes of registered models.
 
-Changes made inside ``transaction.atomic`` are held until the outermost block commits,
-then coalesced per row and handed to the publisher. Savepoint rollbacks are honoured
-with Django's own mechanism: every change registers an ``on_commit`` hook that merely
-confirms it, and Django discards the hooks of a rolled-back savepoint. One extra hook
-per transaction, kept last in the connection's hook list, then coalesces the confirmed
-changes: it must run after every confirmation, and Django offers no "after all commit
-hooks" point, so we keep it at the end ourselves (see ``_TxnState.keep_last``).
+Each change becomes a :class:`~.events.Change` recorded in the transaction buffer
+(:mod:`.buffer`), which publishes it after commit. Previous values come from a snapshot
+taken when the instance was loaded (``post_init``), so ``changed`` costs no query.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 from functools import partial
 from typing import Any
 
-from django.db import connections, models
-from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models.signals import post_delete, post_init, post_save
+from django.db import models
+from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
 
-from . import publisher
+from . import echo
+from .buffer import record
 from .conf import conf
 from .events import _MISSING, Change, field_values, normalize, raw_values, serialize
 from .registry import ModelConfig
+from .rows import RowSet
 from .stats import stats
 
 logger = logging.getLogger(__name__)
 
-_SNAPSHOT = "_broadcast_snapshot"
+SNAPSHOT = "_broadcast_snapshot"
 
 
 def connect(config: ModelConfig) -> None:
@@ -41,17 +37,27 @@ def connect(config: ModelConfig) -> None:
         partial(_on_post_delete, config), sender=model, weak=False, dispatch_uid=uid
     )
 
+    for f in config.m2m_fields:
+        m2m_changed.connect(
+            partial(_on_m2m_changed, config, f.name),
+            sender=f.remote_field.through,
+            weak=False,
+            dispatch_uid=f"{uid}:{f.name}",
+        )
+
 
 def disconnect(config: ModelConfig) -> None:
     """Undo :func:`connect`."""
     uid = f"broadcast_app:{config.label}"
     for signal in (post_init, post_save, post_delete):
         signal.disconnect(sender=config.model, dispatch_uid=uid)
+    for f in config.m2m_fields:
+        m2m_changed.disconnect(sender=f.remote_field.through, dispatch_uid=f"{uid}:{f.name}")
 
 
 def _on_post_init(config: ModelConfig, instance: models.Model, **kwargs: Any) -> None:
     # The values as loaded are the "before" of the next save: no query needed later.
-    instance.__dict__[_SNAPSHOT] = raw_values(config, instance)
+    instance.__dict__[SNAPSHOT] = raw_values(config, instance)
 
 
 def _before_values(
@@ -93,9 +99,9 @@ def _on_post_save(
         current_raw = raw_values(config, instance)
         before = None
         if not created:
-            snapshot = instance.__dict__.get(_SNAPSHOT) or {}
+            snapshot = instance.__dict__.get(SNAPSHOT) or {}
             before = _before_values(config, snapshot, current_raw, values, deferred)
-        instance.__dict__[_SNAPSHOT] = current_raw
+        instance.__dict__[SNAPSHOT] = current_raw
         change = Change(
             config=config,
             pk=str(instance.pk),
@@ -109,7 +115,7 @@ def _on_post_save(
         stats.incr("capture_errors")
         logger.exception("broadcast_app could not capture a save of %s", config.label)
         return
-    _record(change, using)
+    record_item(change, using)
 
 
 def _on_post_delete(
@@ -133,81 +139,50 @@ def _on_post_delete(
         stats.incr("capture_errors")
         logger.exception("broadcast_app could not capture a delete of %s", config.label)
         return
-    _record(change, using)
+    record_item(change, using)
 
 
-class _TxnState:
-    """The changes captured in one transaction of one connection."""
-
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-
-    def flush(self) -> None:
-        changes, self.changes = self.changes, []
-        publisher.publish(coalesce(changes))
-
-    def registered_in(self, conn: BaseDatabaseWrapper) -> bool:
-        # Django rebuilds the hook tuples on savepoint rollback, so match on the function.
-        return any(entry[1] == self.flush for entry in reversed(conn.run_on_commit))
-
-    def keep_last(self, conn: BaseDatabaseWrapper) -> None:
-        hooks = conn.run_on_commit
-        if len(hooks) >= 2 and hooks[-2][1] == self.flush:
-            hooks[-2], hooks[-1] = hooks[-1], hooks[-2]
-            return
-        for index in range(len(hooks) - 1, -1, -1):
-            if hooks[index][1] == self.flush:
-                hooks.append(hooks.pop(index))
-                return
-        # Empty sids: no savepoint rollback may discard it; only a full rollback does.
-        hooks.append((set(), self.flush, True))  # type: ignore[arg-type]  # stubs lag Django
+def record_item(item: Change | RowSet, using: str) -> None:
+    """Attribute ``item`` to the current websocket, if any, and buffer it."""
+    socket = echo.current()
+    if socket is not None:
+        item.socket_id, item.to_others = socket
+    item.to_others = item.to_others or item.config.to_others
+    record(item, using)
 
 
-_states: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _TxnState] = weakref.WeakKeyDictionary()
-
-
-def _record(change: Change, using: str) -> None:
-    conn = connections[using]
-    if not conn.in_atomic_block:
-        # Autocommit: the write is committed already (on_commit would run at once too).
-        change.confirmed = True
-        publisher.publish(coalesce([change]))
+def _on_m2m_changed(
+    config: ModelConfig,
+    field_name: str,
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    pk_set: set[Any] | None,
+    using: str,
+    **kwargs: Any,
+) -> None:
+    if not conf.BROADCAST_ENABLED:
         return
-    state = _states.get(conn)
-    if state is None or not state.registered_in(conn):
-        # First change of this transaction, or the last one was rolled back whole.
-        state = _states[conn] = _TxnState()
-    state.changes.append(change)
-    conn.on_commit(change.confirm, robust=True)
-    state.keep_last(conn)
-
-
-def coalesce(changes: list[Change]) -> list[Change]:
-    """Fold the confirmed changes of one transaction into at most one per row."""
-    merged: dict[tuple[str, str], Change | None] = {}
-    for change in changes:
-        if not change.confirmed:
-            continue
-        key = (change.label, change.pk)
-        previous = merged.get(key)
-        merged[key] = change if previous is None else _merge(previous, change)
-    return [
-        kept
-        for kept in merged.values()
-        if kept is not None and not (kept.op == "updated" and not kept.changed())
-    ]
-
-
-def _merge(first: Change, later: Change) -> Change | None:
-    if first.op == "created":
-        if later.op == "deleted":
-            return None  # never visible outside the transaction
-        return Change(first.config, first.pk, "created", later.data, later.values, confirmed=True)
-    if later.op == "deleted":
-        return later
-    # first updated or deleted, later created or updated: the row existed before the
-    # transaction and exists after it, so it is an update against its original values.
-    before = first.before if first.before is not None else first.values
-    return Change(
-        first.config, first.pk, "updated", later.data, later.values, before, confirmed=True
-    )
+    forced = frozenset({field_name})
+    if not reverse and isinstance(instance, config.model):
+        if action in {"post_add", "post_remove", "post_clear"}:
+            values = field_values(config, instance)
+            data = serialize(config, instance, values)
+            record_item(
+                Change(config, str(instance.pk), "updated", data, values, forced=forced), using
+            )
+        return
+    # The other side changed (e.g. tag.article_set.add(article)): pk_set holds our rows.
+    stash = f"_broadcast_clear_{config.label}_{field_name}"
+    if action == "pre_clear":
+        manager = config.model._base_manager.using(using)
+        instance.__dict__[stash] = set(
+            manager.filter(**{field_name: instance.pk}).values_list("pk", flat=True)
+        )
+        return
+    if action == "post_clear":
+        pk_set = instance.__dict__.pop(stash, set())
+    elif action not in {"post_add", "post_remove"}:
+        return
+    if pk_set:
+        record_item(RowSet(config, "updated", [str(pk) for pk in pk_set], forced=forced), using)

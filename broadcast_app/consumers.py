@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -23,6 +24,7 @@ from django.core.exceptions import ValidationError
 
 from . import cache
 from .conf import conf
+from .echo import valid_socket_id
 from .hub import hub
 from .listener import listener
 from .registry import ModelConfig, NotRegistered, get_config
@@ -56,6 +58,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         await listener.ensure_started()
         self.user = self.scope.get("user") or AnonymousUser()
+        # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
+        # its HTTP requests repeat in X-Socket-ID to be spared their own echo.
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.socket_id = valid_socket_id((query.get("socket_id") or [None])[0])
         self.subscriptions = set()
         self.permissions: dict[str, bool] = {}
         self.outbox = asyncio.Queue(maxsize=conf.BROADCAST_SEND_QUEUE_SIZE)
@@ -97,6 +103,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Called by the hub for each event this connection subscribed to."""
+        if event.get("to_others") and self.socket_id and event.get("socket_id") == self.socket_id:
+            return
         config = get_config(event["model"])
         if config.object_check is not None:
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +59,19 @@ def field_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
     return {f.name: normalize(f, f.value_from_object(instance)) for f in config.broadcast_fields}
 
 
+def m2m_values(config: ModelConfig, instance: models.Model) -> dict[str, list[Any]]:
+    """The broadcast many-to-many fields as sorted lists of related pks (a query each)."""
+    prefetched = getattr(instance, "_prefetched_objects_cache", {})
+    result = {}
+    for f in config.m2m_fields:
+        if f.name in prefetched:
+            pks = [obj.pk for obj in prefetched[f.name]]
+        else:
+            pks = list(getattr(instance, f.name).values_list("pk", flat=True))
+        result[f.name] = sorted(pks)
+    return result
+
+
 def serialize(
     config: ModelConfig, instance: models.Model, values: dict[str, Any]
 ) -> dict[str, Any]:
@@ -68,7 +81,10 @@ def serialize(
     here, so an excluded field cannot reach a payload or a cache entry by mistake.
     """
     if config.serializer is None:
-        return dict(values)
+        data = dict(values)
+        if config.m2m_fields:
+            data.update(m2m_values(config, instance))
+        return data
     data = dict(config.serializer(instance))
     for name in config.private_names.intersection(data):
         del data[name]
@@ -76,13 +92,19 @@ def serialize(
 
 
 def changed_fields(
-    config: ModelConfig, before: dict[str, Any], after: dict[str, Any]
+    config: ModelConfig, before: dict[str, Any], after: dict[str, Any], partial: bool = False
 ) -> list[str]:
-    """Broadcast fields whose normalized values differ, ``auto_now`` ones left out."""
+    """Broadcast fields whose normalized values differ, ``auto_now`` ones left out.
+
+    A field missing from ``before`` counts as changed, unless ``before`` is ``partial``
+    (a bulk update knows the old values of the fields it set, and only those).
+    """
     return [
         f.name
         for f in config.broadcast_fields
         if f.name not in config.volatile_names
+        and not f.primary_key
+        and not (partial and f.name not in before)
         and before.get(f.name, _MISSING) != after.get(f.name, _MISSING)
     ]
 
@@ -109,7 +131,13 @@ class Change:
     values: dict[str, Any]
     before: dict[str, Any] | None = None
     confirmed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: ``before`` holds only the fields a bulk update set
+    partial: bool = False
+    #: fields known to have changed without a value comparison (many-to-many, bulk)
+    forced: frozenset[str] = frozenset()
+    #: the websocket whose page made the change (``X-Socket-ID``), and whether to skip it
+    socket_id: str | None = None
+    to_others: bool = False
 
     def confirm(self) -> None:
         """Commit hook: the savepoint this change was made in was not rolled back."""
@@ -121,9 +149,60 @@ class Change:
 
     def changed(self) -> list[str]:
         """The ``changed`` list of an ``updated`` event built from this change."""
-        if self.op != "updated" or self.before is None:
+        if self.op != "updated":
             return []
-        return changed_fields(self.config, self.before, self.values)
+        names = set(self.forced)
+        if self.before is not None:
+            names.update(changed_fields(self.config, self.before, self.values, self.partial))
+        names -= self.config.volatile_names
+        order = self.config.field_order
+        return sorted(names, key=lambda name: order.get(name, len(order)))
+
+    def previous(self, changed: list[str]) -> dict[str, Any]:
+        """Old values of the changed fields that are known (not many-to-many)."""
+        before = self.before or {}
+        return {name: before[name] for name in changed if name in before}
+
+
+def merge(first: Change, later: Change) -> Change | None:
+    """One change equivalent to ``first`` then ``later`` on the same row (None: no-op)."""
+    if first.op == "created":
+        if later.op == "deleted":
+            return None  # never visible outside the transaction
+        return _combined(first, later, "created", None)
+    if later.op == "deleted":
+        return _combined(first, later, "deleted", None)
+    # first updated or deleted, later created or updated: the row existed before the
+    # transaction and exists after it, so it is an update against its original values.
+    if first.before is None:
+        return _combined(first, later, "updated", first.values)
+    if first.partial and later.before is not None:
+        # The bulk update knew only the fields it set; the later change knows the rest.
+        before = {**later.before, **first.before}
+        return _combined(first, later, "updated", before, later.partial)
+    return _combined(first, later, "updated", first.before, first.partial)
+
+
+def _combined(
+    first: Change,
+    later: Change,
+    op: str,
+    before: dict[str, object] | None,
+    partial: bool = False,
+) -> Change:
+    return Change(
+        config=first.config,
+        pk=first.pk,
+        op=op,  # type: ignore[arg-type]
+        data=later.data,
+        values=later.values,
+        before=before,
+        confirmed=True,
+        partial=partial,
+        forced=first.forced | later.forced,
+        socket_id=later.socket_id or first.socket_id,
+        to_others=later.to_others or first.to_others,
+    )
 
 
 def event_body(change: Change, ts: str, origin: str) -> str:
@@ -131,19 +210,22 @@ def event_body(change: Change, ts: str, origin: str) -> str:
 
     Redis prepends ``{"type":"change","id":"<id>",`` when it assigns the id.
     """
-    body = json.dumps(
-        {
-            "op": change.op,
-            "model": change.label,
-            "pk": change.pk,
-            "data": change.data,
-            "changed": change.changed(),
-            "ts": ts,
-            "origin": origin,
-        },
-        cls=DjangoJSONEncoder,
-        separators=(",", ":"),
-    )
+    changed = change.changed()
+    event: dict[str, Any] = {
+        "op": change.op,
+        "model": change.label,
+        "pk": change.pk,
+        "data": change.data,
+        "changed": changed,
+        "ts": ts,
+        "origin": origin,
+    }
+    if change.config.previous and change.op == "updated":
+        event["previous"] = change.previous(changed)
+    if change.socket_id is not None:
+        event["socket_id"] = change.socket_id
+        event["to_others"] = change.to_others
+    body = json.dumps(event, cls=DjangoJSONEncoder, separators=(",", ":"))
     return body[1:]
 
 

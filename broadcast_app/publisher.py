@@ -15,6 +15,7 @@ Events that cannot be published (queue full, Redis down or slower than
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from .conf import conf
 from .events import Change, event_body, now_iso
 from .layer import route
 from .stats import stats
+from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ return id
 """
 
 _BATCH = 500
+#: a queue item that only wakes the thread up (a rate-limited event was held)
+_WAKE: Any = ("", "")
 _WARN_EVERY = 10.0  # seconds between two warnings of the same kind (no log flood)
 
 
@@ -95,6 +99,7 @@ class Publisher:
         self._scripts: dict[str, Any] = {}
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
+        self._throttle = Throttle()
         #: test hooks (see broadcast_app.testing): called with each event dict
         self.sinks: list[Any] = []
         #: whether events still go to Redis while a sink is installed
@@ -102,11 +107,28 @@ class Publisher:
 
     # -- called from saving threads -------------------------------------------------
 
-    def publish(self, changes: Iterable[Change]) -> None:
-        """Queue events for publication; never blocks, never raises."""
+    def publish(self, changes: Iterable[Change], wait: bool = False) -> None:
+        """Queue events for publication; never raises.
+
+        Without ``wait`` it never blocks (a full queue drops and counts); bulk
+        operations pass ``wait`` to block, at most ``BROADCAST_REDIS_TIMEOUT`` per event,
+        for room in the queue after their transaction committed.
+        """
+        ts = now_iso()
+        ready, held = [], False
+        for change in changes:
+            if self._throttle.admit(change, ts):
+                ready.append((change, ts))
+            else:
+                held = True
+        self._emit(ready, wait)
+        if held:
+            self._wake()
+
+    def _emit(self, changes: list[tuple[Change, str]], wait: bool) -> None:
         try:
-            ts, origin = now_iso(), conf.BROADCAST_INSTANCE_ID
-            items = [(c.label, event_body(c, ts, origin)) for c in changes]
+            origin = conf.BROADCAST_INSTANCE_ID
+            items = [(c.label, event_body(c, ts, origin)) for c, ts in changes]
         except Exception:
             stats.incr("capture_errors")
             logger.exception("broadcast_app could not encode an event")
@@ -121,9 +143,10 @@ class Publisher:
             if not self.forward:
                 return
         q = self._ensure_thread()
+        timeout = conf.BROADCAST_REDIS_TIMEOUT
         for item in items:
             try:
-                q.put_nowait(item)
+                q.put(item, block=wait, timeout=timeout if wait else None)
             except queue.Full:
                 stats.incr("dropped")
                 self._warn(
@@ -132,8 +155,15 @@ class Publisher:
             else:
                 stats.incr("queued")
 
+    def _wake(self) -> None:
+        # The thread may be blocked in get() without a timeout: have it recompute one.
+        with contextlib.suppress(queue.Full):
+            self._ensure_thread().put_nowait(_WAKE)
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued event was sent (or failed). True if the queue drained."""
+        """Publish held (rate-limited) events now and wait until every queued event was
+        sent (or failed). True if the queue drained."""
+        self._emit(self._throttle.release(everything=True), wait=True)
         q = self._queue
         deadline = None if timeout is None else time.monotonic() + timeout
         with q.all_tasks_done:
@@ -176,16 +206,24 @@ class Publisher:
 
     def _run(self, q: queue.Queue[tuple[str, str]]) -> None:
         while True:
-            batch = [q.get()]
+            try:
+                batch = [q.get(timeout=self._throttle.next_due())]
+            except queue.Empty:
+                batch = []
             while len(batch) < _BATCH:
                 try:
                     batch.append(q.get_nowait())
                 except queue.Empty:
                     break
+            released = self._throttle.release()
+            if released:
+                self._emit(released, wait=False)
+            events = [item for item in batch if item is not _WAKE]
             try:
-                self._send(batch)
+                if events:
+                    self._send(events)
             except Exception:  # never let the thread die
-                stats.incr("publish_errors", len(batch))
+                stats.incr("publish_errors", len(events))
                 logger.exception("broadcast_app publisher failed on a batch")
             finally:
                 for _ in batch:

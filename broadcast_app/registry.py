@@ -44,12 +44,22 @@ class ModelConfig:
     serializer: Serializer | None = None
     permission: str | None = None
     object_check: ObjectCheck | None = None
+    #: include ``previous`` (old values of the changed fields) in ``updated`` events
+    previous: bool = False
+    #: at most this many events per second for one object (None: no limit)
+    max_rate: float | None = None
+    #: never echo a change to the websocket that made it (see ``X-Socket-ID``)
+    to_others: bool = False
     #: concrete fields that are broadcast, in model order
     broadcast_fields: tuple[models.Field[Any, Any], ...] = field(init=False, default=())
     #: names of fields that must never leave the process (model fields not broadcast)
     private_names: frozenset[str] = field(init=False, default=frozenset())
     #: broadcast fields that change by themselves on every save (``auto_now``)
     volatile_names: frozenset[str] = field(init=False, default=frozenset())
+    #: many-to-many fields that are broadcast (their data is the sorted list of pks)
+    m2m_fields: tuple[models.ManyToManyField[Any, Any], ...] = field(init=False, default=())
+    #: position of each broadcast field name (``changed`` lists follow it)
+    field_order: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         opts = self.model._meta
@@ -62,7 +72,15 @@ class ModelConfig:
             if (wanted is None or f.name in wanted or f.primary_key) and f.name not in excluded
         )
         self.broadcast_fields = chosen
-        chosen_names = {f.name for f in chosen}
+        self.m2m_fields = tuple(
+            f
+            for f in opts.many_to_many
+            if (wanted is None or f.name in wanted) and f.name not in excluded
+        )
+        chosen_names = {f.name for f in chosen} | {f.name for f in self.m2m_fields}
+        self.field_order = {
+            name: index for index, name in enumerate([f.name for f in chosen + self.m2m_fields])
+        }
         private: set[str] = set()
         for f in opts.get_fields():
             if getattr(f, "concrete", False) and f.name not in chosen_names:
@@ -85,8 +103,9 @@ class ModelConfig:
         return f"{opts.app_label}.view_{opts.model_name}"
 
     def unknown_field_names(self) -> list[str]:
-        """Names in ``fields``/``exclude`` that are not concrete fields of the model."""
-        names = {f.name for f in self.model._meta.concrete_fields}
+        """Names in ``fields``/``exclude`` that are not fields of the model."""
+        opts = self.model._meta
+        names = {f.name for f in opts.concrete_fields} | {f.name for f in opts.many_to_many}
         given = list(self.fields or ()) + list(self.exclude)
         return [n for n in given if n not in names]
 
@@ -102,6 +121,9 @@ def register(
     serializer: Serializer | None = None,
     permission: str | None = None,
     object_check: ObjectCheck | None = None,
+    previous: bool = False,
+    max_rate: float | None = None,
+    to_others: bool = False,
 ) -> ModelConfig:
     """Make ``model`` broadcast its saves and deletes.
 
@@ -111,8 +133,12 @@ def register(
     Django permission needed to subscribe (default ``<app>.view_<model>``);
     ``object_check(user, data) -> bool`` is asked before each object's event is sent
     to a user (it runs in the event loop: keep it fast and free of queries).
+    ``previous`` adds the old values of the changed fields to ``updated`` events;
+    ``max_rate`` caps the events of one object per second in each publishing process
+    (the latest state wins and is published at most ``1 / max_rate`` s late);
+    ``to_others`` never sends a change to the websocket whose page made it.
     """
-    from . import capture
+    from . import bulk, capture
 
     config = ModelConfig(
         model=model,
@@ -121,11 +147,15 @@ def register(
         serializer=serializer,
         permission=permission,
         object_check=object_check,
+        previous=previous,
+        max_rate=max_rate,
+        to_others=to_others,
     )
     if config.label in _registry:
         raise AlreadyRegistered(f"{config.label} is already registered for broadcasting.")
     _registry[config.label] = config
     capture.connect(config)
+    bulk.install()
     return config
 
 

@@ -62,3 +62,21 @@ def capture_events(*, forward: bool = False) -> Iterator[CapturedEvents]:
     finally:
         publisher.sinks.remove(events.append)
         publisher.forward = previous
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - pytest is only needed for the fixture
+    pass
+else:
+
+    @pytest.fixture
+    def broadcast_events() -> Iterator[CapturedEvents]:
+        """pytest fixture: the events published during the test (no Redis involved).
+
+        Enable it with ``pytest_plugins = ["broadcast_app.testing"]`` in your
+        ``conftest.py``; events are captured at commit, so use
+        ``@pytest.mark.django_db(transaction=True)``.
+        """
+        with capture_events() as events:
+            yield events

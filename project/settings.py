@@ -56,6 +56,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # X-Socket-ID / X-Broadcast-To-Others: which websocket a request's changes came from.
+    "broadcast_app.echo.SocketIdMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"

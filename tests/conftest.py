@@ -20,6 +20,9 @@ from broadcast_app import publisher
 from broadcast_app.embedded_redis import EmbeddedRedis
 from broadcast_app.hub import hub
 from broadcast_app.listener import listener
+from broadcast_app.throttle import Throttle
+
+pytest_plugins = ["broadcast_app.testing"]
 
 
 def layers_for(url: str) -> dict[str, Any]:
@@ -57,6 +60,8 @@ def _drain_publisher() -> Iterator[None]:
     publisher.flush(5)
     yield
     publisher.flush(5)
+    # Rate limits remember recent rows; pks are reused from one test to the next.
+    publisher._publisher._throttle = Throttle()
 
 
 @pytest_asyncio.fixture

@@ -446,5 +446,7 @@ async def websocket(
 def subprocess_env(**overrides: str) -> dict[str, str]:
     """This process's environment with ``overrides`` (the demo reads its config from it)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    # Instances run the demo project exactly as users do, not the test settings.
+    env["DJANGO_SETTINGS_MODULE"] = "project.settings"
     env.update(overrides)
     return env

@@ -1,0 +1,118 @@
+"""The per-transaction buffer: changes wait for the commit, then coalesce per row.
+
+Changes made inside ``transaction.atomic`` are held until the outermost block commits.
+Savepoint rollbacks are honoured with Django's own mechanism: every change registers an
+``on_commit`` hook that merely confirms it, and Django discards the hooks of a
+rolled-back savepoint. One extra hook per transaction, kept last in the connection's
+hook list, then coalesces the confirmed changes: it must run after every confirmation,
+and Django offers no "after all commit hooks" point, so we keep it at the end ourselves
+(see ``_TxnState.keep_last``; it relies on ``run_on_commit`` holding
+``(savepoint ids, callable, robust)`` tuples, as it has since Django 4.2).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from collections.abc import Iterable
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from . import publisher
+from .events import Change, merge
+from .rows import RowSet
+
+Item = Change | RowSet
+
+
+class _TxnState:
+    """The changes captured in one transaction of one connection."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        publish_committed([item for item in items if item.confirmed])
+
+    def registered_in(self, conn: BaseDatabaseWrapper) -> bool:
+        # Django rebuilds the hook tuples on savepoint rollback, so match on the function.
+        return any(entry[1] == self.flush for entry in reversed(conn.run_on_commit))
+
+    def keep_last(self, conn: BaseDatabaseWrapper) -> None:
+        hooks = conn.run_on_commit
+        if len(hooks) >= 2 and hooks[-2][1] == self.flush:
+            hooks[-2], hooks[-1] = hooks[-1], hooks[-2]
+            return
+        for index in range(len(hooks) - 1, -1, -1):
+            if hooks[index][1] == self.flush:
+                hooks.append(hooks.pop(index))
+                return
+        # Empty sids: no savepoint rollback may discard it; only a full rollback does.
+        hooks.append((set(), self.flush, True))  # type: ignore[arg-type]  # stubs lag Django
+
+
+_states: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _TxnState] = weakref.WeakKeyDictionary()
+
+
+def record(item: Item, using: str) -> None:
+    """Hold ``item`` until the transaction on ``using`` commits (publish now if none)."""
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        # Autocommit: the write is committed already (on_commit would run at once too).
+        item.confirmed = True
+        publish_committed([item])
+        return
+    state = _states.get(conn)
+    if state is None or not state.registered_in(conn):
+        # First change of this transaction, or the last one was rolled back whole.
+        state = _states[conn] = _TxnState()
+    state.items.append(item)
+    conn.on_commit(item.confirm, robust=True)
+    state.keep_last(conn)
+
+
+def publish_committed(items: list[Item]) -> None:
+    """Coalesce one transaction's confirmed items per row and publish them.
+
+    Rows touched once, by one bulk operation, are streamed chunk by chunk; rows touched
+    more than once are read back and folded with their other changes first.
+    """
+    seen: Counter[tuple[str, str]] = Counter()
+    for item in items:
+        if isinstance(item, Change):
+            seen[(item.label, item.pk)] += 1
+        else:
+            seen.update((item.label, pk) for pk in item.pks)
+    merged: dict[tuple[str, str], Change | None] = {}
+    streams: list[tuple[RowSet, list[str]]] = []
+    for item in items:
+        if isinstance(item, Change):
+            _fold(merged, item)
+            continue
+        shared = [pk for pk in item.pks if seen[(item.label, pk)] > 1]
+        for chunk in item.changes(shared):
+            for change in chunk:
+                _fold(merged, change)
+        if len(shared) < len(item.pks):
+            single = [pk for pk in item.pks if seen[(item.label, pk)] == 1]
+            streams.append((item, single))
+    publisher.publish(_worth_publishing(merged.values()))
+    for rowset, pks in streams:
+        for chunk in rowset.changes(pks):
+            publisher.publish(_worth_publishing(chunk), wait=True)
+
+
+def _worth_publishing(changes: Iterable[Change | None]) -> list[Change]:
+    return [
+        kept
+        for kept in changes
+        if kept is not None and not (kept.op == "updated" and not kept.changed())
+    ]
+
+
+def _fold(merged: dict[tuple[str, str], Change | None], change: Change) -> None:
+    key = (change.label, change.pk)
+    previous = merged.get(key)
+    merged[key] = change if previous is None else merge(previous, change)

@@ -1,0 +1,201 @@
+"""Bulk writes: ``QuerySet.update()``, ``bulk_create()``, ``bulk_update()``, and
+:func:`publish_changes` for writes outside the ORM.
+
+These fire no save signals, so broadcast_app wraps the three ``QuerySet`` methods once,
+when the first model is registered; for models that are not registered the wrappers
+only add a dictionary lookup. ``QuerySet.delete()`` needs nothing: Django's deletion
+collector sends ``post_delete`` for every row of a model that has receivers.
+
+``update()`` first selects the matching pks (``SELECT ... FOR UPDATE`` where the database
+supports it) and the old values of the fields it sets, then updates exactly those rows
+by pk in chunks, inside one transaction: the rows broadcast are exactly the rows
+updated, with no race against concurrent writers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from django.db import connections, router, transaction
+from django.db.models import Model, QuerySet
+
+from .capture import SNAPSHOT, record_item
+from .conf import conf
+from .events import _MISSING, Op, normalize, raw_values
+from .registry import ModelConfig, NotRegistered, get_config
+from .rows import RowSet
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["publish_changes"]
+
+_UPDATE_CHUNK = 1000
+# Set while a wrapped method runs: bulk_update() calls update() internally.
+_inside: ContextVar[bool] = ContextVar("broadcast_bulk", default=False)
+_original: dict[str, Any] = {}
+
+
+def publish_changes(
+    model: type[Model] | str,
+    pks: Iterable[Any],
+    *,
+    op: Op = "updated",
+    changed: Sequence[str] | None = None,
+    using: str | None = None,
+) -> None:
+    """Broadcast rows changed outside the ORM (raw SQL, another program).
+
+    After the current transaction on ``using`` commits (at once outside one), the rows
+    are read back and one event per row is published. ``changed`` names the fields an
+    update changed (default: every broadcast field). For ``deleted`` the rows are gone:
+    the event's data holds only the primary key.
+    """
+    config = get_config(model)
+    if op not in ("created", "updated", "deleted"):
+        raise ValueError(f"op must be 'created', 'updated' or 'deleted', not {op!r}")
+    forced: frozenset[str] = frozenset()
+    if op == "updated":
+        names = changed if changed is not None else list(config.field_order)
+        forced = frozenset(names) - {config.model._meta.pk.name} - config.volatile_names
+    rows = RowSet(config, op, [str(pk) for pk in pks], forced=forced)
+    if rows.pks:
+        record_item(rows, using or router.db_for_write(config.model))
+
+
+def install() -> None:
+    """Wrap the bulk ``QuerySet`` methods (once per process)."""
+    if _original:
+        return
+    for name, wrapper in (
+        ("update", _update),
+        ("bulk_create", _bulk_create),
+        ("bulk_update", _bulk_update),
+    ):
+        _original[name] = getattr(QuerySet, name)
+        setattr(QuerySet, name, wrapper)
+
+
+def _config(qs: QuerySet[Any]) -> ModelConfig | None:
+    if _inside.get() or not conf.BROADCAST_ENABLED:
+        return None
+    try:
+        return get_config(qs.model)
+    except NotRegistered:
+        return None
+
+
+def _update(self: QuerySet[Any], **kwargs: Any) -> int:
+    config = _config(self)
+    fields = [] if config is None else _broadcast_fields(config, kwargs)
+    if config is None or not fields or self.query.is_sliced or self.query.combinator:
+        # Nothing broadcast is set (or Django will refuse the update itself).
+        return int(_original["update"](self, **kwargs))
+    token = _inside.set(True)
+    try:
+        with transaction.atomic(using=self.db, savepoint=False):
+            pks, before = _lock_and_read(self, fields)
+            base: QuerySet[Any] = QuerySet(self.model, using=self.db)
+            count = 0
+            for start in range(0, len(pks), _UPDATE_CHUNK):
+                chunk = base.filter(pk__in=pks[start : start + _UPDATE_CHUNK])
+                count += _original["update"](chunk, **kwargs)
+            if pks:
+                record_item(RowSet(config, "updated", pks, before=before), self.db)
+    finally:
+        _inside.reset(token)
+    return count
+
+
+def _broadcast_fields(config: ModelConfig, kwargs: dict[str, Any]) -> list[Any]:
+    return [
+        f
+        for f in config.broadcast_fields
+        if (f.name in kwargs or f.attname in kwargs) and f.name not in config.volatile_names
+    ]
+
+
+def _lock_and_read(qs: QuerySet[Any], fields: list[Any]) -> tuple[list[str], dict[str, Any]]:
+    """The pks the update will touch, locked, and the old values of the fields it sets."""
+    features = connections[qs.db].features
+    if features.has_select_for_update:
+        qs = qs.select_for_update(of=("self",) if features.has_select_for_update_of else ())
+    pks: list[str] = []
+    before: dict[str, dict[str, Any]] = {}
+    rows = qs.order_by().values_list("pk", *[f.attname for f in fields])
+    for pk, *values in rows.iterator(chunk_size=2000):
+        key = str(pk)
+        pks.append(key)
+        before[key] = {f.name: normalize(f, v) for f, v in zip(fields, values, strict=True)}
+    return pks, before
+
+
+def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwargs: Any) -> Any:
+    config = _config(self)
+    if config is None:
+        created = _original["bulk_create"](self, objs, *args, **kwargs)
+        _refresh_snapshots(self, created)
+        return created
+    token = _inside.set(True)
+    try:
+        with transaction.atomic(using=self.db, savepoint=False):
+            created = _original["bulk_create"](self, objs, *args, **kwargs)
+            pks = [str(obj.pk) for obj in created if obj.pk is not None]
+            if len(pks) < len(created):
+                # ignore_conflicts, or a database that returns no ids (MySQL).
+                stats.incr("uncaptured", len(created) - len(pks))
+                logger.warning(
+                    "broadcast_app: bulk_create() of %s returned no pk for %d row(s); "
+                    "broadcast them with publish_changes()",
+                    config.label,
+                    len(created) - len(pks),
+                )
+            upsert = bool(kwargs.get("update_conflicts"))
+            forced = frozenset(kwargs.get("update_fields") or ()) if upsert else frozenset()
+            if pks:
+                op: Op = "updated" if upsert else "created"
+                record_item(RowSet(config, op, pks, forced=forced), self.db)
+    finally:
+        _inside.reset(token)
+    _refresh_snapshots(self, created)
+    return created
+
+
+def _refresh_snapshots(qs: QuerySet[Any], objs: Iterable[Model]) -> None:
+    """The saved values are the "before" of these instances' next save."""
+    try:
+        config = get_config(qs.model)
+    except NotRegistered:
+        return
+    for obj in objs:
+        obj.__dict__[SNAPSHOT] = raw_values(config, obj)
+
+
+def _bulk_update(
+    self: QuerySet[Any], objs: Iterable[Model], fields: Sequence[str], *args: Any, **kwargs: Any
+) -> Any:
+    config = _config(self)
+    chosen = [] if config is None else _broadcast_fields(config, dict.fromkeys(fields))
+    if config is None or not chosen:
+        return _original["bulk_update"](self, objs, fields, *args, **kwargs)
+    objs = list(objs)
+    before: dict[str, dict[str, Any]] = {}
+    for obj in objs:
+        snapshot = obj.__dict__.get(SNAPSHOT) or {}
+        old = {f.name: snapshot.get(f.attname, _MISSING) for f in chosen}
+        before[str(obj.pk)] = {n: normalize(config.model._meta.get_field(n), v)  # type: ignore[arg-type]
+                               for n, v in old.items() if v is not _MISSING}  # fmt: skip
+    token = _inside.set(True)
+    try:
+        with transaction.atomic(using=self.db, savepoint=False):
+            count = _original["bulk_update"](self, objs, fields, *args, **kwargs)
+            if objs:
+                pks = list(before)
+                record_item(RowSet(config, "updated", pks, before=before), self.db)
+    finally:
+        _inside.reset(token)
+    _refresh_snapshots(self, objs)
+    return count

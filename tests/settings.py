@@ -1,0 +1,5 @@
+"""Test settings: the demo project's, plus a test-only app."""
+
+from project.settings import *  # noqa: F403
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]  # noqa: F405
