@@ -70,6 +70,11 @@ class Settings:
         return int(getattr(settings, "BROADCAST_LOG_MAXLEN", 10_000))
 
     @property
+    def BROADCAST_LOG_MAX_AGE(self) -> float:
+        """Seconds an event stays in its model's log for resume (approximately; 0: no limit)."""
+        return float(getattr(settings, "BROADCAST_LOG_MAX_AGE", 3600))
+
+    @property
     def BROADCAST_MAX_FRAME_BYTES(self) -> int:
         """Largest websocket frame accepted from a client; larger ones get ``too_large``."""
         return int(getattr(settings, "BROADCAST_MAX_FRAME_BYTES", 4096))
@@ -83,6 +88,26 @@ class Settings:
     def BROADCAST_SEND_QUEUE_SIZE(self) -> int:
         """Frames buffered per websocket connection; a client further behind is closed."""
         return int(getattr(settings, "BROADCAST_SEND_QUEUE_SIZE", 1000))
+
+    @property
+    def BROADCAST_HEARTBEAT_INTERVAL(self) -> float:
+        """Seconds between two heartbeats by which an instance reports itself in Redis."""
+        return float(getattr(settings, "BROADCAST_HEARTBEAT_INTERVAL", 5.0))
+
+    @property
+    def BROADCAST_HEARTBEAT_TTL(self) -> float:
+        """Seconds after its last heartbeat that an instance drops off the dashboard."""
+        return float(getattr(settings, "BROADCAST_HEARTBEAT_TTL", 15.0))
+
+    @property
+    def BROADCAST_FEED_SIZE(self) -> int:
+        """Latest events (metadata only) each instance keeps in memory for the dashboard."""
+        return int(getattr(settings, "BROADCAST_FEED_SIZE", 50))
+
+    @property
+    def BROADCAST_DASHBOARD_REFRESH(self) -> float:
+        """Seconds between two refreshes of the staff dashboard (it polls status.json)."""
+        return float(getattr(settings, "BROADCAST_DASHBOARD_REFRESH", 2.0))
 
 
 conf = Settings()

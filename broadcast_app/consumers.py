@@ -21,12 +21,14 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from redis.exceptions import RedisError
 
 from . import cache
 from .conf import conf
 from .echo import valid_socket_id
 from .hub import hub
 from .listener import listener
+from .log import Replay, event_log
 from .registry import ModelConfig, NotRegistered, get_config
 from .stats import stats
 
@@ -63,6 +65,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.socket_id = valid_socket_id((query.get("socket_id") or [None])[0])
         self.subscriptions = set()
+        #: subscriptions whose log is being read, with the live events held meanwhile
+        self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]]] = {}
         self.permissions: dict[str, bool] = {}
         self.outbox = asyncio.Queue(maxsize=conf.BROADCAST_SEND_QUEUE_SIZE)
         self.closing = False
@@ -103,6 +107,14 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Called by the hub for each event this connection subscribed to."""
+        if self.resuming:
+            for key in ((event["model"], None), (event["model"], event["pk"])):
+                if key in self.resuming:
+                    self.resuming[key].append((frame, event))
+                    return
+        self._send_event(frame, event)
+
+    def _send_event(self, frame: str, event: dict[str, Any]) -> None:
         if event.get("to_others") and self.socket_id and event.get("socket_id") == self.socket_id:
             return
         config = get_config(event["model"])
@@ -148,9 +160,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.reply({"type": "pong"})
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:
-        """Check permissions, then start delivering a model's or an object's events."""
+        """Check permissions, then deliver a model's or an object's events.
+
+        Order on the wire: ``subscribed``; with ``since``, the events after it from the
+        log (or a ``reset`` when the log no longer holds all of them); then live events.
+        Live events arriving while the log is read are held back meanwhile, and the
+        ones the replay already carried are not sent twice.
+        """
         config, pk = self._target(message)
         key = (config.label, pk)
+        since = message.get("since")
         if key not in self.subscriptions:
             if len(self.subscriptions) >= conf.BROADCAST_MAX_SUBSCRIPTIONS:
                 raise ProtocolError(
@@ -158,20 +177,49 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     f"At most {conf.BROADCAST_MAX_SUBSCRIPTIONS} subscriptions per connection.",
                 )
             await self._authorize(config, pk)
-        # Queue "subscribed" before joining the hub: no await in between, so no event
-        # can overtake it.
+            if self.closing:
+                return
+            self.subscriptions.add(key)
+            hub.add(self, config.label, pk)
+        self.resuming.setdefault(key, [])
+        try:
+            replay, last_id = await self._read_log(config.label, since)
+        finally:
+            held = self.resuming.pop(key, [])
         self.reply(
             {
                 "type": "subscribed",
                 "model": config.label,
                 "pk": pk,
                 "ref": message.get("ref"),
-                "last_id": hub.last_ids.get(config.label),
+                "last_id": last_id,
             }
         )
-        if key not in self.subscriptions and not self.closing:
-            self.subscriptions.add(key)
-            hub.add(self, config.label, pk)
+        sent: set[str] = set()
+        if replay is not None and replay.complete:
+            for event_id, frame in replay.frames:
+                event = json.loads(frame)
+                if pk is None or event["pk"] == pk:
+                    self._send_event(frame, event)
+                    sent.add(event_id)
+        elif replay is not None:
+            stats.incr("resets")
+            self.reply({"type": "reset", "model": config.label, "pk": pk, "reason": replay.reason})
+        for frame, event in held:
+            if event["id"] not in sent:
+                self._send_event(frame, event)
+
+    async def _read_log(self, label: str, since: object) -> tuple[Replay | None, str | None]:
+        try:
+            async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
+                if since is None:
+                    return None, await event_log.last_id(label)
+                replay = await event_log.read_after(label, since)
+                return replay, replay.last_id
+        except (RedisError, OSError, TimeoutError):
+            stats.incr("log_errors")
+            fallback = hub.last_ids.get(label)
+            return (None if since is None else Replay(False, "unavailable")), fallback
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""

@@ -235,6 +235,9 @@ def frame_from_body(event_id: str, body: str) -> str:
 
 
 def id_key(event_id: str) -> tuple[int, int]:
-    """Sort key of an event id (a Redis stream id ``<ms>-<seq>``); ids are otherwise opaque."""
-    ms, _, seq = event_id.partition("-")
+    """Sort key of an event id within one epoch; ids are otherwise opaque.
+
+    An id is ``<stream id>:<epoch>``, the stream id being Redis's ``<ms>-<seq>``.
+    """
+    ms, _, seq = event_id.partition(":")[0].partition("-")
     return int(ms), int(seq or 0)

@@ -9,6 +9,7 @@ and payload format that the layer itself reads. Both are derived here, in one pl
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +40,24 @@ def stream_key(label: str) -> str:
     return f"{conf.BROADCAST_GROUP_PREFIX}:log:{label}"
 
 
+def meta_key(label: str) -> str:
+    """The Redis hash holding one model's log epoch and last event id."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}:meta:{label}"
+
+
+def new_epoch() -> str:
+    """A fresh log epoch (used by Redis only when a model's log is new or was lost)."""
+    return secrets.token_hex(4)
+
+
 @dataclass(frozen=True)
 class Route:
-    """Where one model's events go: Redis host kwargs, pub/sub channel, stream key."""
+    """Where one model's events go: Redis host kwargs, pub/sub channel, stream keys."""
 
     host: dict[str, Any]
     channel: str
     stream: str
+    meta: str
     serializer_format: str
 
 
@@ -60,5 +72,6 @@ def route(label: str) -> Route:
         host=dict(host),
         channel=channel,
         stream=stream_key(label),
+        meta=meta_key(label),
         serializer_format=str(config.get("serializer_format", "msgpack")),
     )

@@ -26,13 +26,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
 from .conf import conf
 from .events import Change, event_body, now_iso
-from .layer import route
+from .layer import new_epoch, route
+from .redis_clients import make_client
 from .stats import stats
 from .throttle import Throttle
 
@@ -40,10 +38,27 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["flush", "publish", "reset", "stats"]
 
+# KEYS: the model's stream and its meta hash (epoch, last id). ARGV: max length, event
+# body, channel, serializer format, a fresh epoch (used if the log is new or was lost),
+# max age in ms (0: none). The id is "<stream id>:<epoch>"; each entry keeps the id
+# before it ("p"), so readers can tell a complete replay from one with a hole.
 PUBLISH_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[2])
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'last', '')
+end
+local prev = redis.call('HGET', KEYS[2], 'last') or ''
+local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[2], 'p', prev)
+local max_age = tonumber(ARGV[6])
+if max_age > 0 then
+  local now = redis.call('TIME')
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', tonumber(now[1]) * 1000 - max_age)
+end
+local id = sid .. ':' .. epoch
+redis.call('HSET', KEYS[2], 'last', id)
 local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
-local message = {type = 'broadcast.event', frame = frame}
+local message = {type = 'broadcast.event', frame = frame, prev = prev}
 local payload
 if ARGV[4] == 'json' then
   payload = cjson.encode(message)
@@ -58,33 +73,6 @@ _BATCH = 500
 #: a queue item that only wakes the thread up (a rate-limited event was held)
 _WAKE: Any = ("", "")
 _WARN_EVERY = 10.0  # seconds between two warnings of the same kind (no log flood)
-
-
-def make_client(host: dict[str, Any], timeout: float) -> redis.Redis:
-    """A sync Redis client for one channel-layer host entry, with bounded timeouts."""
-    host = dict(host)
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        # No retry loop inside redis-py: a failed batch is counted and the next one
-        # reconnects, which keeps the time lost to an outage bounded.
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 30,
-    }
-    if "address" in host:
-        address = host.pop("address")
-        return redis.Redis.from_url(address, **{**host, **options})
-    if "master_name" in host:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            host.pop("sentinels"),
-            sentinel_kwargs=host.pop("sentinel_kwargs", None) or options,
-            **options,
-        )
-        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            host.pop("master_name"), **{**host, **options}
-        )
-        return master
-    return redis.Redis(**{**host, **options})
 
 
 class Publisher:
@@ -241,10 +229,11 @@ class Publisher:
             try:
                 pipe = client.pipeline(transaction=False)
                 maxlen = conf.BROADCAST_LOG_MAXLEN
+                max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
                 for r, (_label, body) in items:
                     script(
-                        keys=[r.stream],
-                        args=[maxlen, body, r.channel, r.serializer_format],
+                        keys=[r.stream, r.meta],
+                        args=[maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age],
                         client=pipe,
                     )
                 pipe.execute()

@@ -94,8 +94,11 @@ def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Red
     pubsub.close()
     assert ids == sorted(ids, key=id_key)
     assert len(set(ids)) == len(ids)
+    epochs = {i.split(":")[1] for i in ids}
+    assert len(epochs) == 1
+    stream_ids = [i.split(":")[0] for i in ids]
     stream = [entry_id.decode() for entry_id, _ in redis_client.xrange(r.stream)]
-    assert ids == [i for i in stream if i in set(ids)]
+    assert stream_ids == [i for i in stream if i in set(stream_ids)]
 
 
 @pytest.mark.asyncio

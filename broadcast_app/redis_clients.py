@@ -1,0 +1,67 @@
+"""Redis clients for one channel-layer host entry, sync and async, with bounded timeouts.
+
+A host entry is what channels-redis accepts in ``CONFIG["hosts"]``: an address URL, a
+Sentinel config (``sentinels`` + ``master_name``), or ``redis.Redis`` keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+
+def _options(timeout: float, retry: Any) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # No retry loop inside redis-py: a failed call is counted by the caller and the
+        # next one reconnects, which keeps the time lost to an outage bounded.
+        "retry": retry,
+        "health_check_interval": 30,
+    }
+
+
+def make_client(host: dict[str, Any], timeout: float) -> redis.Redis:
+    """A sync client (the publisher thread's)."""
+    host, options = dict(host), _options(timeout, Retry(NoBackoff(), 0))
+    if "address" in host:
+        return redis.Redis.from_url(host.pop("address"), **{**host, **options})
+    if "master_name" in host:
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            host.pop("sentinels"),
+            sentinel_kwargs=host.pop("sentinel_kwargs", None) or options,
+            **options,
+        )
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            host.pop("master_name"), **{**host, **options}
+        )
+        return master
+    return redis.Redis(**{**host, **options})
+
+
+def make_async_client(host: dict[str, Any], timeout: float, **extra: Any) -> aioredis.Redis:
+    """An asyncio client (for reading logs in an instance's event loop)."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    host, options = dict(host), {**_options(timeout, AsyncRetry(NoBackoff(), 0)), **extra}
+    if "address" in host:
+        return aioredis.Redis.from_url(host.pop("address"), **{**host, **options})
+    if "master_name" in host:
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            host.pop("sentinels"),
+            sentinel_kwargs=host.pop("sentinel_kwargs", None) or options,
+            **options,
+        )
+        master: aioredis.Redis = sentinel.master_for(
+            host.pop("master_name"), **{**host, **options}
+        )
+        return master
+    return aioredis.Redis(**{**host, **options})
