@@ -13,6 +13,10 @@ def _settings_changed(setting: str, **kwargs: Any) -> None:
         from . import publisher
 
         publisher.reset()
+    if setting == "BROADCAST_FEED_SIZE":
+        from .feed import feed
+
+        feed.reset()
 
 
 class BroadcastAppConfig(AppConfig):

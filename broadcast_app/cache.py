@@ -39,9 +39,21 @@ def _cache() -> BaseCache:
     return caches[conf.BROADCAST_CACHE_ALIAS]
 
 
-def cache_key(label: str, pk: str) -> str:
-    """The cache key of one object's entry."""
-    return f"{conf.BROADCAST_GROUP_PREFIX}:obj:{label}:{pk}"
+def _generation(cache: BaseCache, label: str) -> int:
+    return int(cache.get(f"{conf.BROADCAST_GROUP_PREFIX}:gen:{label}") or 0)
+
+
+def cache_key(label: str, pk: str, cache: BaseCache | None = None) -> str:
+    """The cache key of one object's entry (in the model's current generation)."""
+    generation = _generation(cache or _cache(), label)
+    return f"{conf.BROADCAST_GROUP_PREFIX}:obj:{label}:{generation}:{pk}"
+
+
+def clear_model(label: str) -> None:
+    """Drop every entry of one model at once (a new generation; old entries expire)."""
+    cache = _cache()
+    key = f"{conf.BROADCAST_GROUP_PREFIX}:gen:{label}"
+    cache.set(key, _generation(cache, label) + 1, None)
 
 
 def is_in_memory() -> bool:
@@ -60,8 +72,8 @@ def load(config: ModelConfig, pk: Any) -> dict[str, Any] | None:
 def fetch(model: type[models.Model] | str, pk: Any) -> Lookup:
     """Return an object's broadcast data from this instance's cache, loading it on a miss."""
     config = get_config(model)
-    key = cache_key(config.label, str(pk))
     cache = _cache()
+    key = cache_key(config.label, str(pk), cache)
     entry = cache.get(key)
     if entry is not None:
         return Lookup(entry.get("data"), True)
@@ -84,8 +96,8 @@ def delete(model: type[models.Model] | str, pk: Any) -> None:
 
 def apply_event(event: dict[str, Any]) -> None:
     """Bring the cache in line with one received event (called by the listener)."""
-    key = cache_key(event["model"], event["pk"])
     cache = _cache()
+    key = cache_key(event["model"], event["pk"], cache)
     if event["op"] == "deleted":
         cache.set(key, {"id": event["id"], "data": None}, _TOMBSTONE_TIMEOUT)
     else:

@@ -60,6 +60,12 @@ class Settings:
         return int(getattr(settings, "BROADCAST_QUEUE_SIZE", 10_000))
 
     @property
+    def BROADCAST_OUTAGE_BUFFER(self) -> int:
+        """Events a process keeps while Redis is down; beyond, the oldest are dropped and
+        their models' subscribers get ``reset``."""
+        return int(getattr(settings, "BROADCAST_OUTAGE_BUFFER", 10_000))
+
+    @property
     def BROADCAST_FLUSH_TIMEOUT(self) -> float:
         """Seconds a process waits at exit for queued events to be published."""
         return float(getattr(settings, "BROADCAST_FLUSH_TIMEOUT", 2.0))
@@ -68,6 +74,11 @@ class Settings:
     def BROADCAST_LOG_MAXLEN(self) -> int:
         """Approximate number of events kept per model in the Redis stream that assigns ids."""
         return int(getattr(settings, "BROADCAST_LOG_MAXLEN", 10_000))
+
+    @property
+    def BROADCAST_RECOVERY_INTERVAL(self) -> float:
+        """Seconds between two checks that this instance missed no event (gap repair)."""
+        return float(getattr(settings, "BROADCAST_RECOVERY_INTERVAL", 5.0))
 
     @property
     def BROADCAST_LOG_MAX_AGE(self) -> float:

@@ -105,6 +105,11 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def reply(self, message: dict[str, Any]) -> None:
         self.enqueue(json.dumps(message, separators=(",", ":")))
 
+    def reset(self, label: str, pk: str | None, reason: str) -> None:
+        """Tell the client its subscription missed events it cannot get back."""
+        stats.incr("resets")
+        self.reply({"type": "reset", "model": label, "pk": pk, "reason": reason})
+
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Called by the hub for each event this connection subscribed to."""
         if self.resuming:
@@ -203,8 +208,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     self._send_event(frame, event)
                     sent.add(event_id)
         elif replay is not None:
-            stats.incr("resets")
-            self.reply({"type": "reset", "model": config.label, "pk": pk, "reason": replay.reason})
+            self.reset(config.label, pk, replay.reason)
         for frame, event in held:
             if event["id"] not in sent:
                 self._send_event(frame, event)

@@ -15,6 +15,9 @@ class Subscriber(Protocol):
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Queue one event frame for this client (must not block)."""
 
+    def reset(self, label: str, pk: str | None, reason: str) -> None:
+        """Tell this client its subscription missed events it cannot get back."""
+
 
 class Hub:
     """Subscriptions of local clients: ``{label: {pk or None: {subscriber, ...}}}``."""
@@ -43,6 +46,15 @@ class Hub:
     def count(self) -> int:
         """Number of (subscriber, subscription) pairs, for stats."""
         return sum(len(s) for by_pk in self._subs.values() for s in by_pk.values())
+
+    def reset(self, label: str, reason: str) -> int:
+        """Send ``reset`` to every subscription to ``label``. Returns how many."""
+        count = 0
+        for pk, members in list(self._subs.get(label, {}).items()):
+            for subscriber in tuple(members):
+                subscriber.reset(label, pk, reason)
+                count += 1
+        return count
 
     def deliver(self, frame: str, event: dict[str, Any]) -> int:
         """Hand ``frame`` to each subscriber of its model or object, once. Returns how many."""

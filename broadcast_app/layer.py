@@ -21,6 +21,8 @@ from .conf import conf
 PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 #: ``type`` of the channel-layer message that carries one event
 MESSAGE_TYPE = "broadcast.event"
+#: ``type`` of the message that says a model's events were lost (outage overflow)
+RESET_TYPE = "broadcast.reset"
 
 
 def layer_config() -> dict[str, Any]:

@@ -20,8 +20,11 @@ from channels.layers import channel_layers
 
 from . import cache
 from .conf import conf
+from .continuity import Continuity, not_after
+from .feed import feed
+from .heartbeat import heartbeat
 from .hub import hub
-from .layer import MESSAGE_TYPE, group_name
+from .layer import MESSAGE_TYPE, RESET_TYPE, group_name
 from .registry import all_configs, get_config
 from .signals import change_received
 from .stats import stats
@@ -29,6 +32,7 @@ from .stats import stats
 logger = logging.getLogger(__name__)
 
 _STARTUP_WAIT = 5.0  # seconds start() waits for the subscription before returning
+_STOP_WAIT = 5.0  # seconds stop() waits for the task to close its connections
 _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 
 
@@ -40,6 +44,8 @@ class Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self.subscribed = asyncio.Event()
+        self.continuity = Continuity()
+        self._order = asyncio.Lock()
 
     @property
     def running(self) -> bool:
@@ -59,12 +65,15 @@ class Listener:
             # any, died with its loop; lock and event are per loop.
             self._loop, self._task = loop, None
             self._lock = asyncio.Lock()
+            self._order = asyncio.Lock()
             self.subscribed = asyncio.Event()
         assert self._lock is not None
         async with self._lock:
             if self._task is None or self._task.done():
                 self.subscribed.clear()
                 self._task = loop.create_task(self._run(), name="broadcast-listener")
+        # The dashboard lists instances by their heartbeats: one beside each listener.
+        await heartbeat.start()
         if wait:
             try:
                 await asyncio.wait_for(self.subscribed.wait(), _STARTUP_WAIT)
@@ -73,29 +82,46 @@ class Listener:
 
     async def stop(self) -> None:
         """Cancel the listener task and wait for it to close its connections."""
+        await heartbeat.stop()
         task, self._task = self._task, None
         if task is None or task.done():
             return
-        task.cancel()
-        # The task's own CancelledError comes back as a value; our cancellation propagates.
-        await asyncio.gather(task, return_exceptions=True)
+        # A cancellation that lands while a Redis call's own timeout expires comes out
+        # as TimeoutError (asyncio.timeout's documented race) and is handled as a
+        # Redis error: cancel again until the task is really done, within a bound.
+        deadline = asyncio.get_running_loop().time() + _STOP_WAIT
+        while not task.done():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                logger.warning("broadcast_app listener did not stop within %.0fs", _STOP_WAIT)
+                return
+            task.cancel()
+            await asyncio.wait({task}, timeout=min(0.5, remaining))
 
     async def _run(self) -> None:
         delay = _RETRY_MIN
         while True:
             layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
+            watchdog = None
             try:
+                labels = [config.label for config in all_configs()]
+                await self.continuity.prime(labels)
                 channel = await layer.new_channel("broadcast-listener.")
-                for config in all_configs():
-                    await layer.group_add(group_name(config.label), channel)
+                for label in labels:
+                    await layer.group_add(group_name(label), channel)
                 self.subscribed.set()
-                logger.info("broadcast_app listener subscribed to %d model(s)", len(all_configs()))
+                logger.info("broadcast_app listener subscribed to %d model(s)", len(labels))
                 delay = _RETRY_MIN
+                watchdog = asyncio.get_running_loop().create_task(self._watch())
                 while True:
                     message = await layer.receive(channel)
                     if message.get("type") == MESSAGE_TYPE:
-                        await self.handle(message["frame"])
+                        await self.handle(message["frame"], message.get("prev"))
+                    elif message.get("type") == RESET_TYPE:
+                        async with self._order:
+                            self.continuity.reset(str(message["model"]), "lost")
             except asyncio.CancelledError:
+                await _stop(watchdog)
                 await _close(layer)
                 raise
             except Exception as exc:
@@ -104,21 +130,50 @@ class Listener:
                 logger.warning(
                     "broadcast_app listener lost Redis (%s); retrying in %.1fs", exc, delay
                 )
+                await _stop(watchdog)
                 await _close(layer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
 
-    async def handle(self, frame: str) -> None:
-        """Process one event frame: cache, ``change_received``, local clients."""
-        try:
-            event: dict[str, Any] = json.loads(frame)
-            config = get_config(event["model"])
-        except Exception:
-            stats.incr("bad_events")
-            logger.warning("broadcast_app listener ignored a malformed event")
-            return
+    async def _watch(self) -> None:
+        # A gap that no later event exposes (the last events before a quiet spell were
+        # published while the layer was reconnecting) is found by polling the logs.
+        while True:
+            await asyncio.sleep(conf.BROADCAST_RECOVERY_INTERVAL)
+            for label in await self.continuity.stale_labels():
+                async with self._order:
+                    for _event_id, frame in await self.continuity.missed(label) or ():
+                        await self._process(frame)
+
+    async def handle(self, frame: str, prev: str | None = None) -> None:
+        """Process one event frame (and, first, any events a gap before it hid)."""
+        async with self._order:
+            try:
+                event: dict[str, Any] = json.loads(frame)
+                label = get_config(event["model"]).label
+            except Exception:
+                stats.incr("bad_events")
+                logger.warning("broadcast_app listener ignored a malformed event")
+                return
+            last = self.continuity.last.get(label)
+            if last is not None and not_after(event["id"], last):
+                return  # already processed, from the log
+            if last is not None and prev is not None and prev != last:
+                for _event_id, missed in (
+                    await self.continuity.missed(label, upto=event["id"]) or ()
+                ):
+                    await self._process(missed)
+            await self._process(frame, event)
+
+    async def _process(self, frame: str, event: dict[str, Any] | None = None) -> None:
+        """Cache, ``change_received``, local clients, for one event in order."""
+        if event is None:
+            event = json.loads(frame)
+        config = get_config(event["model"])
+        self.continuity.last[config.label] = event["id"]
         stats.incr("received")
         hub.last_ids[config.label] = event["id"]
+        feed.record(event)  # the dashboard's feed and lag: metadata only, bounded
         try:
             if cache.is_in_memory():
                 cache.apply_event(event)
@@ -133,6 +188,12 @@ class Listener:
             except Exception:
                 logger.exception("a change_received receiver failed for %s", config.label)
         stats.incr("delivered", hub.deliver(frame, event))
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _close(layer: Any) -> None:

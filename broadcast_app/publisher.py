@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,7 +70,23 @@ redis.call('PUBLISH', ARGV[3], payload)
 return id
 """
 
+# KEYS: the model's meta hash. ARGV: channel, label, serializer format. Dropping the
+# epoch makes the next event start a new one, so no client resumes across the loss.
+RESET_SCRIPT = """
+redis.call('HDEL', KEYS[1], 'epoch')
+local message = {type = 'broadcast.reset', model = ARGV[2], reason = 'lost'}
+local payload
+if ARGV[3] == 'json' then
+  payload = cjson.encode(message)
+else
+  payload = cmsgpack.pack(message)
+end
+redis.call('PUBLISH', ARGV[1], payload)
+return 1
+"""
+
 _BATCH = 500
+_RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
 _WAKE: Any = ("", "")
 _WARN_EVERY = 10.0  # seconds between two warnings of the same kind (no log flood)
@@ -83,8 +100,7 @@ class Publisher:
         self._pid: int | None = None
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._clients: dict[str, redis.Redis] = {}
-        self._scripts: dict[str, Any] = {}
+        self._clients: dict[str, tuple[redis.Redis, Any]] = {}
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
         self._throttle = Throttle()
@@ -193,9 +209,19 @@ class Publisher:
     # -- the publisher thread ---------------------------------------------------------
 
     def _run(self, q: queue.Queue[tuple[str, str]]) -> None:
+        # Events Redis refused (down, or slower than BROADCAST_REDIS_TIMEOUT) wait here,
+        # oldest first, and go out before newer ones once it answers again; past
+        # BROADCAST_OUTAGE_BUFFER the oldest are dropped and their models marked "lost",
+        # which turns into a reset for their subscribers, never silence.
+        pending: deque[tuple[str, str]] = deque()
+        lost: set[str] = set()
+        retry_in = 0.0
         while True:
+            timeout = self._throttle.next_due()
+            if pending:
+                timeout = retry_in if timeout is None else min(timeout, retry_in)
             try:
-                batch = [q.get(timeout=self._throttle.next_due())]
+                batch = [q.get(timeout=timeout)]
             except queue.Empty:
                 batch = []
             while len(batch) < _BATCH:
@@ -206,65 +232,108 @@ class Publisher:
             released = self._throttle.release()
             if released:
                 self._emit(released, wait=False)
-            events = [item for item in batch if item is not _WAKE]
+            pending.extend(item for item in batch if item is not _WAKE)
+            done = sum(1 for item in batch if item is _WAKE)
             try:
-                if events:
-                    self._send(events)
+                sent = self._send(list(pending)) if pending else 0
             except Exception:  # never let the thread die
-                stats.incr("publish_errors", len(events))
                 logger.exception("broadcast_app publisher failed on a batch")
-            finally:
-                for _ in batch:
-                    q.task_done()
+                sent = 0
+            if sent == len(pending):
+                done += len(pending)
+                pending.clear()
+                retry_in = 0.0
+                if lost:
+                    lost -= self._send_resets(lost)
+            else:
+                # Keep order: nothing newer goes out before what failed.
+                for _ in range(sent):
+                    pending.popleft()
+                done += sent
+                retry_in = min(max(retry_in * 2, _RETRY_MIN), _RETRY_MAX)
+                overflow = len(pending) - conf.BROADCAST_OUTAGE_BUFFER
+                for _ in range(max(0, overflow)):
+                    lost.add(pending.popleft()[0])
+                    stats.incr("dropped")
+                    done += 1
+            for _ in range(done):
+                q.task_done()
 
-    def _send(self, batch: list[tuple[str, str]]) -> None:
-        by_host: dict[str, list[tuple[Any, tuple[str, str]]]] = {}
-        for label, body in batch:
-            r = route(label)
-            key = repr(sorted(r.host.items()))
-            by_host.setdefault(key, []).append((r, (label, body)))
-        for key, items in by_host.items():
-            client = self._client(key, items[0][0].host)
-            script = self._scripts[key]
+    def _send(self, batch: list[tuple[str, str]]) -> int:
+        """Publish ``batch`` in order; return how many of the first events went out."""
+        sent = 0
+        maxlen = conf.BROADCAST_LOG_MAXLEN
+        max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
+        for host, items in _runs_by_host(batch):
+            client, script = self._client(host)
             try:
                 pipe = client.pipeline(transaction=False)
-                maxlen = conf.BROADCAST_LOG_MAXLEN
-                max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
-                for r, (_label, body) in items:
-                    script(
-                        keys=[r.stream, r.meta],
-                        args=[maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age],
-                        client=pipe,
-                    )
+                for r, body in items:
+                    args = [maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age]
+                    script(keys=[r.stream, r.meta], args=args, client=pipe)
                 pipe.execute()
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
                     "redis",
-                    "broadcast_app could not publish %s event(s) to Redis: %s",
+                    "broadcast_app could not publish %s event(s) to Redis (kept for retry): %s",
                     len(items),
                     exc,
                 )
-                with self._lock:
-                    self._clients.pop(key, None)
-                client.close()
-            else:
-                stats.incr("published", len(items))
+                self._drop_client(host)
+                return sent
+            stats.incr("published", len(items))
+            sent += len(items)
+        return sent
 
-    def _client(self, key: str, host: dict[str, Any]) -> redis.Redis:
+    def _send_resets(self, labels: set[str]) -> set[str]:
+        """Tell every instance that events of ``labels`` were lost; return those told."""
+        told = set()
+        for label in labels:
+            r = route(label)
+            client, _ = self._client(r.host)
+            try:
+                client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
+            except (redis.RedisError, OSError):
+                self._drop_client(r.host)
+                continue
+            told.add(label)
+            stats.incr("lost_resets")
+            logger.warning("broadcast_app dropped %s events during an outage: reset sent", label)
+        return told
+
+    def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:
+        key = repr(sorted(host.items()))
         with self._lock:
-            client = self._clients.get(key)
-            if client is None:
+            entry = self._clients.get(key)
+            if entry is None:
                 client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
-                self._clients[key] = client
-                self._scripts[key] = client.register_script(PUBLISH_SCRIPT)
-            return client
+                entry = self._clients[key] = (client, client.register_script(PUBLISH_SCRIPT))
+            return entry
+
+    def _drop_client(self, host: dict[str, Any]) -> None:
+        with self._lock:
+            entry = self._clients.pop(repr(sorted(host.items())), None)
+        if entry is not None:
+            entry[0].close()
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
+
+
+def _runs_by_host(batch: list[tuple[str, str]]) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Consecutive events grouped by Redis host, keeping their order."""
+    runs: list[tuple[dict[str, Any], list[Any]]] = []
+    for label, body in batch:
+        r = route(label)
+        if runs and runs[-1][0] == r.host:
+            runs[-1][1].append((r, body))
+        else:
+            runs.append((r.host, [(r, body)]))
+    return runs
 
 
 _publisher = Publisher()

@@ -34,6 +34,8 @@ ALLOWED_HOSTS = [
 ]
 
 INSTALLED_APPS = [
+    # Above django.contrib.admin: its admin/index.html (a link to the dashboard) wins.
+    "broadcast_app",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -41,7 +43,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "broadcast_app",
     "project.demo",
 ]
 

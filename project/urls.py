@@ -1,4 +1,4 @@
-"""Root URLconf: the admin and the demo app."""
+"""Root URLconf: the admin, broadcast_app's staff dashboard and the demo app."""
 
 from __future__ import annotations
 
@@ -7,5 +7,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("broadcast/", include("broadcast_app.urls")),
     path("", include("project.demo.urls")),
 ]

@@ -18,6 +18,7 @@ from django.test import override_settings
 from broadcast_app import cache, publisher
 from broadcast_app.embedded_redis import EmbeddedRedis, free_port
 from broadcast_app.events import id_key
+from broadcast_app.hub import hub
 from broadcast_app.layer import route
 from broadcast_app.listener import listener
 from broadcast_app.publisher import Publisher
@@ -153,14 +154,52 @@ def _count(name: str) -> int:
     return stats.get(name)
 
 
-def test_save_neither_fails_nor_waits_when_redis_is_down(db: None) -> None:
+def test_save_neither_fails_nor_waits_when_redis_is_down(
+    db: None, redis_client: redis.Redis
+) -> None:
     closed = free_port()
     errors = _count("publish_errors")
     with override_settings(CHANNEL_LAYERS=layers_for(f"redis://127.0.0.1:{closed}/0")):
         product = make(sku="DOWN-1")
         assert Product.objects.filter(pk=product.pk).exists()
-        assert publisher.flush(TIMEOUT)
-    assert _count("publish_errors") == errors + 1
+        # Not lost: held by the publisher, retried until Redis answers.
+        assert not publisher.flush(0.5)
+    assert _count("publish_errors") >= errors + 1
+    assert publisher.flush(TIMEOUT)  # "Redis is back": the test server answers
+    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("demo.product").stream)]
+    assert any('"sku":"DOWN-1"' in body for body in bodies)
+
+
+@pytest.mark.asyncio
+async def test_outage_overflow_becomes_a_reset_never_silence(running_listener: Any) -> None:
+    class Subscriber:
+        resets: list[str] = []
+        got_reset = asyncio.Event()
+
+        def deliver(self, frame: str, event: dict[str, Any]) -> None:
+            pass
+
+        def reset(self, label: str, pk: str | None, reason: str) -> None:
+            self.resets.append(reason)
+            self.got_reset.set()
+
+    subscriber = Subscriber()
+    hub.add(subscriber, "demo.product", None)
+    dropped = _count("dropped")
+    closed = free_port()
+    try:
+        with override_settings(
+            CHANNEL_LAYERS=layers_for(f"redis://127.0.0.1:{closed}/0"), BROADCAST_OUTAGE_BUFFER=3
+        ):
+            for i in range(8):
+                await database_sync_to_async(make)(sku=f"OVER-{i}")
+            assert not await database_sync_to_async(publisher.flush)(0.3)
+        assert await database_sync_to_async(publisher.flush)(TIMEOUT)
+        await asyncio.wait_for(subscriber.got_reset.wait(), TIMEOUT)
+        assert subscriber.resets == ["lost"]
+        assert _count("dropped") == dropped + 5
+    finally:
+        hub.remove(subscriber, "demo.product", None)
 
 
 def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
@@ -190,10 +229,11 @@ def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
             worker.start()
             assert saved.wait(TIMEOUT)
             worker.join()
-            assert publisher.flush(TIMEOUT)
+            assert not publisher.flush(0.5)  # still waiting for an answer
     finally:
         silent.close()
     assert _count("publish_errors") >= errors + 1
+    assert publisher.flush(TIMEOUT)
 
 
 @pytest.mark.asyncio

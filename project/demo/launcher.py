@@ -149,6 +149,8 @@ def _print_urls(ports: list[int], write: Write) -> None:
         "Change products in the admin of either one and watch both lists follow:",
         f"  {base[0]}{reverse('admin:demo_product_changelist')}",
         f"  Log in as {ADMIN_USERNAME} / {ADMIN_PASSWORD} (one login serves every port).",
+        "Every instance, live, on the staff dashboard:",
+        f"  {base[-1]}{reverse('broadcast_app:dashboard')}",
     ]
     if first is not None:
         lines += [

@@ -13,7 +13,12 @@
  * The client reconnects by itself (exponential backoff with jitter) and resubscribes
  * with `since`, the last event id each subscription saw, so the server can replay what
  * was missed meanwhile. An event id seen twice (a replay overlapping live events) is
- * delivered once.
+ * delivered once. When the server cannot replay (it sends a `reset` frame), the
+ * subscription's `onReset` is called: reload what the page shows.
+ *
+ * Status changes go to `onStatus` and, as `broadcast:status` events (`detail` is the
+ * status), to `document`, so a page can show a connection badge without a reference
+ * to the client.
  *
  * @module broadcast
  */
@@ -46,6 +51,18 @@
  */
 
 /**
+ * The server could not replay what a subscription missed (`since` too old, or history
+ * lost): whatever the page shows of that model (or object) may be stale.
+ *
+ * @typedef {object} ResetFrame
+ * @property {"reset"} type
+ * @property {string} model
+ * @property {string | null} pk  `null`: every object of the model.
+ * @property {string} reason  Human-readable.
+ * @property {string | null} [last_id]  Where the subscription continues from.
+ */
+
+/**
  * @typedef {object} ConnectOptions
  * @property {string} [url]  The websocket URL. Default: `/ws/broadcast/` on this page's
  *   host, `wss:` when the page is served over `https:`.
@@ -61,7 +78,11 @@
 /**
  * @typedef {object} SubscribeOptions
  * @property {string | number} [pk]  One object only; omit it for every object of the model.
+ * @property {string} [since]  The id of the last event the page's state includes (e.g.
+ *   rendered by the server); the server replays later ones where it can.
  * @property {(event: ChangeEvent) => void} onChange  Called with each change event.
+ * @property {(frame: ResetFrame) => void} [onReset]  Called when the server cannot replay
+ *   what this subscription missed: reload the state shown (refetch, or reload the page).
  * @property {(error: ErrorFrame) => void} [onError]  Errors about this subscription.
  */
 
@@ -167,6 +188,13 @@ export function connect(options = {}) {
     retryTimer = setTimeout(open, delay / 2 + (Math.random() * delay) / 2);
   }
 
+  function retryNow() {
+    // The network is back: waiting out a long backoff would only delay the page.
+    if (closed || socket !== null) return;
+    clearTimeout(retryTimer);
+    open();
+  }
+
   function receive(text) {
     let frame;
     try {
@@ -180,6 +208,8 @@ export function connect(options = {}) {
       // Without events of its own yet, a subscription resumes from where it started.
       const sub = byRef(frame.ref);
       if (sub && sub.lastId === null && frame.last_id) sub.lastId = frame.last_id;
+    } else if (frame.type === "reset") {
+      reset(frame);
     } else if (frame.type === "error") {
       const handlers = [...(byRef(frame.ref)?.listeners ?? [])]
         .map((listener) => listener.onError)
@@ -200,22 +230,33 @@ export function connect(options = {}) {
     }
   }
 
+  function reset(frame) {
+    const pk = frame.pk === null || frame.pk === undefined ? null : String(frame.pk);
+    for (const sub of subscriptions.values()) {
+      if (sub.model !== frame.model || (pk !== null && sub.pk !== null && sub.pk !== pk)) continue;
+      // Resuming from the old id would only be refused again.
+      sub.lastId = frame.last_id ?? null;
+      for (const listener of [...sub.listeners]) if (listener.onReset) call(listener.onReset, frame);
+    }
+  }
+
   function byRef(ref) {
     for (const sub of subscriptions.values()) if (sub.ref === ref) return sub;
     return undefined;
   }
 
-  function subscribe(model, { pk = null, onChange, onError: onSubError } = {}) {
+  function subscribe(model, options = {}) {
+    const { pk = null, since = null, onChange, onReset, onError: onSubError } = options;
     if (typeof onChange !== "function") throw new TypeError("subscribe() needs onChange");
     const key = pk === null ? model : `${model}#${pk}`;
     let sub = subscriptions.get(key);
     if (!sub) {
-      sub = { model, pk: pk === null ? null : String(pk), ref: `s${++refs}`, lastId: null };
+      sub = { model, pk: pk === null ? null : String(pk), ref: `s${++refs}`, lastId: since || null };
       sub.listeners = new Set();
       subscriptions.set(key, sub);
       send(subscribeFrame(sub));
     }
-    const listener = { onChange, onError: onSubError };
+    const listener = { onChange, onReset, onError: onSubError };
     sub.listeners.add(listener);
     return () => {
       if (!sub.listeners.delete(listener) || sub.listeners.size) return;
@@ -229,10 +270,12 @@ export function connect(options = {}) {
   function close() {
     closed = true;
     clearTimeout(retryTimer);
+    window.removeEventListener("online", retryNow);
     dropped(socket);
     setStatus("closed");
   }
 
+  window.addEventListener("online", retryNow);
   open();
   return {
     subscribe,

@@ -1,0 +1,97 @@
+"""An instance notices what its listener missed, and repairs it from the log.
+
+channels-redis' pub/sub layer reconnects by itself and says nothing, so events
+published while it was reconnecting simply never arrive. Every published message
+carries the id of the event before it (``prev``); the listener remembers the last id it
+processed per model. A message whose ``prev`` is not that id reveals a gap, and a
+periodic check of each log's last id reveals a gap that no later event exposed. Either
+way the missed events are read from the log and processed in order — cache, signal,
+clients — before anything newer. When the log cannot fill the gap (trimmed, or a new
+epoch after Redis lost its data), the model's cache entries are dropped and its
+subscribers get ``reset``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import cache
+from .events import id_key
+from .hub import hub
+from .log import Replay, event_log
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+
+def _epoch(event_id: str) -> str:
+    return event_id.partition(":")[2]
+
+
+def not_after(event_id: str, last: str) -> bool:
+    """True if ``event_id`` is ``last`` or older (same epoch): already processed."""
+    return _epoch(event_id) == _epoch(last) and id_key(event_id) <= id_key(last)
+
+
+class Continuity:
+    """The last event id processed per model, and gap repair."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+
+    async def prime(self, labels: list[str]) -> None:
+        """Start from the logs' current ends (call before subscribing, so no event
+        published in between goes unnoticed: it shows up as a gap)."""
+        for label in labels:
+            try:
+                last = await event_log.last_id(label)
+            except Exception:  # Redis unreachable: the first event will set it
+                continue
+            if last:
+                self.last[label] = last
+
+    async def missed(self, label: str, upto: str | None = None) -> list[tuple[str, str]] | None:
+        """Frames after the last processed one (before ``upto``), or None after a reset."""
+        last = self.last.get(label)
+        if last is None:
+            return []
+        try:
+            replay = await event_log.read_after(label, last)
+        except Exception:
+            replay = Replay(False, "unavailable")
+        if not replay.complete:
+            self.reset(label, replay.reason)
+            return None
+        frames = [
+            (event_id, frame)
+            for event_id, frame in replay.frames
+            if upto is None or (event_id != upto and not not_after(upto, event_id))
+        ]
+        if frames:
+            stats.incr("recovered", len(frames))
+            logger.warning(
+                "broadcast_app listener recovered %d missed %s event(s)", len(frames), label
+            )
+        return frames
+
+    def reset(self, label: str, reason: str) -> None:
+        """Forget what this instance holds of ``label``; tell its subscribers."""
+        stats.incr("instance_resets")
+        logger.warning(
+            "broadcast_app listener missed %s events it cannot replay (%s)", label, reason
+        )
+        self.last.pop(label, None)
+        cache.clear_model(label)
+        hub.reset(label, reason)
+
+    async def stale_labels(self) -> list[str]:
+        """Models whose log moved past what this instance processed (for the watchdog)."""
+        stale = []
+        for label, last in list(self.last.items()):
+            try:
+                current = await event_log.last_id(label)
+            except Exception:
+                continue
+            if current and current != last and not not_after(current, last):
+                stale.append(label)
+        return stale

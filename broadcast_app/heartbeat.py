@@ -1,0 +1,191 @@
+"""Heartbeats: each instance reports itself in Redis, so any instance can list them all.
+
+Every ``BROADCAST_HEARTBEAT_INTERVAL`` seconds an instance writes its figures
+(:func:`broadcast_app.status.instance_figures`: counters, never event data) as JSON to
+the key ``<prefix>:instance:<id>``, which expires after ``BROADCAST_HEARTBEAT_TTL``,
+and adds its id to the set ``<prefix>:instances``. An instance that dies silently
+drops out when its key expires; one that stops cleanly deletes it. Readers prune ids
+whose key is gone. The Redis is the first host of the broadcast channel layer.
+
+The task runs beside the listener (started and stopped with it). Every Redis call is
+bounded by ``BROADCAST_REDIS_TIMEOUT``: a slow or absent Redis costs a logged warning,
+never a stuck event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from channels_redis.utils import decode_hosts
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .conf import conf
+from .layer import layer_config
+from .stats import stats
+from .status import instance_figures
+
+logger = logging.getLogger(__name__)
+
+_WARN_EVERY = 30.0  # seconds between two warnings about failed heartbeats
+
+
+def instance_key(instance_id: str) -> str:
+    """The key holding one instance's last heartbeat."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}:instance:{instance_id}"
+
+
+def index_key() -> str:
+    """The set of the ids of instances that sent heartbeats."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}:instances"
+
+
+def make_client() -> aioredis.Redis:
+    """An asyncio Redis client for the layer's first host, every wait bounded."""
+    config = layer_config().get("CONFIG", {}) or {}
+    host = dict(decode_hosts(config.get("hosts"))[0])
+    timeout = conf.BROADCAST_REDIS_TIMEOUT
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # One attempt per call: the next heartbeat is the retry.
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": True,
+    }
+    if "master_name" in host:
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None) or options
+        )
+        client: aioredis.Redis = sentinel.master_for(host.pop("master_name"), **options)
+        return client
+    if "address" in host:
+        return aioredis.Redis.from_url(host.pop("address"), **{**host, **options})
+    return aioredis.Redis(**{**host, **options})
+
+
+@asynccontextmanager
+async def connect() -> AsyncIterator[aioredis.Redis]:
+    """A client for one short job (a status request), closed afterwards."""
+    client = make_client()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def beat(client: aioredis.Redis, figures: dict[str, Any]) -> None:
+    """Publish one heartbeat: ``figures`` (must hold ``id``) under a key with a TTL."""
+    ttl_ms = max(1, int(conf.BROADCAST_HEARTBEAT_TTL * 1000))
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.set(instance_key(figures["id"]), json.dumps(figures), px=ttl_ms)
+        pipe.sadd(index_key(), figures["id"])
+        # The index outlives every heartbeat by one TTL, then goes away by itself.
+        pipe.pexpire(index_key(), ttl_ms * 2)
+        await pipe.execute()
+
+
+async def live_instances(client: aioredis.Redis) -> list[dict[str, Any]]:
+    """The last heartbeat of every instance whose heartbeat has not expired, by id."""
+    ids = sorted(str(member) for member in await client.smembers(index_key()))
+    if not ids:
+        return []
+    values = await client.mget([instance_key(i) for i in ids])
+    alive: list[dict[str, Any]] = []
+    gone: list[str] = []
+    for instance_id, value in zip(ids, values, strict=True):
+        if value is None:
+            gone.append(instance_id)
+            continue
+        try:
+            figures = json.loads(value)
+        except ValueError:
+            gone.append(instance_id)
+            continue
+        if isinstance(figures, dict):
+            alive.append(figures)
+    if gone:
+        await client.srem(index_key(), *gone)
+    return alive
+
+
+async def forget(client: aioredis.Redis, instance_id: str) -> None:
+    """Remove an instance's heartbeat (it is stopping)."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(instance_key(instance_id))
+        pipe.srem(index_key(), instance_id)
+        await pipe.execute()
+
+
+class Heartbeat:
+    """Owns the heartbeat task of the running event loop."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_warning = -_WARN_EVERY
+        #: set once the first heartbeat was sent (or failed) since the last start
+        self.sent = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start sending heartbeats from this event loop (no-op if already running)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A task of a previous loop died with it; events belong to one loop.
+            self._loop, self._task = loop, None
+            self.sent = asyncio.Event()
+        if self._task is None or self._task.done():
+            self.sent.clear()
+            self._task = loop.create_task(self._run(), name="broadcast-heartbeat")
+
+    async def stop(self) -> None:
+        """Stop the task and wait for it to withdraw this instance's heartbeat."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        client = make_client()
+        instance_id = conf.BROADCAST_INSTANCE_ID
+        try:
+            while True:
+                try:
+                    await beat(client, instance_figures())
+                    stats.incr("heartbeats")
+                except (redis.RedisError, OSError) as exc:
+                    stats.incr("heartbeat_errors")
+                    self._warn(exc)
+                self.sent.set()
+                await asyncio.sleep(conf.BROADCAST_HEARTBEAT_INTERVAL)
+        finally:
+            # Stopping cleanly: leave the dashboard now rather than when the key expires.
+            # Runs after cancellation; the client's own timeouts bound it.
+            try:
+                await forget(client, instance_id)
+            except (redis.RedisError, OSError):
+                logger.debug("broadcast_app heartbeat: could not withdraw", exc_info=True)
+            await client.aclose()
+
+    def _warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            logger.warning("broadcast_app could not send a heartbeat to Redis: %s", exc)
+
+
+heartbeat = Heartbeat()

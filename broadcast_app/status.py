@@ -1,0 +1,156 @@
+"""The figures behind the dashboard and ``status.json``: this instance, its peers, Redis.
+
+This instance's figures are read live; the other instances' come from their last
+heartbeat in Redis (see :mod:`broadcast_app.heartbeat`). Nothing here reads event
+data: counters, names of registered fields, and the metadata kept by
+:mod:`broadcast_app.feed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import redis
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
+
+from . import __version__
+from .conf import conf
+from .feed import feed, iso
+from .hub import hub
+from .registry import all_configs
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+#: when this process's broadcast_app started (close enough to the server's start: the
+#: listener imports this module through the heartbeat as the instance starts)
+STARTED_AT = time.time()
+
+
+def cache_entries() -> int | None:
+    """Entries in this instance's broadcast cache; None when the backend cannot tell.
+
+    Only a local-memory cache can be counted without scanning a shared server.
+    """
+    backend = caches[conf.BROADCAST_CACHE_ALIAS]
+    if not isinstance(backend, LocMemCache):
+        return None
+    marker = f":{conf.BROADCAST_GROUP_PREFIX}:obj:"
+    lock = getattr(backend, "_lock")  # noqa: B009  (private, but the only way to count)
+    with lock:
+        keys = list(getattr(backend, "_cache"))  # noqa: B009
+    return sum(1 for key in keys if marker in key)
+
+
+def instance_figures() -> dict[str, Any]:
+    """This instance's figures, as its heartbeat publishes them."""
+    from .listener import listener  # the listener module imports this one indirectly
+
+    now = time.time()
+    last = feed.last
+    counts = stats.snapshot()
+    return {
+        "id": conf.BROADCAST_INSTANCE_ID,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "version": __version__,
+        "started_at": iso(STARTED_AT),
+        "uptime_s": round(now - STARTED_AT, 1),
+        "listening": listener.running and listener.subscribed.is_set(),
+        "connections": counts.get("connections_opened", 0) - counts.get("connections_closed", 0),
+        "subscriptions": hub.count(),
+        "published": counts.get("published", 0),
+        "received": counts.get("received", 0),
+        "delivered": counts.get("delivered", 0),
+        "dropped": counts.get("dropped", 0),
+        "errors": sum(
+            counts.get(name, 0)
+            for name in ("publish_errors", "listener_errors", "cache_errors", "bad_events")
+        ),
+        "cache_entries": cache_entries(),
+        "last_event_at": None if last is None else iso(last.received_at),
+        "last_lag_ms": None if last is None else last.lag_ms,
+        "reported_at": iso(now),
+    }
+
+
+def models() -> list[dict[str, Any]]:
+    """The registered models and how they broadcast."""
+    return [
+        {
+            "label": config.label,
+            "fields": [f.name for f in config.broadcast_fields],
+            "exclude": list(config.exclude),
+            "permission": config.view_permission,
+            "serializer": _name(config.serializer),
+            "object_check": _name(config.object_check),
+            "last_id": hub.last_ids.get(config.label),
+        }
+        for config in all_configs()
+    ]
+
+
+def _name(function: Any) -> str | None:
+    if function is None:
+        return None
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+
+
+async def redis_health(client: Any) -> dict[str, Any]:
+    """Version, memory and clients of the Redis the heartbeats use."""
+    try:
+        info = await asyncio.wait_for(client.info(), conf.BROADCAST_REDIS_TIMEOUT * 2)
+    except (redis.RedisError, OSError, TimeoutError) as exc:
+        return {"ok": False, "error": _describe(exc)}
+    return {
+        "ok": True,
+        "version": info.get("redis_version"),
+        "uptime_s": info.get("uptime_in_seconds"),
+        "used_memory": info.get("used_memory"),
+        "used_memory_human": info.get("used_memory_human"),
+        "maxmemory": info.get("maxmemory"),
+        "connected_clients": info.get("connected_clients"),
+        "pubsub_channels": info.get("pubsub_channels"),
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def gather() -> dict[str, Any]:
+    """Everything ``status.json`` returns: this instance, the live ones, models, Redis."""
+    from .heartbeat import connect, live_instances
+
+    this = instance_figures()
+    async with connect() as client:
+        redis_info = await redis_health(client)
+        try:
+            peers = await live_instances(client) if redis_info["ok"] else []
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            peers = []
+            redis_info = {"ok": False, "error": _describe(exc)}
+    # This instance from its live figures; the others from their heartbeats.
+    instances = [dict(peer, self=False) for peer in peers if peer.get("id") != this["id"]]
+    instances.append(dict(this, self=True))
+    instances.sort(key=lambda figures: str(figures.get("id")))
+    return {
+        "generated_at": iso(time.time()),
+        "instance": this,
+        "instances": instances,
+        "rate": {"step_s": 5, "window_s": 300, "per_second": feed.rate(step=5, window=300)},
+        "feed": [receipt.as_dict() for receipt in feed.latest()],
+        "models": models(),
+        "redis": redis_info,
+        "settings": {
+            "heartbeat_interval_s": conf.BROADCAST_HEARTBEAT_INTERVAL,
+            "heartbeat_ttl_s": conf.BROADCAST_HEARTBEAT_TTL,
+            "refresh_s": conf.BROADCAST_DASHBOARD_REFRESH,
+        },
+    }

@@ -1,0 +1,1 @@
+"""Template tags of broadcast_app (``{% load broadcast %}``)."""

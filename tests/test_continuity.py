@@ -1,0 +1,118 @@
+"""An instance repairs what its listener missed from the log, or resets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from channels.db import database_sync_to_async
+from django.test import override_settings
+
+from broadcast_app import cache, publisher
+from broadcast_app.hub import hub
+from broadcast_app.layer import meta_key, stream_key
+from broadcast_app.signals import change_received
+from project.demo.models import Product
+from tests.conftest import layers_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+TIMEOUT = 5
+
+
+@pytest.fixture
+def seen() -> Iterator[asyncio.Queue[dict[str, Any]]]:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receiver(sender: Any, event: dict[str, Any], **kwargs: Any) -> None:
+        await queue.put(event)
+
+    change_received.connect(receiver, weak=False, dispatch_uid="test-continuity")
+    yield queue
+    change_received.disconnect(dispatch_uid="test-continuity")
+
+
+def deaf_layers(url: str) -> dict[str, Any]:
+    """Same Redis and logs, but a channel nobody listens on: the listener misses these."""
+    layers = layers_for(url)
+    layers["default"]["CONFIG"]["prefix"] = "deaf"
+    return layers
+
+
+def save_stock(product: Product, values: range) -> None:
+    for value in values:
+        product.stock = value
+        product.save()
+    publisher.flush(TIMEOUT)
+
+
+async def next_stocks(queue: asyncio.Queue[dict[str, Any]], count: int) -> list[int]:
+    return [(await asyncio.wait_for(queue.get(), TIMEOUT))["data"]["stock"] for _ in range(count)]
+
+
+async def test_gap_is_replayed_in_order_before_the_next_event(
+    running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_server: Any
+) -> None:
+    product = await database_sync_to_async(Product.objects.create)(
+        name="G", sku="G", price=Decimal(1)
+    )
+    assert (await asyncio.wait_for(seen.get(), TIMEOUT))["op"] == "created"
+    with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
+        await database_sync_to_async(save_stock)(product, range(1, 6))
+    await database_sync_to_async(save_stock)(product, range(6, 7))
+    assert await next_stocks(seen, 6) == [1, 2, 3, 4, 5, 6]
+    assert (await database_sync_to_async(cache.fetch)(Product, product.pk)).data["stock"] == 6
+
+
+@override_settings(BROADCAST_RECOVERY_INTERVAL=0.1)
+async def test_watchdog_finds_a_gap_no_later_event_reveals(
+    running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_server: Any
+) -> None:
+    await running_listener.stop()  # restart it with the short interval
+    await running_listener.start()
+    product = await database_sync_to_async(Product.objects.create)(
+        name="W", sku="W", price=Decimal(1)
+    )
+    await asyncio.wait_for(seen.get(), TIMEOUT)
+    with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
+        await database_sync_to_async(save_stock)(product, range(1, 4))
+    assert await next_stocks(seen, 3) == [1, 2, 3]
+
+
+async def test_lost_log_resets_cache_and_subscribers(
+    running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_client: redis.Redis
+) -> None:
+    class Subscriber:
+        def __init__(self) -> None:
+            self.resets: list[tuple[str, str | None, str]] = []
+
+        def deliver(self, frame: str, event: dict[str, Any]) -> None:
+            pass
+
+        def reset(self, label: str, pk: str | None, reason: str) -> None:
+            self.resets.append((label, pk, reason))
+
+    subscriber = Subscriber()
+    hub.add(subscriber, "demo.product", None)
+    try:
+        product = await database_sync_to_async(Product.objects.create)(
+            name="L", sku="L", price=Decimal(1)
+        )
+        await asyncio.wait_for(seen.get(), TIMEOUT)
+        assert (await database_sync_to_async(cache.fetch)(Product, product.pk)).hit
+        # Redis loses its data (restart without persistence): a new epoch begins.
+        redis_client.delete(stream_key("demo.product"), meta_key("demo.product"))
+        other = await database_sync_to_async(Product.objects.create)(
+            name="M", sku="M", price=Decimal(1)
+        )
+        event = await asyncio.wait_for(seen.get(), TIMEOUT)
+        assert event["pk"] == str(other.pk)
+        assert subscriber.resets == [("demo.product", None, "epoch")]
+        # The entry cached before the loss is gone: the next read is a miss.
+        assert not (await database_sync_to_async(cache.fetch)(Product, product.pk)).hit
+    finally:
+        hub.remove(subscriber, "demo.product", None)

@@ -1,0 +1,82 @@
+"""Heartbeats: every instance listed through Redis, gone when it stops or falls silent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from django.test import override_settings
+
+from broadcast_app import heartbeat as hb
+from broadcast_app.conf import conf
+from broadcast_app.stats import stats
+from tests.conftest import layers_for
+
+pytestmark = pytest.mark.asyncio
+
+TIMEOUT = 5
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    async with hb.connect() as connection:
+        await connection.delete(hb.index_key())
+        yield connection
+        await connection.delete(hb.index_key())
+
+
+def figures(instance_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": instance_id, "received": 0, **extra}
+
+
+async def test_two_instances_are_listed(client: aioredis.Redis) -> None:
+    await hb.beat(client, figures("one", received=3))
+    await hb.beat(client, figures("two", received=5))
+    listed = await hb.live_instances(client)
+    assert [(i["id"], i["received"]) for i in listed] == [("one", 3), ("two", 5)]
+    ttl_ms = await client.pttl(hb.instance_key("one"))
+    assert 0 < ttl_ms <= conf.BROADCAST_HEARTBEAT_TTL * 1000
+
+
+async def test_an_instance_whose_heartbeat_expired_is_pruned(client: aioredis.Redis) -> None:
+    await hb.beat(client, figures("alive"))
+    await hb.beat(client, figures("dead"))
+    await client.delete(hb.instance_key("dead"))  # what its TTL does when it dies silently
+    assert [i["id"] for i in await hb.live_instances(client)] == ["alive"]
+    assert await client.smembers(hb.index_key()) == {"alive"}
+
+
+async def test_the_task_beats_at_once_and_withdraws_on_stop(client: aioredis.Redis) -> None:
+    beat = hb.Heartbeat()
+    with override_settings(BROADCAST_INSTANCE_ID="task-test"):
+        await beat.start()
+        try:
+            await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
+            (listed,) = await hb.live_instances(client)
+            assert listed["id"] == "task-test"
+            assert {"uptime_s", "connections", "published", "received"} <= set(listed)
+        finally:
+            await beat.stop()
+    assert not beat.running
+    assert await hb.live_instances(client) == []
+
+
+async def test_redis_down_is_counted_not_raised() -> None:
+    beat = hb.Heartbeat()
+    errors = stats.get("heartbeat_errors")
+    with override_settings(CHANNEL_LAYERS=layers_for("redis://127.0.0.1:1/0")):
+        await beat.start()
+        await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
+        assert beat.running
+        await asyncio.wait_for(beat.stop(), TIMEOUT)
+    assert stats.get("heartbeat_errors") == errors + 1
+
+
+async def test_the_listener_runs_a_heartbeat(running_listener: Any) -> None:
+    assert hb.heartbeat.running
+    await running_listener.stop()
+    assert not hb.heartbeat.running

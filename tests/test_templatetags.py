@@ -1,0 +1,149 @@
+"""The ``{% load broadcast %}`` tags: live markup, broadcast values only, never excluded ones."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.template import Context, Template, TemplateSyntaxError
+from django.test import Client, override_settings
+
+from broadcast_app.templatetags.broadcast import NotBroadcastField
+from project.demo.models import Product
+
+pytestmark = pytest.mark.django_db
+
+#: a cost price no page may ever show
+SECRET = "31337.00"
+
+
+def render(source: str, **context: Any) -> str:
+    return Template("{% load broadcast %}" + source).render(Context(context))
+
+
+@pytest.fixture
+def product() -> Product:
+    with override_settings(BROADCAST_ENABLED=False):
+        return Product.objects.create(
+            name="Anvil <b>heavy</b>", sku="AN-1", price=Decimal("12.5"), stock=3,
+            cost_price=Decimal(SECRET),
+        )  # fmt: skip
+
+
+def test_live_field_renders_the_broadcast_value_in_a_bound_element(product: Product) -> None:
+    html = render('{% live_field product "price" %}', product=product)
+    assert html.startswith('<span class="broadcast-field" data-broadcast-model="demo.product"')
+    assert f'data-broadcast-pk="{product.pk}"' in html
+    assert 'data-broadcast-field="price" data-broadcast-kind="number"' in html
+    # As the event carries it: two decimal places, not the "12.5" that was assigned.
+    assert html.endswith(">12.50</span>")
+
+
+def test_live_field_escapes_and_takes_an_element_and_a_class(product: Product) -> None:
+    html = render('{% live_field product "name" element="td" css_class="x" %}', product=product)
+    assert html.startswith('<td class="broadcast-field x" ')
+    assert "Anvil &lt;b&gt;heavy&lt;/b&gt;</td>" in html
+    with pytest.raises(TemplateSyntaxError, match="not an element name"):
+        render('{% live_field product "name" element="td onclick=x" %}', product=product)
+
+
+def test_live_field_renders_datetimes_as_time_elements(product: Product) -> None:
+    html = render('{% live_field product "updated_at" %}', product=product)
+    iso = re.search(r'<time datetime="([^"]+)">', html)
+    assert iso is not None, html
+    assert iso.group(1).endswith("Z")
+    assert 'data-broadcast-kind="datetime"' in html
+
+
+def test_live_field_refuses_an_excluded_field(product: Product) -> None:
+    with pytest.raises(NotBroadcastField, match=r"demo\.product\.cost_price is not broadcast"):
+        render('{% live_field product "cost_price" %}', product=product)
+
+
+def test_live_field_refuses_unknown_fields_and_models(product: Product) -> None:
+    with pytest.raises(NotBroadcastField, match="no broadcast field 'colour'"):
+        render('{% live_field product "colour" %}', product=product)
+    user = User.objects.create_user("someone")
+    with pytest.raises(NotBroadcastField, match=r"auth\.user is not registered"):
+        render('{% live_field user "username" %}', user=user)
+    with pytest.raises(TemplateSyntaxError, match="needs a model instance"):
+        render('{% live_field data "price" %}', data={"price": 1})
+
+
+def test_live_table_renders_rows_cells_and_a_row_template(product: Product) -> None:
+    html = render(
+        '{% live_table products "name" "price" "updated_at" order="pk" table_id="t" %}',
+        products=Product.objects.all(),
+    )
+    assert 'data-broadcast-table data-broadcast-model="demo.product"' in html
+    assert 'data-broadcast-order="pk"' in html
+    assert '<table id="t" class="broadcast-table">' in html
+    assert f'<tr data-broadcast-pk="{product.pk}">' in html
+    assert re.search(
+        r'data-broadcast-field="price" data-broadcast-kind="number">12\.50</td>', html
+    )
+    assert ">Name</th>" in html and ">Price</th>" in html
+    assert "<template data-broadcast-row>" in html
+    assert re.search(r"<p [^>]*data-broadcast-empty hidden>", html)
+    assert SECRET not in html and "cost" not in html.lower()
+
+
+def test_live_table_refuses_an_excluded_column_even_when_loaded(product: Product) -> None:
+    with pytest.raises(NotBroadcastField, match="cost_price is not broadcast"):
+        render('{% live_table products "name" "cost_price" %}', products=Product.objects.all())
+
+
+def test_live_table_default_columns_are_the_broadcast_fields() -> None:
+    html = render("{% live_table products %}", products=Product.objects.none())
+    columns = re.findall(r"<th scope=\"col\"[^>]*>([^<]+)</th>", html)
+    assert columns == ["Name", "SKU", "Price", "Stock", "Updated at"]
+    assert re.search(r"<p [^>]*data-broadcast-empty>Nothing here yet\.</p>", html)
+
+
+def test_live_table_takes_dicts_with_a_model_and_drops_their_private_keys(
+    product: Product,
+) -> None:
+    rows = Product.objects.values("id", "name", "cost_price")
+    html = render('{% live_table rows "name" model="demo.product" %}', rows=rows)
+    assert f'data-broadcast-pk="{product.pk}"' in html
+    assert SECRET not in html
+    with pytest.raises(TemplateSyntaxError, match="needs a queryset"):
+        render('{% live_table rows "name" %}', rows=list(rows))
+    with pytest.raises(TemplateSyntaxError, match="order must be one of"):
+        render('{% live_table products order="random" %}', products=Product.objects.all())
+
+
+def test_a_custom_serializer_keys_are_live_but_private_names_are_not(
+    product: Product, reregister: Any
+) -> None:
+    reregister(
+        exclude=["cost_price"],
+        serializer=lambda p: {"id": p.pk, "label": f"{p.name}!", "cost_price": p.cost_price},
+    )
+    html = render('{% live_field product "label" %}', product=product)
+    assert "Anvil &lt;b&gt;heavy&lt;/b&gt;!</span>" in html
+    with pytest.raises(NotBroadcastField):
+        render('{% live_field product "cost_price" %}', product=product)
+
+
+def test_client_and_status_tags() -> None:
+    html = render("{% broadcast_client %}{% broadcast_status %}")
+    assert '<script type="module" src="/static/broadcast_app/js/page.js"></script>' in html
+    assert '<link rel="stylesheet" href="/static/broadcast_app/css/live.css">' in html
+    assert 'data-broadcast-status data-status="connecting"' in html
+
+
+def test_the_demo_page_is_tags_only(client: Client, product: Product) -> None:
+    user = User.objects.create_superuser("boss", password="x")
+    client.force_login(user)
+    page = client.get("/").content.decode()
+    assert "broadcast_app/js/page.js" in page
+    assert 'id="products"' in page and "data-broadcast-table" in page
+    assert 'id="spotlight"' in page and 'data-broadcast-field="stock"' in page
+    assert "demo/js/" not in page  # no page script of its own
+    assert SECRET not in page
+    anonymous = Client().get("/").content.decode()
+    assert "data-broadcast" not in anonymous and "page.js" not in anonymous
