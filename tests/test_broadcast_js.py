@@ -111,10 +111,13 @@ async def test_subscribe_delivers_each_event_once_and_unsubscribes(page: Any) ->
           ws.serverSend(change("12-0", "8"));  // another object
           stop();
           ws.serverSend(change("13-0"));  // after unsubscribing
-          return { url: ws.url, statuses, ids, sent: ws.sent, status: client.status };
+          return { url: ws.url, statuses, ids, sent: ws.sent, status: client.status,
+                   socketId: client.socketId };
         }"""
     )
-    assert result["url"] == "ws://app.test/ws/broadcast/"
+    # The page's id for this connection travels in the URL (echo control).
+    assert result["socketId"]
+    assert result["url"] == f"ws://app.test/ws/broadcast/?socket_id={result['socketId']}"
     assert result["statuses"] == ["connecting", "dom:connecting", "open", "dom:open"]
     assert result["ids"] == ["10-0", "11-0"]
     assert result["sent"] == [

@@ -92,6 +92,9 @@
  *   receiving a model's (or one object's) changes; returns the function that stops it.
  * @property {() => void} close  Close the connection for good.
  * @property {Status} status  The connection's current status.
+ * @property {string} socketId  This connection's id (sent as `?socket_id=`). Send it
+ *   back as the `X-Socket-ID` header of your own requests (with
+ *   `X-Broadcast-To-Others: 1`) to be spared the echo of your own changes.
  */
 
 /** How many recent event ids are remembered to drop duplicates. */
@@ -112,6 +115,7 @@ export function connect(options = {}) {
     minDelay = 500,
     maxDelay = 30_000,
   } = options;
+  const socketId = newSocketId();
 
   /** One entry per model or model and pk; several subscribe() calls may share one. */
   const subscriptions = new Map();
@@ -145,7 +149,7 @@ export function connect(options = {}) {
 
   function open() {
     setStatus(attempt === 0 ? "connecting" : "reconnecting");
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(withSocketId(url, socketId));
     socket = ws;
     ws.onopen = () => {
       lastHeard = Date.now();
@@ -280,10 +284,22 @@ export function connect(options = {}) {
   return {
     subscribe,
     close,
+    socketId,
     get status() {
       return status;
     },
   };
+}
+
+/** A random id for this page's connection; it keeps it across reconnections. */
+function newSocketId() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+function withSocketId(url, socketId) {
+  const separator = url.includes("?") ? "&" : "?";
+  return `${url}${separator}socket_id=${encodeURIComponent(socketId)}`;
 }
 
 function defaultUrl() {
