@@ -36,6 +36,7 @@ from .status import instance_figures
 logger = logging.getLogger(__name__)
 
 _WARN_EVERY = 30.0  # seconds between two warnings about failed heartbeats
+_STOP_WAIT = 5.0  # seconds stop() waits for the task to withdraw the heartbeat
 
 
 def instance_key(instance_id: str) -> str:
@@ -152,12 +153,24 @@ class Heartbeat:
             self._task = loop.create_task(self._run(), name="broadcast-heartbeat")
 
     async def stop(self) -> None:
-        """Stop the task and wait for it to withdraw this instance's heartbeat."""
+        """Stop the task and wait (boundedly) for it to withdraw this instance's heartbeat."""
         task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            return  # nothing runs (a task of a closed loop died with it)
+        # A cancellation that lands while a Redis call's own timeout expires can come out
+        # as TimeoutError (asyncio.timeout's documented race): cancel again until the
+        # task is really done, within a bound, rather than wait for it forever.
+        deadline = loop.time() + _STOP_WAIT
+        while not task.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning("broadcast_app heartbeat did not stop within %.0fs", _STOP_WAIT)
+                return
+            task.cancel()
+            await asyncio.wait({task}, timeout=min(0.5, remaining))
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not report it as forgotten
 
     async def _run(self) -> None:
         client = make_client()
@@ -168,6 +181,8 @@ class Heartbeat:
                     await beat(client, instance_figures())
                     stats.incr("heartbeats")
                 except (redis.RedisError, OSError) as exc:
+                    if _cancelling():
+                        raise asyncio.CancelledError from exc  # the race above: stop now
                     stats.incr("heartbeat_errors")
                     self._warn(exc)
                 self.sent.set()
@@ -179,13 +194,19 @@ class Heartbeat:
                 await forget(client, instance_id)
             except (redis.RedisError, OSError):
                 logger.debug("broadcast_app heartbeat: could not withdraw", exc_info=True)
-            await client.aclose()
+            finally:
+                await client.aclose()
 
     def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
             self._last_warning = now
             logger.warning("broadcast_app could not send a heartbeat to Redis: %s", exc)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 heartbeat = Heartbeat()

@@ -80,3 +80,24 @@ async def test_the_listener_runs_a_heartbeat(running_listener: Any) -> None:
     assert hb.heartbeat.running
     await running_listener.stop()
     assert not hb.heartbeat.running
+
+
+async def test_stop_survives_a_cancellation_turned_into_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio.timeout's race: a cancel landing as a Redis timeout expires is a TimeoutError."""
+    entered = asyncio.Event()
+
+    async def racing_beat(client: Any, figures: dict[str, Any]) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TimeoutError("Timeout reading from socket") from None
+
+    monkeypatch.setattr(hb, "beat", racing_beat)
+    beat = hb.Heartbeat()
+    await beat.start()
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    await asyncio.wait_for(beat.stop(), TIMEOUT)
+    assert not beat.running
