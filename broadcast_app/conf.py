@@ -12,6 +12,17 @@ import socket
 from django.conf import settings
 
 
+def _default_instance_id() -> str:
+    # Cached per process (a fork gets its own pid): it is read on every publish.
+    pid = os.getpid()
+    if _instance_id_cache.get("pid") != pid:
+        _instance_id_cache.update(pid=pid, id=f"{socket.gethostname()}:{pid}")
+    return str(_instance_id_cache["id"])
+
+
+_instance_id_cache: dict[str, object] = {}
+
+
 class Settings:
     """Typed access to the ``BROADCAST_*`` settings."""
 
@@ -47,7 +58,7 @@ class Settings:
         value = getattr(settings, "BROADCAST_INSTANCE_ID", None) or os.environ.get(
             "BROADCAST_INSTANCE_ID"
         )
-        return str(value) if value else f"{socket.gethostname()}:{os.getpid()}"
+        return str(value) if value else _default_instance_id()
 
     @property
     def BROADCAST_REDIS_TIMEOUT(self) -> float:

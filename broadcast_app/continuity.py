@@ -38,6 +38,8 @@ class Continuity:
 
     def __init__(self) -> None:
         self.last: dict[str, str] = {}
+        #: each log's last id at the previous watchdog check
+        self._seen_in_log: dict[str, str] = {}
 
     async def prime(self, labels: list[str]) -> None:
         """Start from the logs' current ends (call before subscribing, so no event
@@ -85,13 +87,19 @@ class Continuity:
         hub.reset(label, reason)
 
     async def stale_labels(self) -> list[str]:
-        """Models whose log moved past what this instance processed (for the watchdog)."""
+        """Models with an event the log held at the previous check that this instance
+        has still not processed (for the watchdog). Comparing with the previous check,
+        not the current one, leaves events still in flight alone: a busy listener is
+        behind, not deaf."""
         stale = []
         for label, last in list(self.last.items()):
             try:
                 current = await event_log.last_id(label)
             except Exception:
                 continue
-            if current and current != last and not not_after(current, last):
+            earlier = self._seen_in_log.get(label)
+            if current:
+                self._seen_in_log[label] = current
+            if earlier and earlier != last and not not_after(earlier, last):
                 stale.append(label)
         return stale

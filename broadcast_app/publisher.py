@@ -265,12 +265,16 @@ class Publisher:
         maxlen = conf.BROADCAST_LOG_MAXLEN
         max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
         for host, items in _runs_by_host(batch):
-            client, script = self._client(host)
             try:
+                client, script = self._client(host)
                 pipe = client.pipeline(transaction=False)
                 for r, body in items:
                     args = [maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age]
-                    script(keys=[r.stream, r.meta], args=args, client=pipe)
+                    # EVALSHA directly: redis-py's Script in a pipeline sends SCRIPT
+                    # EXISTS first on every execute(), an extra round trip per batch.
+                    # A Redis that lost the script (restart) fails the batch with
+                    # NOSCRIPT; the batch is retried on a new client, which loads it.
+                    pipe.evalsha(script, 2, r.stream, r.meta, *args)
                 pipe.execute()
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
@@ -291,8 +295,8 @@ class Publisher:
         told = set()
         for label in labels:
             r = route(label)
-            client, _ = self._client(r.host)
             try:
+                client, _ = self._client(r.host)
                 client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
             except (redis.RedisError, OSError):
                 self._drop_client(r.host)
@@ -306,10 +310,13 @@ class Publisher:
         key = repr(sorted(host.items()))
         with self._lock:
             entry = self._clients.get(key)
-            if entry is None:
-                client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
-                entry = self._clients[key] = (client, client.register_script(PUBLISH_SCRIPT))
-            return entry
+        if entry is None:
+            # Outside the lock: saving threads take it, and this talks to Redis.
+            client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
+            entry = (client, client.script_load(PUBLISH_SCRIPT))
+            with self._lock:
+                self._clients[key] = entry
+        return entry
 
     def _drop_client(self, host: dict[str, Any]) -> None:
         with self._lock:
