@@ -87,7 +87,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _write(self) -> None:
         while True:
             frame = await self.outbox.get()
-            await self.send(text_data=frame)
+            # Straight to the ASGI send: AsyncWebsocketConsumer.send only builds this
+            # message, and it runs for every frame of every client.
+            await self.base_send({"type": "websocket.send", "text": frame})
 
     def enqueue(self, frame: str) -> None:
         """Queue a frame for this client; close the connection if it fell too far behind."""
