@@ -29,6 +29,7 @@ from broadcast_app.conf import conf
 from broadcast_app.embedded_redis import EmbeddedRedis
 
 from . import seed
+from .children import stop_processes
 from .models import Product
 
 Write = Callable[[str], None]
@@ -232,16 +233,7 @@ class _Instances:
 
     def stop(self) -> None:
         """Terminate every instance, then kill those still running after the timeout."""
-        running = [p for p in self.processes.values() if p.poll() is None]
-        for process in running:
-            process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for process in running:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values(), STOP_TIMEOUT)
 
 
 #: ignores any http_proxy of the environment: the probe must reach 127.0.0.1 itself

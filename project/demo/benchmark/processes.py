@@ -23,6 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from ..children import stop_processes
+
 #: seconds a child may take to stop after SIGTERM before it is killed
 STOP_TIMEOUT = 10.0
 
@@ -92,16 +94,7 @@ class Children:
 
     def stop_all(self) -> None:
         """SIGTERM every child (last started first), SIGKILL those still up after a while."""
-        running = [p for p in reversed(self.processes.values()) if p.poll() is None]
-        for process in running:
-            process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for process in running:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(reversed(self.processes.values()), STOP_TIMEOUT)
         for log in self._logs:
             log.close()
         self._logs = []
