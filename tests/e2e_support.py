@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -450,3 +451,42 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     env["DJANGO_SETTINGS_MODULE"] = "project.settings"
     env.update(overrides)
     return env
+
+
+@dataclass
+class DemoStack:
+    """Two demo instances on one Redis and a fresh database, seeded by a setup script."""
+
+    a: Instance
+    b: Instance
+    env: dict[str, str]
+    #: what the setup script printed last, as JSON
+    setup_output: Any
+
+
+@contextmanager
+def demo_stack(
+    redis_url: str, directory: Path, setup_script: str, password: str, setup_id: str
+) -> Iterator[DemoStack]:
+    """Migrate a fresh database, run ``setup_script`` (``manage.py shell -c``, with
+    ``E2E_PASSWORD`` set), start instances A and B, and check on the way out that
+    neither logged a traceback (stopping included: that covers the listener's shutdown).
+    """
+    with fresh_database(os.environ.get("DATABASE_URL"), directory) as database_url:
+        env = subprocess_env(
+            DJANGO_SETTINGS_MODULE="project.settings",
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url,
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+            DJANGO_DEBUG="0",
+            BROADCAST_INSTANCE_ID=setup_id,
+            PYTHONUNBUFFERED="1",
+        )
+        manage("migrate", "--noinput", env=env)
+        setup = manage("shell", "-c", setup_script, env={**env, "E2E_PASSWORD": password})
+        envs = {name: {**env, "BROADCAST_INSTANCE_ID": f"e2e-{name}"} for name in "AB"}
+        with running_instances(envs, directory) as (a, b):
+            yield DemoStack(a, b, env, last_json_line(setup.stdout))
+        for instance in (a, b):
+            assert "Traceback" not in instance.log_text(), instance.log_text()

@@ -9,7 +9,6 @@ docs/screenshots/ are taken here.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -26,14 +25,10 @@ from tests.e2e_support import (
     STARTUP_TIMEOUT,
     Instance,
     admin_change,
+    demo_stack,
     form_fields,
-    fresh_database,
     http_client,
-    last_json_line,
     login,
-    manage,
-    running_instances,
-    subprocess_env,
 )
 
 try:
@@ -77,26 +72,9 @@ def stack(
 ) -> Iterator[Stack]:
     directory: Path = tmp_path_factory.mktemp("browser")
     password = secrets.token_urlsafe(16)
-    with fresh_database(os.environ.get("DATABASE_URL"), directory) as database_url:
-        env = subprocess_env(
-            DJANGO_SETTINGS_MODULE="project.settings",
-            REDIS_URL=redis_server.url,
-            DATABASE_URL=database_url,
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-            DJANGO_DEBUG="0",
-            BROADCAST_INSTANCE_ID="browser-setup",
-            PYTHONUNBUFFERED="1",
-        )
-        manage("migrate", "--noinput", env=env)
-        setup = manage("shell", "-c", SETUP, env={**env, "E2E_PASSWORD": password})
-        pks = last_json_line(setup.stdout)
-        envs = {name: {**env, "BROADCAST_INSTANCE_ID": f"e2e-{name}"} for name in "AB"}
-        with running_instances(envs, directory) as (a, b):
-            session_id = login(a.base_url, ADMIN, password)
-            yield Stack(a, b, session_id, pks)
-        for instance in (a, b):
-            assert "Traceback" not in instance.log_text(), instance.log_text()
+    with demo_stack(redis_server.url, directory, SETUP, password, "browser-setup") as demo:
+        session_id = login(demo.a.base_url, ADMIN, password)
+        yield Stack(demo.a, demo.b, session_id, demo.setup_output)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

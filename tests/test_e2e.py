@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,15 +23,12 @@ from broadcast_app.events import id_key
 from tests.e2e_support import (
     Instance,
     admin_change,
+    demo_stack,
     form_fields,
-    fresh_database,
     http_client,
     last_json_line,
     login,
-    manage,
     manage_async,
-    running_instances,
-    subprocess_env,
     websocket,
 )
 
@@ -83,26 +79,8 @@ def stack(
 ) -> Iterator[Stack]:
     directory: Path = tmp_path_factory.mktemp("e2e")
     password = secrets.token_urlsafe(16)
-    with fresh_database(os.environ.get("DATABASE_URL"), directory) as database_url:
-        env = subprocess_env(
-            DJANGO_SETTINGS_MODULE="project.settings",
-            REDIS_URL=redis_server.url,
-            DATABASE_URL=database_url,
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-            DJANGO_DEBUG="0",
-            BROADCAST_INSTANCE_ID="e2e-setup",
-            PYTHONUNBUFFERED="1",
-        )
-        manage("migrate", "--noinput", env=env)
-        setup = manage("shell", "-c", SETUP, env={**env, "E2E_PASSWORD": password})
-        pks = last_json_line(setup.stdout)
-        envs = {name: {**env, "BROADCAST_INSTANCE_ID": f"e2e-{name}"} for name in "AB"}
-        with running_instances(envs, directory) as (a, b):
-            yield Stack(a, b, env, password, pks)
-        for instance in (a, b):
-            # Stopped now: this also covers the listener's shutdown.
-            assert "Traceback" not in instance.log_text(), instance.log_text()
+    with demo_stack(redis_server.url, directory, SETUP, password, "e2e-setup") as demo:
+        yield Stack(demo.a, demo.b, demo.env, password, demo.setup_output)
 
 
 @pytest.fixture(scope="module")
