@@ -39,11 +39,27 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["flush", "publish", "reset", "stats"]
 
+# Publishes the Lua table `message` on `channel`, in the layer's serializer format (the
+# pub/sub layer reads msgpack by default, or json): shared by both scripts below.
+_PUBLISH_MESSAGE = """
+local function publish(channel, format, message)
+  local payload
+  if format == 'json' then
+    payload = cjson.encode(message)
+  else
+    payload = cmsgpack.pack(message)
+  end
+  redis.call('PUBLISH', channel, payload)
+end
+"""
+
 # KEYS: the model's stream and its meta hash (epoch, last id). ARGV: max length, event
 # body, channel, serializer format, a fresh epoch (used if the log is new or was lost),
 # max age in ms (0: none). The id is "<stream id>:<epoch>"; each entry keeps the id
 # before it ("p"), so readers can tell a complete replay from one with a hole.
-PUBLISH_SCRIPT = """
+PUBLISH_SCRIPT = (
+    _PUBLISH_MESSAGE
+    + """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
   epoch = ARGV[5]
@@ -59,31 +75,21 @@ end
 local id = sid .. ':' .. epoch
 redis.call('HSET', KEYS[2], 'last', id)
 local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
-local message = {type = 'broadcast.event', frame = frame, prev = prev}
-local payload
-if ARGV[4] == 'json' then
-  payload = cjson.encode(message)
-else
-  payload = cmsgpack.pack(message)
-end
-redis.call('PUBLISH', ARGV[3], payload)
+publish(ARGV[3], ARGV[4], {type = 'broadcast.event', frame = frame, prev = prev})
 return id
 """
+)
 
 # KEYS: the model's meta hash. ARGV: channel, label, serializer format. Dropping the
 # epoch makes the next event start a new one, so no client resumes across the loss.
-RESET_SCRIPT = """
+RESET_SCRIPT = (
+    _PUBLISH_MESSAGE
+    + """
 redis.call('HDEL', KEYS[1], 'epoch')
-local message = {type = 'broadcast.reset', model = ARGV[2], reason = 'lost'}
-local payload
-if ARGV[3] == 'json' then
-  payload = cjson.encode(message)
-else
-  payload = cmsgpack.pack(message)
-end
-redis.call('PUBLISH', ARGV[1], payload)
+publish(ARGV[1], ARGV[3], {type = 'broadcast.reset', model = ARGV[2], reason = 'lost'})
 return 1
 """
+)
 
 _BATCH = 500
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
