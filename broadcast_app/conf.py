@@ -108,8 +108,13 @@ class Settings:
 
     @property
     def BROADCAST_SEND_QUEUE_SIZE(self) -> int:
-        """Frames buffered per websocket connection; a client further behind is closed."""
+        """Frames queued per websocket connection; past it, its events become ``reset``s."""
         return int(getattr(settings, "BROADCAST_SEND_QUEUE_SIZE", 1000))
+
+    @property
+    def BROADCAST_SEND_TIMEOUT(self) -> float:
+        """Seconds a client may take no data while frames wait; then it is closed (4008)."""
+        return float(getattr(settings, "BROADCAST_SEND_TIMEOUT", 10.0))
 
     @property
     def BROADCAST_HEARTBEAT_INTERVAL(self) -> float:

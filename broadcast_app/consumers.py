@@ -3,9 +3,11 @@
 Every frame a client sends gets an answer or an ``error`` frame; a bad frame never
 closes the connection and never logs a traceback. All outgoing frames, replies and
 events alike, go through one bounded queue per connection drained by one writer task,
-so they keep their order and a client that stops reading cannot hold up the listener
-or grow this process's memory: past ``BROADCAST_SEND_QUEUE_SIZE`` frames it is closed
-with code 4008.
+so they keep their order and a client that falls behind cannot hold up the listener
+or grow this process's memory: when ``BROADCAST_SEND_QUEUE_SIZE`` frames are waiting,
+its queued events are dropped and each of its subscriptions gets ``reset`` instead; a
+client that takes no data for ``BROADCAST_SEND_TIMEOUT`` seconds has stopped reading
+and is closed with code 4008.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from .stats import stats
 
 logger = logging.getLogger(__name__)
 
-#: close code sent to a client that fell too far behind
+#: close code sent to a client that stopped reading
 CLOSE_SLOW_CLIENT = 4008
+#: how every event frame starts (the publish script writes it so)
+_CHANGE_PREFIX = '{"type":"change"'
+_RESET_PREFIX = '{"type":"reset"'
 
 
 class ProtocolError(Exception):
@@ -85,24 +90,49 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # -- outgoing ---------------------------------------------------------------------
 
     async def _write(self) -> None:
+        timeout = conf.BROADCAST_SEND_TIMEOUT
         while True:
             frame = await self.outbox.get()
-            # Straight to the ASGI send: AsyncWebsocketConsumer.send only builds this
-            # message, and it runs for every frame of every client.
-            await self.base_send({"type": "websocket.send", "text": frame})
+            try:
+                async with asyncio.timeout(timeout):
+                    # Straight to the ASGI send: AsyncWebsocketConsumer.send only builds
+                    # this message, and it runs for every frame of every client.
+                    await self.base_send({"type": "websocket.send", "text": frame})
+            except TimeoutError:
+                # The server's write buffer is full and the client took nothing for
+                # that long: it stopped reading (a frozen tab, a dead network).
+                self.closing = True
+                self._unsubscribe_all()
+                stats.incr("slow_clients_closed")
+                logger.warning("broadcast_app closed a websocket client that stopped reading")
+                await self.close(code=CLOSE_SLOW_CLIENT)
+                return
 
     def enqueue(self, frame: str) -> None:
-        """Queue a frame for this client; close the connection if it fell too far behind."""
+        """Queue a frame for this client; if it fell behind, reset it instead."""
         if self.closing:
             return
         try:
             self.outbox.put_nowait(frame)
         except asyncio.QueueFull:
-            self.closing = True
-            self._unsubscribe_all()
-            stats.incr("slow_clients_closed")
-            logger.warning("broadcast_app closed a websocket client that fell behind")
-            asyncio.get_running_loop().create_task(self.close(code=CLOSE_SLOW_CLIENT))
+            self._overflow()
+            if not frame.startswith(_CHANGE_PREFIX):
+                self.enqueue(frame)  # a reply still goes out; events are covered by resets
+
+    def _overflow(self) -> None:
+        """Trade the queued events for one ``reset`` per subscription."""
+        stats.incr("slow_client_resets")
+        # Replies (subscribed, pong, error) are few and awaited: keep them, in order.
+        # Earlier resets go too: the ones below supersede them.
+        kept = []
+        while not self.outbox.empty():
+            frame = self.outbox.get_nowait()
+            if not frame.startswith((_CHANGE_PREFIX, _RESET_PREFIX)):
+                kept.append(frame)
+        for frame in kept:
+            self.outbox.put_nowait(frame)
+        for label, pk in sorted(self.subscriptions, key=lambda key: (key[0], key[1] or "")):
+            self.reset(label, pk, "overflow")
 
     def reply(self, message: dict[str, Any]) -> None:
         self.enqueue(json.dumps(message, separators=(",", ":")))
@@ -204,12 +234,18 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         )
         sent: set[str] = set()
         if replay is not None and replay.complete:
-            for event_id, frame in replay.frames:
-                event = json.loads(frame)
-                if pk is None or event["pk"] == pk:
+            decoded = ((event_id, frame, json.loads(frame)) for event_id, frame in replay.frames)
+            events = [item for item in decoded if pk is None or item[2]["pk"] == pk]
+            # A replay longer than the room left in the send queue would close the
+            # connection as a slow client, and the client would resume again from the
+            # same id, forever: past that size it is cheaper to reload.
+            if len(events) > self.outbox.maxsize - self.outbox.qsize() - 1:
+                replay = Replay(False, "too_many")
+            else:
+                for event_id, frame, event in events:
                     self._send_event(frame, event)
                     sent.add(event_id)
-        elif replay is not None:
+        if replay is not None and not replay.complete:
             self.reset(config.label, pk, replay.reason)
         for frame, event in held:
             if event["id"] not in sent:

@@ -43,8 +43,11 @@ class Continuity:
 
     async def prime(self, labels: list[str]) -> None:
         """Start from the logs' current ends (call before subscribing, so no event
-        published in between goes unnoticed: it shows up as a gap)."""
+        published in between goes unnoticed: it shows up as a gap). A model already
+        followed keeps its last id: what was published since is a gap to repair."""
         for label in labels:
+            if label in self.last:
+                continue
             try:
                 last = await event_log.last_id(label)
             except Exception:  # Redis unreachable: the first event will set it
@@ -63,6 +66,9 @@ class Continuity:
             replay = Replay(False, "unavailable")
         if not replay.complete:
             self.reset(label, replay.reason)
+            if replay.last_id:
+                # Go on from the log's end, so the watchdog keeps watching this model.
+                self.last[label] = replay.last_id
             return None
         frames = [
             (event_id, frame)

@@ -18,7 +18,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 
-from . import cache
+from . import cache, quiet
 from .conf import conf
 from .continuity import Continuity, not_after
 from .feed import feed
@@ -68,6 +68,7 @@ class Listener:
             self._order = asyncio.Lock()
             self.subscribed = asyncio.Event()
         assert self._lock is not None
+        quiet.install()
         async with self._lock:
             if self._task is None or self._task.done():
                 self.subscribed.clear()
@@ -100,9 +101,13 @@ class Listener:
 
     async def _run(self) -> None:
         delay = _RETRY_MIN
+        loop = asyncio.get_running_loop()
+        # A (re)started listener follows the logs from their current ends; only its
+        # own resubscriptions below repair what was published in between.
+        self.continuity = Continuity()
         while True:
             layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
-            watchdog = None
+            tasks: list[asyncio.Task[None]] = []
             try:
                 labels = [config.label for config in all_configs()]
                 await self.continuity.prime(labels)
@@ -111,39 +116,67 @@ class Listener:
                     await layer.group_add(group_name(label), channel)
                 self.subscribed.set()
                 logger.info("broadcast_app listener subscribed to %d model(s)", len(labels))
+                # Subscribing again: what was published meanwhile is in the log.
+                await self._repair(labels)
                 delay = _RETRY_MIN
-                watchdog = asyncio.get_running_loop().create_task(self._watch())
-                while True:
-                    message = await layer.receive(channel)
-                    if message.get("type") == MESSAGE_TYPE:
-                        await self.handle(message["frame"], message.get("prev"))
-                    elif message.get("type") == RESET_TYPE:
-                        async with self._order:
-                            self.continuity.reset(str(message["model"]), "lost")
+                tasks = [
+                    loop.create_task(self._pump(layer, channel)),
+                    loop.create_task(self._watch()),
+                ]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # an error of either: handled below
+                raise _Deaf("its subscription stopped delivering events")
             except asyncio.CancelledError:
-                await _stop(watchdog)
+                await _stop(*tasks)
                 await _close(layer)
                 raise
             except Exception as exc:
                 self.subscribed.clear()
                 stats.incr("listener_errors")
                 logger.warning(
-                    "broadcast_app listener lost Redis (%s); retrying in %.1fs", exc, delay
+                    "broadcast_app listener lost Redis (%s); resubscribing in %.1fs", exc, delay
                 )
-                await _stop(watchdog)
+                await _stop(*tasks)
                 await _close(layer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
 
+    async def _pump(self, layer: Any, channel: str) -> None:
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") == MESSAGE_TYPE:
+                await self.handle(message["frame"], message.get("prev"))
+                # Let the connections' writers run between two events: a burst (a bulk
+                # update) would otherwise fill every send queue before a frame goes out.
+                await asyncio.sleep(0)
+            elif message.get("type") == RESET_TYPE:
+                async with self._order:
+                    self.continuity.reset(str(message["model"]), "lost")
+
     async def _watch(self) -> None:
-        # A gap that no later event exposes (the last events before a quiet spell were
-        # published while the layer was reconnecting) is found by polling the logs.
+        """Poll the logs for events this instance never received; repair the gap, then
+        return, so that the listener subscribes again.
+
+        A gap that no later event exposes (the last events before a quiet spell were
+        published while the layer was reconnecting) shows up here. And an event that
+        sat in the log for a whole interval unseen means the subscription itself went
+        deaf: channels-redis' pub/sub layer does not always resubscribe after Redis
+        restarts or fails over, and never says so.
+        """
         while True:
             await asyncio.sleep(conf.BROADCAST_RECOVERY_INTERVAL)
-            for label in await self.continuity.stale_labels():
-                async with self._order:
-                    for _event_id, frame in await self.continuity.missed(label) or ():
-                        await self._process(frame)
+            stale = await self.continuity.stale_labels()
+            if stale:
+                await self._repair(stale)
+                return
+
+    async def _repair(self, labels: list[str]) -> None:
+        """Process, in order, the logged events of ``labels`` not processed yet."""
+        for label in labels:
+            async with self._order:
+                for _event_id, frame in await self.continuity.missed(label) or ():
+                    await self._process(frame)
 
     async def handle(self, frame: str, prev: str | None = None) -> None:
         """Process one event frame (and, first, any events a gap before it hid)."""
@@ -190,10 +223,14 @@ class Listener:
         stats.incr("delivered", hub.deliver(frame, event))
 
 
-async def _stop(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
+class _Deaf(Exception):
+    """The listener's subscription missed events: subscribe again."""
+
+
+async def _stop(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _close(layer: Any) -> None:

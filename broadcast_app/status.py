@@ -69,6 +69,9 @@ def instance_figures() -> dict[str, Any]:
         "received": counts.get("received", 0),
         "delivered": counts.get("delivered", 0),
         "dropped": counts.get("dropped", 0),
+        # resets sent to this instance's clients, and clients closed for falling behind
+        "resets": counts.get("resets", 0),
+        "slow_clients_closed": counts.get("slow_clients_closed", 0),
         "errors": sum(
             counts.get(name, 0)
             for name in ("publish_errors", "listener_errors", "cache_errors", "bad_events")

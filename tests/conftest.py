@@ -99,3 +99,28 @@ def reregister() -> Iterator[Any]:
         permission=original.permission,
         object_check=original.object_check,
     )
+
+
+# -- fault figures --------------------------------------------------------------------
+
+#: (fault, figures) recorded by the fault tests, printed at the end of the session
+FAULT_FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+
+@pytest.fixture
+def fault_report() -> Any:
+    """Record a fault test's figures (events sent / received / reset ...) for the summary."""
+
+    def report(fault: str, **figures: Any) -> None:
+        FAULT_FIGURES.append((fault, figures))
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAULT_FIGURES:
+        return
+    terminalreporter.section("fault figures (docs/reliability.md)")
+    for fault, figures in FAULT_FIGURES:
+        shown = ", ".join(f"{name}={value}" for name, value in figures.items())
+        terminalreporter.write_line(f"{fault}: {shown}")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.typing import Origin
+from websockets.uri import parse_uri
 
 from broadcast_app.embedded_redis import free_port
 
@@ -153,6 +159,11 @@ class Instance:
     log_dir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    #: more uvicorn options (e.g. ``--ws-ping-interval``)
+    uvicorn_args: tuple[str, ...] = ()
+    #: SO_SNDBUF of the connections it accepts (0: the kernel's autotuning, up to MiBs);
+    #: a small one makes a client that stops reading back up into the server at once
+    send_buffer: int = 0
     _files: list[Any] = field(default_factory=list)
 
     @property
@@ -195,20 +206,57 @@ class Instance:
                         f"instance {self.name} could not start:\n{self.log_text()}"
                     ) from None
 
+    def kill(self) -> None:
+        """SIGKILL the process, as a crash would: no shutdown code runs."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+        self.stop()
+
+    def restart(self) -> None:
+        """Start again on the same port (clients reconnect to the same URL)."""
+        self._spawn()
+        try:
+            self._wait_ready(STARTUP_TIMEOUT)
+        except _ExitedEarly:
+            raise RuntimeError(
+                f"instance {self.name} could not restart:\n{self.log_text()}"
+            ) from None
+
     def _spawn(self) -> None:
+        listen: socket.socket | None = None
+        address = ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.send_buffer:
+            # Accepted sockets inherit SO_SNDBUF from the listening one, which uvicorn
+            # then takes over (--fd).
+            listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listen.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+            listen.bind(("127.0.0.1", self.port))
+            listen.listen(128)
+            address = ["--fd", str(listen.fileno())]
         command = [
             sys.executable, "-m", "uvicorn", "project.asgi:application",
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
+            *address,
             "--ws-per-message-deflate", "false",
             "--lifespan", "on",
+            *self.uvicorn_args,
         ]  # fmt: skip
         stdout = self.stdout_path.open("ab")
         stderr = self.stderr_path.open("ab")
         self._files = [stdout, stderr]
-        self.process = subprocess.Popen(
-            command, cwd=BASE_DIR, env=self.env, stdout=stdout, stderr=stderr
-        )
+        try:
+            self.process = subprocess.Popen(
+                command,
+                cwd=BASE_DIR,
+                env=self.env,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=() if listen is None else (listen.fileno(),),
+            )
+        finally:
+            if listen is not None:
+                listen.close()  # the child has its own copy
 
     def _wait_ready(self, timeout: float) -> None:
         # The lifespan startup subscribes the listener before uvicorn accepts
@@ -261,10 +309,12 @@ class _ExitedEarly(Exception):
 
 @contextmanager
 def running_instances(
-    envs: Mapping[str, dict[str, str]], log_dir: Path
+    envs: Mapping[str, dict[str, str]], log_dir: Path, uvicorn_args: tuple[str, ...] = ()
 ) -> Iterator[list[Instance]]:
     """Start one instance per ``{name: env}``, ready to serve; always stop them all."""
-    instances = [Instance(name, env, log_dir) for name, env in envs.items()]
+    instances = [
+        Instance(name, env, log_dir, uvicorn_args=uvicorn_args) for name, env in envs.items()
+    ]
     try:
         for instance in instances:
             instance.start()
@@ -466,7 +516,12 @@ class DemoStack:
 
 @contextmanager
 def demo_stack(
-    redis_url: str, directory: Path, setup_script: str, password: str, setup_id: str
+    redis_url: str,
+    directory: Path,
+    setup_script: str,
+    password: str,
+    setup_id: str,
+    settings_module: str = "project.settings",
 ) -> Iterator[DemoStack]:
     """Migrate a fresh database, run ``setup_script`` (``manage.py shell -c``, with
     ``E2E_PASSWORD`` set), start instances A and B, and check on the way out that
@@ -474,7 +529,7 @@ def demo_stack(
     """
     with fresh_database(os.environ.get("DATABASE_URL"), directory) as database_url:
         env = subprocess_env(
-            DJANGO_SETTINGS_MODULE="project.settings",
+            DJANGO_SETTINGS_MODULE=settings_module,
             REDIS_URL=redis_url,
             DATABASE_URL=database_url,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
@@ -490,3 +545,82 @@ def demo_stack(
             yield DemoStack(a, b, env, last_json_line(setup.stdout))
         for instance in (a, b):
             assert "Traceback" not in instance.log_text(), instance.log_text()
+
+
+class RawSocket:
+    """A websocket client whose reading the test controls, over a plain socket.
+
+    Unlike :func:`websocket`, nothing reads in the background: when the test stops
+    calling :meth:`receive`, the client stops reading altogether and stops answering
+    the server's pings, as a stalled or vanished browser does. ``receive_buffer``
+    shrinks the kernel's receive buffer so that a stalled client backs up quickly.
+    """
+
+    def __init__(
+        self, url: str, *, origin: str, session_id: str | None, receive_buffer: int = 0
+    ) -> None:
+        uri = parse_uri(url)
+        self.protocol = ClientProtocol(uri, origin=Origin(origin))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer:
+            # Before connect(): the window is negotiated at the handshake.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(FRAME_TIMEOUT)
+        self.sock.connect((uri.host, uri.port))
+        request = self.protocol.connect()
+        if session_id:
+            request.headers["Cookie"] = f"sessionid={session_id}"
+        self.protocol.send_request(request)
+        self._flush()
+        self._pending: list[Any] = []
+        while not any(isinstance(event, Response) for event in self._pending):
+            if self.protocol.handshake_exc is not None:
+                raise self.protocol.handshake_exc
+            if not self._read():
+                raise ConnectionError("the server closed the connection during the handshake")
+        self._pending = [event for event in self._pending if not isinstance(event, Response)]
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.sock.sendall(data)
+
+    def _read(self) -> bool:
+        """Read once from the socket; False at end of stream (or a reset)."""
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        self._pending.extend(self.protocol.events_received())
+        self._flush()  # pongs, and our half of a close
+        return bool(data)
+
+    def send(self, message: Any) -> None:
+        self.protocol.send_text(json.dumps(message).encode())
+        self._flush()
+
+    def receive(self) -> dict[str, Any] | None:
+        """The next text frame, decoded; None once the connection ended."""
+        while True:
+            while self._pending:
+                frame = self._pending.pop(0)
+                if getattr(frame, "opcode", None) == Opcode.TEXT:
+                    result: dict[str, Any] = json.loads(frame.data)
+                    return result
+            if self.protocol.close_code is not None and not self._pending:
+                return None
+            if not self._read() and not self._pending:
+                return None
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the server's close frame, if one arrived."""
+        code = self.protocol.close_code
+        return None if code is None else int(code)
+
+    def close(self) -> None:
+        self.sock.close()

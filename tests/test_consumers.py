@@ -242,3 +242,76 @@ async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_beh
         await asyncio.gather(*(ws.disconnect() for ws in clients))
     assert hub.count() == before
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest_asyncio.fixture
+async def small_queue_ws(running_listener: Any) -> AsyncIterator[WebsocketCommunicator]:
+    """A viewer whose connection queues at most 5 frames."""
+    with override_settings(BROADCAST_SEND_QUEUE_SIZE=5):
+        ws = await connect(await database_sync_to_async(viewer)())
+    yield ws
+    await ws.disconnect()
+
+
+def change_frame(stock: int) -> tuple[str, dict[str, Any]]:
+    event = {"type": "change", "id": f"1-{stock}:e", "op": "updated", "model": "demo.product",
+             "pk": "7", "data": {"id": 7, "stock": stock}, "changed": ["stock"]}  # fmt: skip
+    return json.dumps(event, separators=(",", ":")), event
+
+
+async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
+    small_queue_ws: WebsocketCommunicator,
+) -> None:
+    from broadcast_app.hub import hub
+
+    ws = small_queue_ws
+    await ask(ws, {"type": "subscribe", "model": "demo.product"})
+    await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
+    # Seven events in one go, without yielding (a burst the writer cannot follow):
+    # five fill the queue, the sixth overflows it: the five queued events and the
+    # sixth give way to one reset per subscription, and the seventh follows them.
+    for stock in range(1, 8):
+        hub.deliver(*change_frame(stock))
+    received = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(3)]
+    assert [(f["type"], f.get("pk"), f.get("reason")) for f in received] == [
+        ("reset", None, "overflow"),
+        ("reset", "7", "overflow"),
+        ("change", "7", None),
+    ]
+    assert received[2]["data"]["stock"] == 7
+    # A burst that overflows again supersedes the earlier resets, never piles them up.
+    for stock in range(8, 29):
+        hub.deliver(*change_frame(stock))
+    frames = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(5)]
+    assert [f["type"] for f in frames] == ["reset", "reset", "change", "change", "change"]
+    assert [f["data"]["stock"] for f in frames[2:]] == [26, 27, 28]
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+
+
+async def test_a_replay_longer_than_the_send_queue_is_a_reset(
+    small_queue_ws: WebsocketCommunicator,
+) -> None:
+    from broadcast_app import publisher
+
+    ws = small_queue_ws
+    product = await database_sync_to_async(make)("R-1")
+    first = await ask(ws, {"type": "subscribe", "model": "demo.product"})
+    assert (first["type"], first["last_id"] is not None) == ("subscribed", True), first
+    await ws.receive_json_from(timeout=TIMEOUT)  # the created event
+    await ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}  # handled in order
+
+    def saves(count: int) -> None:
+        for stock in range(count):
+            product.stock = 100 + stock
+            product.save()
+
+    await database_sync_to_async(saves)(6)
+    assert await asyncio.to_thread(publisher.flush, 5)
+    reply = await ask(
+        ws, {"type": "subscribe", "model": "demo.product", "since": first["last_id"]}
+    )
+    assert reply["type"] == "subscribed"
+    reset = await ws.receive_json_from(timeout=TIMEOUT)
+    assert (reset["type"], reset["reason"]) == ("reset", "too_many")
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
