@@ -92,7 +92,9 @@ def publish_committed(items: list[Item]) -> None:
             _fold(merged, item)
             continue
         shared = [pk for pk in item.pks if seen[(item.label, pk)] > 1]
-        for chunk in item.changes(shared):
+        # A row created or updated, then deleted, is gone: it must still fold with its
+        # delete (created + deleted publish nothing).
+        for chunk in item.changes(shared, gone=True):
             for change in chunk:
                 _fold(merged, change)
         if len(shared) < len(item.pks):

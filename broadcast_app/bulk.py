@@ -2,38 +2,47 @@
 :func:`publish_changes` for writes outside the ORM.
 
 These fire no save signals, so broadcast_app wraps the three ``QuerySet`` methods once,
-when the first model is registered; for models that are not registered the wrappers
-only add a dictionary lookup. ``QuerySet.delete()`` needs nothing: Django's deletion
-collector sends ``post_delete`` for every row of a model that has receivers.
+when the first model is registered, and ``QuerySet.delete()`` too (see below); for
+models that are not registered the wrappers only add a dictionary lookup.
 
 ``update()`` first selects the matching pks (``SELECT ... FOR UPDATE`` where the database
 supports it) and the old values of the fields it sets, then updates exactly those rows
 by pk in chunks, inside one transaction: the rows broadcast are exactly the rows
 updated, with no race against concurrent writers.
+
+``delete()`` does the same: it locks and selects the pks, then hands them to Django's
+deletion collector a chunk at a time (so cascades, ``on_delete`` handlers, other
+receivers and many-to-many cleanup work as ever), with the chunk's ``post_delete``
+captures gathered into one compact :class:`~.rows.DeletedRows`. Unwrapped, the
+collector would load every matching row at once, because our ``post_delete`` receiver
+keeps it from deleting fast.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
+from functools import wraps
 from typing import Any
 
 from django.db import connections, router, transaction
 from django.db.models import Model, QuerySet
+from django.db.models.deletion import Collector
 
-from .capture import SNAPSHOT, record_item
+from .capture import SNAPSHOT, collect_deleted, record_item
 from .conf import conf
 from .events import _MISSING, Op, normalize, raw_values
 from .registry import ModelConfig, NotRegistered, get_config
-from .rows import RowSet
+from .rows import DeletedRows, RowSet
 from .stats import stats
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["publish_changes"]
 
-_UPDATE_CHUNK = 1000
+_CHUNK = 1000
 # Set while a wrapped method runs: bulk_update() calls update() internally.
 _inside: ContextVar[bool] = ContextVar("broadcast_bulk", default=False)
 _original: dict[str, Any] = {}
@@ -74,9 +83,12 @@ def install() -> None:
         ("update", _update),
         ("bulk_create", _bulk_create),
         ("bulk_update", _bulk_update),
+        ("delete", _delete),
     ):
-        _original[name] = getattr(QuerySet, name)
-        setattr(QuerySet, name, wrapper)
+        _original[name] = original = getattr(QuerySet, name)
+        # wraps() also copies alters_data (templates must never call these) and
+        # queryset_only (managers built later must not grow a delete()).
+        setattr(QuerySet, name, wraps(original)(wrapper))
 
 
 def _config(qs: QuerySet[Any]) -> ModelConfig | None:
@@ -100,8 +112,8 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
             pks, before = _lock_and_read(self, fields)
             base: QuerySet[Any] = QuerySet(self.model, using=self.db)
             count = 0
-            for start in range(0, len(pks), _UPDATE_CHUNK):
-                chunk = base.filter(pk__in=pks[start : start + _UPDATE_CHUNK])
+            for start in range(0, len(pks), _CHUNK):
+                chunk = base.filter(pk__in=pks[start : start + _CHUNK])
                 count += _original["update"](chunk, **kwargs)
             if pks:
                 record_item(RowSet(config, "updated", pks, before=before), self.db)
@@ -118,19 +130,60 @@ def _broadcast_fields(config: ModelConfig, kwargs: dict[str, Any]) -> list[Any]:
     ]
 
 
+def _locked(qs: QuerySet[Any]) -> QuerySet[Any]:
+    """``qs`` unordered, its rows locked until commit where the database can."""
+    features = connections[qs.db].features
+    # FOR UPDATE is refused with GROUP BY (a filter on an aggregate annotation).
+    if features.has_select_for_update and qs.query.group_by is None:
+        qs = qs.select_for_update(of=("self",) if features.has_select_for_update_of else ())
+    return qs.order_by()
+
+
 def _lock_and_read(qs: QuerySet[Any], fields: list[Any]) -> tuple[list[str], dict[str, Any]]:
     """The pks the update will touch, locked, and the old values of the fields it sets."""
-    features = connections[qs.db].features
-    if features.has_select_for_update:
-        qs = qs.select_for_update(of=("self",) if features.has_select_for_update_of else ())
     pks: list[str] = []
     before: dict[str, dict[str, Any]] = {}
-    rows = qs.order_by().values_list("pk", *[f.attname for f in fields])
+    rows = _locked(qs).values_list("pk", *[f.attname for f in fields])
     for pk, *values in rows.iterator(chunk_size=2000):
         key = str(pk)
         pks.append(key)
         before[key] = {f.name: normalize(f, v) for f, v in zip(fields, values, strict=True)}
     return pks, before
+
+
+def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
+    config = _config(self)
+    if (
+        config is None
+        or self.query.combinator
+        or self.query.is_sliced
+        or self.query.distinct_fields
+        or self._fields is not None  # type: ignore[attr-defined]  # values() before delete()
+    ):
+        # Not ours, or a delete Django refuses: let it say so.
+        return _original["delete"](self)  # type: ignore[no-any-return]
+    qs = self.all()
+    # As Django's delete(): find the rows on the database that deletes them.
+    qs._for_write = True  # type: ignore[attr-defined]
+    total = 0
+    per_model: Counter[str] = Counter()
+    with transaction.atomic(using=qs.db, savepoint=False):
+        pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
+        base: QuerySet[Any] = QuerySet(self.model, using=qs.db)
+        for start in range(0, len(pks), _CHUNK):
+            # Not base.filter().delete(): its origin would be the chunk, not this queryset.
+            collector = Collector(using=qs.db, origin=self)
+            collector.collect(base.filter(pk__in=pks[start : start + _CHUNK]))
+            # _inside stays unset: receivers run in there, and their bulk writes (or the
+            # collector's own update() for on_delete=SET_NULL) must broadcast.
+            with collect_deleted(config) as changes:
+                count, counts = collector.delete()
+            total += count
+            per_model.update(counts)
+            if changes:
+                record_item(DeletedRows.pack(config, changes), qs.db)
+    self._result_cache = None
+    return total, dict(per_model)
 
 
 def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwargs: Any) -> Any:

@@ -8,6 +8,9 @@ taken when the instance was loaded (``post_init``), so ``changed`` costs no quer
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -25,6 +28,12 @@ from .stats import stats
 logger = logging.getLogger(__name__)
 
 SNAPSHOT = "_broadcast_snapshot"
+
+# Set while a chunked QuerySet.delete() of this model runs (see bulk.py): its deleted
+# rows are handed over in one list per chunk, to be packed, not buffered one by one.
+_deleting: ContextVar[tuple[ModelConfig, list[Change]] | None] = ContextVar(
+    "broadcast_deleting", default=None
+)
 
 
 def connect(config: ModelConfig) -> None:
@@ -139,7 +148,26 @@ def _on_post_delete(
         stats.incr("capture_errors")
         logger.exception("broadcast_app could not capture a delete of %s", config.label)
         return
+    deleting = _deleting.get()
+    if deleting is not None and deleting[0] is config:
+        deleting[1].append(change)
+        return
     record_item(change, using)
+
+
+@contextmanager
+def collect_deleted(config: ModelConfig) -> Iterator[list[Change]]:
+    """Gather the ``deleted`` changes of ``config``'s rows in the block, unbuffered.
+
+    The caller records them itself; deletes of other models (cascades) are captured as
+    usual.
+    """
+    changes: list[Change] = []
+    token = _deleting.set((config, changes))
+    try:
+        yield changes
+    finally:
+        _deleting.reset(token)
 
 
 def record_item(item: Change | RowSet, using: str) -> None:

@@ -6,11 +6,16 @@ values of the fields an update set — rather than one :class:`~.events.Change` 
 per row, so a transaction touching 100k rows keeps pks in memory, not rows. At commit
 the rows are read back in chunks, each chunk turned into changes and published before
 the next is read.
+
+Deleted rows cannot be read back: a chunked ``QuerySet.delete()`` records one
+:class:`DeletedRows` per chunk, holding the chunk's event data pickled into one
+``bytes`` (pickle shares the field names and classes across the chunk's rows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,26 +48,35 @@ class RowSet:
     def label(self) -> str:
         return self.config.label
 
-    def changes(self, pks: list[str]) -> Iterator[list[Change]]:
-        """Read these rows back in chunks and yield their changes, one chunk at a time."""
-        for start in range(0, len(pks), CHUNK):
-            yield self._chunk(pks[start : start + CHUNK])
+    def changes(self, pks: list[str], *, gone: bool = False) -> Iterator[list[Change]]:
+        """Read these rows back in chunks and yield their changes, one chunk at a time.
 
-    def _chunk(self, pks: list[str]) -> list[Change]:
+        A row no longer there is skipped, or with ``gone`` given a pk-only change, for
+        folding with the delete that the same transaction recorded for it.
+        """
+        for start in range(0, len(pks), CHUNK):
+            yield self._chunk(pks[start : start + CHUNK], gone)
+
+    def _chunk(self, pks: list[str], gone: bool) -> list[Change]:
         if self.op == "deleted":
             # The rows are gone: all that is known is their pk.
-            name = self.config.model._meta.pk.name
-            return [self._change(pk, {name: pk}, {name: pk}) for pk in pks]
+            return [self._pk_only(pk) for pk in pks]
         manager = self.config.model._base_manager
         by_pk = {str(obj.pk): obj for obj in manager.filter(pk__in=pks)}
         result = []
         for pk in pks:
             instance = by_pk.get(pk)
             if instance is None:
-                continue  # deleted again since, by means we did not see
+                if gone:
+                    result.append(self._pk_only(pk))
+                continue
             values = field_values(self.config, instance)
             result.append(self._change(pk, serialize(self.config, instance, values), values))
         return result
+
+    def _pk_only(self, pk: str) -> Change:
+        data = {self.config.model._meta.pk.name: pk}
+        return self._change(pk, data, dict(data))
 
     def _change(self, pk: str, data: dict[str, Any], values: dict[str, Any]) -> Change:
         before = None if self.before is None else self.before.get(pk, {})
@@ -79,3 +93,43 @@ class RowSet:
             socket_id=self.socket_id,
             to_others=self.to_others,
         )
+
+
+#: One deleted row: pk, event data, and the field values when they differ from the data.
+_Row = tuple[str, dict[str, Any], dict[str, Any] | None]
+
+
+@dataclass(eq=False)
+class DeletedRows(RowSet):
+    """Rows of one model deleted by one chunk of ``QuerySet.delete()``, with their data."""
+
+    packed: bytes | list[_Row] = b""
+
+    @classmethod
+    def pack(cls, config: ModelConfig, changes: Sequence[Change]) -> DeletedRows:
+        """The ``deleted`` changes of one chunk, kept compact until commit."""
+        rows: list[_Row] = [
+            (c.pk, c.data, None if c.values == c.data else c.values) for c in changes
+        ]
+        packed: bytes | list[_Row]
+        try:
+            packed = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # A value pickle cannot copy (some custom field types): keep the objects.
+            packed = rows
+        return cls(config, "deleted", [c.pk for c in changes], packed=packed)
+
+    def changes(self, pks: list[str], *, gone: bool = False) -> Iterator[list[Change]]:
+        """This chunk's changes for these pks (all of them, or those seen twice)."""
+        wanted = set(pks)
+        # Only ever bytes this process pickled itself, in pack().
+        rows: list[_Row] = (
+            pickle.loads(self.packed) if isinstance(self.packed, bytes) else self.packed
+        )
+        found = [
+            self._change(pk, data, data if values is None else values)
+            for pk, data, values in rows
+            if pk in wanted
+        ]
+        for start in range(0, len(found), CHUNK):
+            yield found[start : start + CHUNK]

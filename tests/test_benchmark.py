@@ -40,4 +40,6 @@ def test_quick_benchmark_writes_results_with_nothing_lost(tmp_path: Path) -> Non
         assert row["floor"]["lost"] == 0
     assert results["bulk"]["lost"] == 0
     assert results["bulk"]["published"] == results["bulk"]["rows"]
+    assert results["bulk_delete"]["lost"] == 0
+    assert results["bulk_delete"]["published"] == results["bulk_delete"]["rows"]
     assert "broadcast_benchmark results" in done.stdout

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Count, F
 from django.test import override_settings
 
 import broadcast_app
@@ -15,6 +16,7 @@ from broadcast_app import publisher
 from broadcast_app.stats import stats
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
+from tests.testapp.models import Article, Comment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,6 +76,15 @@ def test_update_and_save_of_one_row_in_a_transaction_coalesce() -> None:
     event = events.assert_one(pk=product.pk)
     assert event["changed"] == ["name", "stock"]
     assert (event["data"]["stock"], event["data"]["name"]) == (10, "Renamed")
+
+
+def test_update_filtered_on_an_aggregate_works() -> None:
+    """FOR UPDATE is not allowed with GROUP BY: such an update selects without locking."""
+    lonely, busy = Article.objects.create(title="lonely"), Article.objects.create(title="busy")
+    Comment.objects.create(article=busy)
+    with capture_events() as events:
+        assert Article.objects.annotate(n=Count("comments")).filter(n=0).update(hits=5) == 1
+    assert events.assert_one(op="updated")["pk"] == str(lonely.pk)
 
 
 def test_bulk_create_publishes_created_events_with_data() -> None:
@@ -138,14 +149,23 @@ def test_publish_changes_defaults_and_deleted() -> None:
 
 
 @override_settings(BROADCAST_QUEUE_SIZE=100)
-def test_large_update_publishes_every_row_through_a_small_queue() -> None:
+@pytest.mark.parametrize(
+    "write",
+    [lambda: Product.objects.update(stock=F("stock") + 1), lambda: Product.objects.all().delete()],
+    ids=["update", "delete"],
+)
+def test_large_bulk_write_publishes_every_row_through_a_small_queue(
+    write: Callable[[], object],
+) -> None:
     """5,000 rows through a queue of 100: bulk publication waits for room, drops nothing."""
     publisher._publisher._pid = None  # make the publisher rebuild its queue with the new size
     rows = 5000
     seed(rows)
     dropped, published = stats.get("dropped"), stats.get("published")
-    Product.objects.update(stock=F("stock") + 1)
-    assert publisher.flush(30)
-    assert stats.get("dropped") == dropped
-    assert stats.get("published") - published == rows
-    publisher._publisher._pid = None
+    try:
+        write()
+        assert publisher.flush(30)
+        assert stats.get("dropped") == dropped
+        assert stats.get("published") - published == rows
+    finally:
+        publisher._publisher._pid = None

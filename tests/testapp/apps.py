@@ -1,4 +1,4 @@
-"""A test-only app with the relations the demo lacks (many-to-many)."""
+"""A test-only app with the relations the demo lacks (many-to-many, foreign keys)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class TestAppConfig(AppConfig):
     def ready(self) -> None:
         import broadcast_app
 
-        from .models import Article
+        from .models import Article, Comment
 
         broadcast_app.register(Article, exclude=["secret"], previous=True)
+        broadcast_app.register(Comment)

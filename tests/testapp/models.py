@@ -18,3 +18,20 @@ class Article(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Comment(models.Model):
+    """Deletes of an article cascade here; deletes of a comment cascade to its children
+    and set its replies' ``reply_to`` to null."""
+
+    article = models.ForeignKey(Article, on_delete=models.CASCADE, related_name="comments")
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+    )
+    reply_to = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replies"
+    )
+    body = models.CharField(max_length=200, default="")
+
+    def __str__(self) -> str:
+        return self.body

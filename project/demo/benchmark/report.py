@@ -210,6 +210,16 @@ def format_table(results: dict[str, Any]) -> str:
             f"until every event was published: {bulk['rows_per_s']} rows/s, "
             f"{bulk['cost_per_row_us']} us per row; lost {bulk['lost']}",
         ]
+    deleted = results.get("bulk_delete")
+    if deleted:
+        lines += [
+            f"(g) bulk publication: QuerySet.delete() of {deleted['rows']} rows: "
+            f"{deleted['delete_off_s']} s broadcasting off (Django loads every row); "
+            f"{deleted['in_transaction_s']} s in the transaction on, "
+            f"{deleted['until_published_s']} s until every event was published: "
+            f"{deleted['rows_per_s']} rows/s, {deleted['cost_per_row_us']} us per row; "
+            f"lost {deleted['lost']}",
+        ]
     warnings = meta.get("instance_warnings") or []
     if warnings:
         lines += ["", "Instance B logged:", *(f"  {line}" for line in warnings)]

@@ -31,7 +31,7 @@ from broadcast_app.stats import stats
 
 from ..models import Product
 from . import report
-from .bulk import bulk_throughput
+from .bulk import bulk_delete_throughput, bulk_throughput
 from .environment import benchmark_data, database, layers_on, login, redis_server
 from .processes import (
     BenchmarkError,
@@ -70,7 +70,8 @@ class Plan:
     #: seconds to wait for the last frames of a phase after its last save
     settle_seconds: float = 2.0
     p99_limit_ms: float = 50.0
-    #: rows of the bulk publication row (QuerySet.update() of every row, published)
+    #: rows of the bulk publication rows (QuerySet.update(), then delete(), of every
+    #: row, published)
     bulk_rows: int = 20_000
     targets: dict[str, Any] = field(
         default_factory=lambda: {
@@ -218,6 +219,8 @@ class Measurements:
             self.floor_client.close()
         self.write(f"(f) bulk: QuerySet.update() of {plan.bulk_rows} rows, until published…")
         results["bulk"] = bulk_throughput(plan.bulk_rows)
+        self.write(f"(g) bulk: QuerySet.delete() of {plan.bulk_rows} rows, until published…")
+        results["bulk_delete"] = bulk_delete_throughput(plan.bulk_rows)
         results["meta"]["load_after"] = _load()
         return results
 
