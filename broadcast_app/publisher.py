@@ -91,6 +91,10 @@ return 1
 """
 )
 
+#: a queued event: its model label and the change with its timestamp (encoded by the
+#: publisher thread), or an already encoded body
+Item = tuple[str, "tuple[Change, str] | str"]
+
 _BATCH = 500
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
@@ -104,7 +108,7 @@ class Publisher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._queue: queue.Queue[Item] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._clients: dict[str, tuple[redis.Redis, Any]] = {}
         self._last_warning: dict[str, float] = {}
@@ -136,22 +140,18 @@ class Publisher:
             self._wake()
 
     def _emit(self, changes: list[tuple[Change, str]], wait: bool) -> None:
-        try:
-            origin = conf.BROADCAST_INSTANCE_ID
-            items = [(c.label, event_body(c, ts, origin)) for c, ts in changes]
-        except Exception:
-            stats.incr("capture_errors")
-            logger.exception("broadcast_app could not encode an event")
+        if not changes:
             return
-        if not items:
-            return
+        items: list[Item] = [(c.label, (c, ts)) for c, ts in changes]
         if self.sinks:
-            for _label, body in items:
+            encoded = _encoded(items)
+            for _label, body in encoded:
                 event = json.loads('{"type":"change","id":null,' + body)
                 for sink in self.sinks:
                     sink(event)
             if not self.forward:
                 return
+            items = list(encoded)
         q = self._ensure_thread()
         timeout = conf.BROADCAST_REDIS_TIMEOUT
         for item in items:
@@ -189,7 +189,7 @@ class Publisher:
         with self._lock:
             self._clients = {}
 
-    def _ensure_thread(self) -> queue.Queue[tuple[str, str]]:
+    def _ensure_thread(self) -> queue.Queue[Item]:
         if self._pid == os.getpid() and self._thread is not None:
             return self._queue
         with self._lock:
@@ -214,7 +214,7 @@ class Publisher:
 
     # -- the publisher thread ---------------------------------------------------------
 
-    def _run(self, q: queue.Queue[tuple[str, str]]) -> None:
+    def _run(self, q: queue.Queue[Item]) -> None:
         # Events Redis refused (down, or slower than BROADCAST_REDIS_TIMEOUT) wait here,
         # oldest first, and go out before newer ones once it answers again; past
         # BROADCAST_OUTAGE_BUFFER the oldest are dropped and their models marked "lost",
@@ -238,8 +238,10 @@ class Publisher:
             released = self._throttle.release()
             if released:
                 self._emit(released, wait=False)
-            pending.extend(item for item in batch if item is not _WAKE)
-            done = sum(1 for item in batch if item is _WAKE)
+            # Encoded here, not in save(): the saving thread only pays for the hand-off.
+            events = _encoded([item for item in batch if item is not _WAKE])
+            pending.extend(events)
+            done = len(batch) - len(events)
             try:
                 sent = self._send(list(pending)) if pending else 0
             except Exception:  # never let the thread die
@@ -335,6 +337,24 @@ class Publisher:
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
+
+
+def _encoded(items: list[Item]) -> list[tuple[str, str]]:
+    """Turn queued changes into event bodies; an event that cannot be encoded (a custom
+    serializer returned something JSON cannot hold) is logged, counted and skipped."""
+    origin = conf.BROADCAST_INSTANCE_ID
+    encoded = []
+    for label, payload in items:
+        if isinstance(payload, str):
+            encoded.append((label, payload))
+            continue
+        change, ts = payload
+        try:
+            encoded.append((label, event_body(change, ts, origin)))
+        except Exception:
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not encode a %s event", label)
+    return encoded
 
 
 def _runs_by_host(batch: list[tuple[str, str]]) -> list[tuple[dict[str, Any], list[Any]]]:
