@@ -74,6 +74,10 @@ class Listener:
                 self._task = loop.create_task(self._run(), name="broadcast-listener")
         # The dashboard lists instances by their heartbeats: one beside each listener.
         await heartbeat.start()
+        if conf.BROADCAST_DELIVERY == "outbox" and conf.BROADCAST_OUTBOX_RELAY:
+            from .relay import in_process
+
+            in_process.start()
         if wait:
             try:
                 await asyncio.wait_for(self.subscribed.wait(), _STARTUP_WAIT)
@@ -83,6 +87,10 @@ class Listener:
     async def stop(self) -> None:
         """Cancel the listener task and wait for it to close its connections."""
         await heartbeat.stop()
+        from .relay import in_process
+
+        if in_process.running:
+            await sync_to_async(in_process.stop, thread_sensitive=False)()
         task, self._task = self._task, None
         if task is None or task.done():
             return

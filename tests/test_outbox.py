@@ -1,0 +1,208 @@
+"""``outbox`` delivery: rows written in the saving transaction, relayed in order, once.
+
+Real redis-server, real database (SQLite, or PostgreSQL with DATABASE_URL), no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from channels.db import database_sync_to_async
+from django.db import transaction
+from django.test import override_settings
+
+from broadcast_app import publisher
+from broadcast_app.layer import route
+from broadcast_app.models import OutboxEvent
+from broadcast_app.relay import Relay
+from broadcast_app.signals import change_received
+from project.demo.models import Product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 10.0
+
+
+def make(sku: str, **fields: Any) -> Product:
+    values: dict[str, Any] = {"name": sku, "price": Decimal("2.00"), "stock": 1}
+    values.update(fields)
+    return Product.objects.create(sku=sku, cost_price=Decimal("0.99"), **values)
+
+
+class Events:
+    """change_received events as the listener processed them, awaited by count."""
+
+    def __init__(self) -> None:
+        self.list: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def receiver(self, sender: Any, event: dict[str, Any], **kwargs: Any) -> None:
+        self.list.append(event)
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        """Wait until ``count`` events arrived (fail after ``timeout``); return them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.list) < count:
+            self.changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                pytest.fail(f"{len(self.list)} of {count} events arrived")
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                continue
+        return self.list
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    collector = Events()
+    change_received.connect(collector.receiver, weak=False, dispatch_uid="test-outbox")
+    yield collector
+    change_received.disconnect(dispatch_uid="test-outbox")
+
+
+@pytest.fixture
+def outbox_mode() -> Iterator[None]:
+    with override_settings(BROADCAST_DELIVERY="outbox"):
+        yield
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    relay = Relay()
+    yield relay
+    relay.publisher.close()
+
+
+def skus_in_log(client: redis.Redis) -> list[str]:
+    import json
+
+    bodies = [f[b"b"].decode() for _, f in client.xrange(route("demo.product").stream)]
+    return [json.loads("{" + body)["data"]["sku"] for body in bodies]
+
+
+def stored_skus() -> list[str]:
+    import json
+
+    return [json.loads(row.payload)["data"]["sku"] for row in OutboxEvent.objects.all()]
+
+
+def test_rows_are_written_in_the_saving_transaction(
+    outbox_mode: None, redis_client: redis.Redis
+) -> None:
+    with transaction.atomic():
+        make("TX-1")
+        assert stored_skus() == ["TX-1"]  # visible inside the transaction, not yet outside
+    with pytest.raises(RuntimeError), transaction.atomic():
+        make("TX-rolled-back")
+        raise RuntimeError
+    with transaction.atomic():
+        make("TX-2")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            make("TX-savepoint-rolled-back")
+            raise RuntimeError
+        make("TX-3")
+    make("TX-autocommit")
+    assert stored_skus() == ["TX-1", "TX-2", "TX-3", "TX-autocommit"]
+    tokens = list(OutboxEvent.objects.values_list("token", flat=True))
+    assert tokens[1] == tokens[2]  # one transaction: coalesced together by the relay
+    assert len({tokens[0], tokens[1], tokens[3]}) == 3
+    # Nothing reaches Redis until a relay publishes it.
+    assert publisher.flush(TIMEOUT)
+    assert not {"TX-1", "TX-2"} & set(skus_in_log(redis_client))
+
+
+@pytest.mark.asyncio
+async def test_relay_publishes_in_order_once_and_deletes(
+    outbox_mode: None, relay: Relay, running_listener: Any, events: Events
+) -> None:
+    def changes() -> None:
+        product = make("ORDER-1", stock=1)
+        for stock in (2, 3):
+            product.stock = stock
+            product.save()
+        make("ORDER-2")
+        with transaction.atomic():  # created then updated: one "created", final state
+            other = make("ORDER-3", stock=1)
+            other.stock = 9
+            other.save()
+        with transaction.atomic():  # created then deleted: nothing at all
+            make("ORDER-gone").delete()
+        product.save()  # nothing changed: nothing published
+
+    await database_sync_to_async(changes)()
+    outcome = await database_sync_to_async(relay.drain)()
+    assert (outcome.rows, outcome.published, outcome.duplicates) == (9, 5, 0)
+    assert not await database_sync_to_async(OutboxEvent.objects.exists)()
+    received = await events.wait_for(5)
+    assert [(e["op"], e["data"]["sku"], e["data"]["stock"]) for e in received] == [
+        ("created", "ORDER-1", 1),
+        ("updated", "ORDER-1", 2),
+        ("updated", "ORDER-1", 3),
+        ("created", "ORDER-2", 1),
+        ("created", "ORDER-3", 9),
+    ]
+    assert received[1]["changed"] == ["stock"]
+    # Nothing else went out: the next event is the next change.
+    await database_sync_to_async(make)("ORDER-last")
+    await database_sync_to_async(relay.drain)()
+    assert (await events.wait_for(6))[5]["data"]["sku"] == "ORDER-last"
+
+
+@pytest.mark.asyncio
+async def test_rows_relayed_twice_are_published_once(
+    outbox_mode: None,
+    relay: Relay,
+    running_listener: Any,
+    events: Events,
+    redis_client: redis.Redis,
+) -> None:
+    """A relay that dies after publishing but before its delete commits."""
+
+    def crashed_pass() -> int:
+        for i in range(3):
+            make(f"TWICE-{i}")
+        with transaction.atomic():
+            outcome = relay.relay_once()
+            # As if the process died here: the pass's deletes never commit.
+            transaction.set_rollback(True)
+        return outcome.published
+
+    assert await database_sync_to_async(crashed_pass)() == 3
+    assert await database_sync_to_async(OutboxEvent.objects.count)() == 3
+    again = await database_sync_to_async(relay.drain)()
+    assert (again.rows, again.published, again.duplicates) == (3, 0, 3)
+    await database_sync_to_async(make)("TWICE-after")
+    await database_sync_to_async(relay.drain)()
+    received = await events.wait_for(4)
+    assert [e["data"]["sku"] for e in received] == ["TWICE-0", "TWICE-1", "TWICE-2", "TWICE-after"]
+    assert skus_in_log(redis_client)[-4:] == [e["data"]["sku"] for e in received]
+    # Once the rows are deleted, Redis forgets which events went out.
+    assert redis_client.keys("broadcast:outbox:*") == []
+
+
+@pytest.mark.asyncio
+async def test_in_process_relay_publishes_right_after_commit(events: Events) -> None:
+    from broadcast_app.listener import listener
+    from broadcast_app.relay import in_process
+
+    # A long interval: only the commit's wake-up can make the event arrive in time.
+    with override_settings(
+        BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_RELAY=True, BROADCAST_OUTBOX_INTERVAL=60
+    ):
+        await listener.start()
+        try:
+            assert in_process.running
+            await database_sync_to_async(make)("INPROC-1")
+            assert (await events.wait_for(1))[0]["data"]["sku"] == "INPROC-1"
+        finally:
+            await listener.stop()
+    assert not in_process.running
