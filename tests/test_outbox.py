@@ -5,9 +5,8 @@ Real redis-server, real database (SQLite, or PostgreSQL with DATABASE_URL), no m
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,53 +19,12 @@ from broadcast_app import publisher
 from broadcast_app.layer import route
 from broadcast_app.models import OutboxEvent
 from broadcast_app.relay import Relay
-from broadcast_app.signals import change_received
-from project.demo.models import Product
+from tests.conftest import Events
+from tests.test_pipeline import make
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 10.0
-
-
-def make(sku: str, **fields: Any) -> Product:
-    values: dict[str, Any] = {"name": sku, "price": Decimal("2.00"), "stock": 1}
-    values.update(fields)
-    return Product.objects.create(sku=sku, cost_price=Decimal("0.99"), **values)
-
-
-class Events:
-    """change_received events as the listener processed them, awaited by count."""
-
-    def __init__(self) -> None:
-        self.list: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
-
-    async def receiver(self, sender: Any, event: dict[str, Any], **kwargs: Any) -> None:
-        self.list.append(event)
-        self.changed.set()
-
-    async def wait_for(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
-        """Wait until ``count`` events arrived (fail after ``timeout``); return them."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.list) < count:
-            self.changed.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                pytest.fail(f"{len(self.list)} of {count} events arrived")
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                continue
-        return self.list
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    collector = Events()
-    change_received.connect(collector.receiver, weak=False, dispatch_uid="test-outbox")
-    yield collector
-    change_received.disconnect(dispatch_uid="test-outbox")
 
 
 @pytest.fixture
@@ -82,16 +40,13 @@ def relay() -> Iterator[Relay]:
     relay.publisher.close()
 
 
-def skus_in_log(client: redis.Redis) -> list[str]:
-    import json
-
+def skus_in_log(client: redis.Redis) -> list[str | None]:
+    """The ``sku`` of every event in the product log (None: an event without one)."""
     bodies = [f[b"b"].decode() for _, f in client.xrange(route("demo.product").stream)]
-    return [json.loads("{" + body)["data"]["sku"] for body in bodies]
+    return [json.loads("{" + body)["data"].get("sku") for body in bodies]
 
 
 def stored_skus() -> list[str]:
-    import json
-
     return [json.loads(row.payload)["data"]["sku"] for row in OutboxEvent.objects.all()]
 
 
