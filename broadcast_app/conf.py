@@ -74,7 +74,7 @@ class Settings:
     @property
     def BROADCAST_OUTBOX_RELAY(self) -> bool:
         """Whether each instance runs the outbox relay beside its listener (outbox mode)."""
-        return bool(getattr(settings, "BROADCAST_OUTBOX_RELAY", False))
+        return bool(getattr(settings, "BROADCAST_OUTBOX_RELAY", True))
 
     @property
     def BROADCAST_OUTBOX_INTERVAL(self) -> float:

@@ -26,6 +26,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from .conf import conf
 from .events import Change, to_json_data
 from .registry import get_config
 from .rows import RowSet
@@ -97,6 +98,8 @@ def to_payload(item: Item) -> str:
         "forced": sorted(item.forced),
         "socket_id": item.socket_id,
         "to_others": item.to_others,
+        # The saving process, not the relay, is the event's origin.
+        "origin": conf.BROADCAST_INSTANCE_ID,
     }
     if isinstance(item, RowSet):
         common["pks"] = item.pks

@@ -22,6 +22,7 @@ in memory, and the rows go out in order when Redis answers.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable
@@ -83,6 +84,9 @@ class Relay:
     def relay_once(self) -> Outcome:
         """One pass: the oldest rows (whole transactions), published, then deleted."""
         outcome = Outcome()
+        if not OutboxEvent.objects.using(self.using).exists():
+            # Idle: a read, not a write lock every interval in every instance.
+            return outcome
         done_tokens: dict[str, set[str]] = {}
         with transaction.atomic(using=self.using):
             self._lock()
@@ -128,7 +132,7 @@ class Relay:
         # The event's ts is when the transaction wrote its last change, not relay time:
         # the dashboard's commit → receipt lag includes the time spent in the outbox.
         ts = _iso(max(row.created for row in rows))
-        origin = conf.BROADCAST_INSTANCE_ID
+        origin = _origin(rows[0])
         key = once_key(token)
         published = skipped = 0
         for changes in buffer.coalesce(items):
@@ -178,6 +182,14 @@ def _items(rows: list[OutboxEvent]) -> Iterable[Item]:
             # stop the outbox for good, so it is dropped, loudly.
             stats.incr("outbox_errors")
             logger.exception("broadcast_app dropped outbox row %s (%s)", row.id, row.label)
+
+
+def _origin(row: OutboxEvent) -> str:
+    """The instance that made the change (its rows all come from one process)."""
+    try:
+        return str(json.loads(row.payload)["origin"])
+    except (ValueError, KeyError):
+        return conf.BROADCAST_INSTANCE_ID
 
 
 def _iso(moment: datetime) -> str:

@@ -6,7 +6,6 @@
 ``DJANGO_SECRET_KEY``     required in any real deployment; a development key otherwise.
 ``DJANGO_DEBUG``          ``1`` or ``true`` turns debug on (default off).
 ``BROADCAST_DELIVERY``    ``best_effort`` (default) or ``outbox``.
-``BROADCAST_OUTBOX_RELAY``  ``1`` or ``true``: each instance runs the outbox relay.
 """
 
 from __future__ import annotations
@@ -120,7 +119,6 @@ CACHES = {
 }
 BROADCAST_CACHE_ALIAS = "broadcast"
 BROADCAST_DELIVERY = os.environ.get("BROADCAST_DELIVERY", "best_effort")
-BROADCAST_OUTBOX_RELAY = _env_flag("BROADCAST_OUTBOX_RELAY")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

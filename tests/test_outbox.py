@@ -15,10 +15,11 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.test import override_settings
 
-from broadcast_app import publisher
+from broadcast_app import publish_changes, publisher
 from broadcast_app.layer import route
 from broadcast_app.models import OutboxEvent
 from broadcast_app.relay import Relay
+from project.demo.models import Product
 from tests.conftest import Events
 from tests.test_pipeline import make
 
@@ -29,7 +30,8 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 def outbox_mode() -> Iterator[None]:
-    with override_settings(BROADCAST_DELIVERY="outbox"):
+    # These tests run the relay themselves: no relay thread beside the listener.
+    with override_settings(BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_RELAY=False):
         yield
 
 
@@ -150,9 +152,7 @@ async def test_in_process_relay_publishes_right_after_commit(events: Events) -> 
     from broadcast_app.relay import in_process
 
     # A long interval: only the commit's wake-up can make the event arrive in time.
-    with override_settings(
-        BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_RELAY=True, BROADCAST_OUTBOX_INTERVAL=60
-    ):
+    with override_settings(BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_INTERVAL=60):
         await listener.start()
         try:
             assert in_process.running
@@ -161,3 +161,32 @@ async def test_in_process_relay_publishes_right_after_commit(events: Events) -> 
         finally:
             await listener.stop()
     assert not in_process.running
+
+
+@pytest.mark.asyncio
+async def test_bulk_operations_are_read_back_at_relay_time(
+    outbox_mode: None, relay: Relay, running_listener: Any, events: Events
+) -> None:
+    def changes() -> list[int]:
+        with override_settings(BROADCAST_INSTANCE_ID="the-saver"):
+            a, b = make("BULK-A", stock=1), make("BULK-B", stock=1)
+            with transaction.atomic():  # created, then bulk-updated: one "created"
+                c = make("BULK-C", stock=1)
+                Product.objects.filter(pk=c.pk).update(stock=5)
+            Product.objects.filter(pk__in=[a.pk, b.pk]).update(stock=2)
+            Product.objects.filter(pk=a.pk).update(stock=2)  # no real change: nothing
+            publish_changes(Product, [b.pk], changed=["name"])
+        return [a.pk, b.pk, c.pk]
+
+    await database_sync_to_async(changes)()
+    await database_sync_to_async(relay.drain)()
+    received = await events.wait_for(6)
+    assert [(e["op"], e["data"]["sku"], e["data"]["stock"], e["changed"]) for e in received] == [
+        ("created", "BULK-A", 1, []),
+        ("created", "BULK-B", 1, []),
+        ("created", "BULK-C", 5, []),
+        ("updated", "BULK-A", 2, ["stock"]),
+        ("updated", "BULK-B", 2, ["stock"]),
+        ("updated", "BULK-B", 2, ["name"]),
+    ]
+    assert {e["origin"] for e in received} == {"the-saver"}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,31 +83,44 @@ def test_event_committed_by_a_process_that_died_is_relayed_later(
     )
 
 
-def test_relay_command_runs_until_sigterm(
+def test_two_relay_commands_publish_each_event_once_in_order(
     outbox_env: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    prefix, count = f"MANY-{uuid.uuid4().hex[:8]}", 20
-    relay = subprocess.Popen(
-        [sys.executable, "manage.py", "broadcast_relay", "--interval", "0.2"],
-        cwd=BASE_DIR,
-        env=outbox_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """Two ``broadcast_relay`` processes (as on two hosts) while a third process saves;
+    both stop cleanly on SIGTERM."""
+    prefix, count = f"MANY-{uuid.uuid4().hex[:8]}", 40
+    relays = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "broadcast_relay", "--interval", "0.1"],
+            cwd=BASE_DIR,
+            env=outbox_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
     try:
         shell(SAVE_MANY, prefix, str(count), env=outbox_env)
         expected = [f"{prefix}-{i}" for i in range(count)]
         deadline = time.monotonic() + DEADLINE
-        while [s for s in skus_in_log(redis_client) if s and s.startswith(prefix)] != expected:
-            assert time.monotonic() < deadline, "the relay did not publish every row"
+        while len([s for s in skus_in_log(redis_client) if s and s.startswith(prefix)]) < count:
+            assert time.monotonic() < deadline, "the relays did not publish every row"
             time.sleep(0.1)  # polling the log, bounded by the deadline
-        relay.send_signal(signal.SIGTERM)
-        out, err = relay.communicate(timeout=DEADLINE)
+        for relay in relays:
+            relay.send_signal(signal.SIGTERM)
+        for relay in relays:
+            outputs.append(relay.communicate(timeout=DEADLINE))
     finally:
-        if relay.poll() is None:
-            relay.kill()
-            relay.communicate()
-    assert relay.returncode == 0, err
-    assert f"relayed {count} event(s) from {count} outbox row(s)" in out, out + err
-    assert "Traceback" not in err
+        for relay in relays:
+            if relay.poll() is None:
+                relay.kill()
+                relay.communicate()
+    assert [s for s in skus_in_log(redis_client) if s and s.startswith(prefix)] == expected
+    relayed = 0
+    for relay, (out, err) in zip(relays, outputs, strict=True):
+        assert relay.returncode == 0, err
+        assert "Traceback" not in err, err
+        relayed += int(re.search(r"relayed (\d+) event", out).group(1))  # type: ignore[union-attr]
+    assert relayed == count

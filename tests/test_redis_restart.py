@@ -63,6 +63,7 @@ async def test_redis_killed_and_restarted_mid_stream(mode: str, events: Events) 
         with override_settings(
             CHANNEL_LAYERS=layers_for(server.url),
             BROADCAST_DELIVERY=mode,
+            BROADCAST_OUTBOX_RELAY=False,  # relayed by the test, at known points
             BROADCAST_RECOVERY_INTERVAL=0.5,
         ):
             # A fresh instance: what the listener processed from an earlier test's Redis
