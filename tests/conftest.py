@@ -103,47 +103,49 @@ def reregister() -> Iterator[Any]:
     )
 
 
-EVENT_TIMEOUT = 10.0  # seconds Events.wait_for waits by default
+EVENT_TIMEOUT = 10.0  # seconds Received waits for an event by default
 
 
-class Events:
-    """change_received events as the listener processed them, awaited by count."""
+class Received:
+    """Collects change_received events in the test's loop: await ``.next()`` for the
+    next one, or ``.wait_for(n)`` for the first ``n``."""
 
     def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        #: the events taken so far, in order
         self.list: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
 
     async def receiver(self, sender: Any, event: dict[str, Any], **kwargs: Any) -> None:
+        await self.queue.put(event)
+
+    async def next(self, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        event = await asyncio.wait_for(self.queue.get(), timeout)
         self.list.append(event)
-        self.changed.set()
+        return event
 
     async def wait_for(
         self, count: int, timeout: float = EVENT_TIMEOUT, strict: bool = True
     ) -> list[dict[str, Any]]:
-        """Wait until ``count`` events arrived and return them; after ``timeout``, fail
-        (or, not ``strict``, return what arrived)."""
+        """The first ``count`` events; after ``timeout``, fail (or, not ``strict``,
+        return what arrived)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while len(self.list) < count:
-            self.changed.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                if not strict:
-                    break
-                pytest.fail(f"{len(self.list)} of {count} events arrived")
             try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
+                await self.next(max(0.001, deadline - loop.time()))
             except TimeoutError:
-                continue
+                if strict:
+                    pytest.fail(f"{len(self.list)} of {count} events arrived")
+                break
         return self.list
 
 
 @pytest.fixture
-def events() -> Iterator[Events]:
-    collector = Events()
-    change_received.connect(collector.receiver, weak=False, dispatch_uid="test-outbox")
-    yield collector
-    change_received.disconnect(dispatch_uid="test-outbox")
+def received() -> Iterator[Received]:
+    receiver = Received()
+    change_received.connect(receiver.receiver, weak=False, dispatch_uid="test-received")
+    yield receiver
+    change_received.disconnect(dispatch_uid="test-received")
 
 
 #: lines a fault test reports (events sent / received / reset), shown after the run

@@ -20,7 +20,7 @@ from broadcast_app.layer import route
 from broadcast_app.models import OutboxEvent
 from broadcast_app.relay import Relay
 from project.demo.models import Product
-from tests.conftest import Events
+from tests.conftest import Received
 from tests.test_pipeline import make
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,7 +79,7 @@ def test_rows_are_written_in_the_saving_transaction(
 
 @pytest.mark.asyncio
 async def test_relay_publishes_in_order_once_and_deletes(
-    outbox_mode: None, relay: Relay, running_listener: Any, events: Events
+    outbox_mode: None, relay: Relay, running_listener: Any, received: Received
 ) -> None:
     def changes() -> None:
         product = make("ORDER-1", stock=1)
@@ -99,19 +99,19 @@ async def test_relay_publishes_in_order_once_and_deletes(
     outcome = await database_sync_to_async(relay.drain)()
     assert (outcome.rows, outcome.published, outcome.duplicates) == (9, 5, 0)
     assert not await database_sync_to_async(OutboxEvent.objects.exists)()
-    received = await events.wait_for(5)
-    assert [(e["op"], e["data"]["sku"], e["data"]["stock"]) for e in received] == [
+    got = await received.wait_for(5)
+    assert [(e["op"], e["data"]["sku"], e["data"]["stock"]) for e in got] == [
         ("created", "ORDER-1", 1),
         ("updated", "ORDER-1", 2),
         ("updated", "ORDER-1", 3),
         ("created", "ORDER-2", 1),
         ("created", "ORDER-3", 9),
     ]
-    assert received[1]["changed"] == ["stock"]
+    assert got[1]["changed"] == ["stock"]
     # Nothing else went out: the next event is the next change.
     await database_sync_to_async(make)("ORDER-last")
     await database_sync_to_async(relay.drain)()
-    assert (await events.wait_for(6))[5]["data"]["sku"] == "ORDER-last"
+    assert (await received.wait_for(6))[5]["data"]["sku"] == "ORDER-last"
 
 
 @pytest.mark.asyncio
@@ -119,7 +119,7 @@ async def test_rows_relayed_twice_are_published_once(
     outbox_mode: None,
     relay: Relay,
     running_listener: Any,
-    events: Events,
+    received: Received,
     redis_client: redis.Redis,
 ) -> None:
     """A relay that dies after publishing but before its delete commits."""
@@ -139,15 +139,15 @@ async def test_rows_relayed_twice_are_published_once(
     assert (again.rows, again.published, again.duplicates) == (3, 0, 3)
     await database_sync_to_async(make)("TWICE-after")
     await database_sync_to_async(relay.drain)()
-    received = await events.wait_for(4)
-    assert [e["data"]["sku"] for e in received] == ["TWICE-0", "TWICE-1", "TWICE-2", "TWICE-after"]
-    assert skus_in_log(redis_client)[-4:] == [e["data"]["sku"] for e in received]
+    got = await received.wait_for(4)
+    assert [e["data"]["sku"] for e in got] == ["TWICE-0", "TWICE-1", "TWICE-2", "TWICE-after"]
+    assert skus_in_log(redis_client)[-4:] == [e["data"]["sku"] for e in got]
     # Once the rows are deleted, Redis forgets which events went out.
     assert redis_client.keys("broadcast:outbox:*") == []
 
 
 @pytest.mark.asyncio
-async def test_in_process_relay_publishes_right_after_commit(events: Events) -> None:
+async def test_in_process_relay_publishes_right_after_commit(received: Received) -> None:
     from broadcast_app.listener import listener
     from broadcast_app.relay import in_process
 
@@ -157,7 +157,7 @@ async def test_in_process_relay_publishes_right_after_commit(events: Events) -> 
         try:
             assert in_process.running
             await database_sync_to_async(make)("INPROC-1")
-            assert (await events.wait_for(1))[0]["data"]["sku"] == "INPROC-1"
+            assert (await received.wait_for(1))[0]["data"]["sku"] == "INPROC-1"
         finally:
             await listener.stop()
     assert not in_process.running
@@ -165,7 +165,7 @@ async def test_in_process_relay_publishes_right_after_commit(events: Events) -> 
 
 @pytest.mark.asyncio
 async def test_bulk_operations_are_read_back_at_relay_time(
-    outbox_mode: None, relay: Relay, running_listener: Any, events: Events
+    outbox_mode: None, relay: Relay, running_listener: Any, received: Received
 ) -> None:
     def changes() -> list[int]:
         with override_settings(BROADCAST_INSTANCE_ID="the-saver"):
@@ -180,8 +180,8 @@ async def test_bulk_operations_are_read_back_at_relay_time(
 
     await database_sync_to_async(changes)()
     await database_sync_to_async(relay.drain)()
-    received = await events.wait_for(6)
-    assert [(e["op"], e["data"]["sku"], e["data"]["stock"], e["changed"]) for e in received] == [
+    got = await received.wait_for(6)
+    assert [(e["op"], e["data"]["sku"], e["data"]["stock"], e["changed"]) for e in got] == [
         ("created", "BULK-A", 1, []),
         ("created", "BULK-B", 1, []),
         ("created", "BULK-C", 5, []),
@@ -189,4 +189,4 @@ async def test_bulk_operations_are_read_back_at_relay_time(
         ("updated", "BULK-B", 2, ["stock"]),
         ("updated", "BULK-B", 2, ["name"]),
     ]
-    assert {e["origin"] for e in received} == {"the-saver"}
+    assert {e["origin"] for e in got} == {"the-saver"}
