@@ -4,14 +4,16 @@ A pass runs in one database transaction that first updates the single
 :class:`~.models.OutboxLock` row: a second relay (another instance, or
 ``manage.py broadcast_relay``) blocks on that row until the first commits, on
 PostgreSQL as on SQLite, so one relay at a time publishes and ordering holds. The pass
-reads the oldest rows by id, widened to whole transactions (rows sharing a token), and
-publishes each transaction's changes, coalesced per object, through the publisher's Lua
-script, then deletes those rows in the same database transaction.
+reads the oldest rows by id, widened to whole transactions (rows sharing a token) and
+to every row below the highest id taken, and publishes each transaction's changes,
+coalesced per object, through the publisher's Lua script, in the order of each
+transaction's last row; then it deletes those rows in the same database transaction.
 
 Ids are assigned at insert, so a transaction that commits late can hold ids below rows
 already relayed: the relay never keeps a high-water mark, it publishes whatever rows
-exist, oldest first. Two transactions touching one object are ordered by the row lock
-the first holds until it commits, so their rows are in id order per object.
+exist. Two transactions touching one object are ordered by the row lock the first holds
+until it commits: the second's row for that object, and so its last row, comes after
+all of the first's rows.
 
 At least once, no duplicates: a relay that dies after publishing but before its delete
 commits leaves the rows; the next pass publishes them again and the Lua script skips
@@ -67,8 +69,9 @@ class Outcome:
 class Relay:
     """Relays the outbox of one database."""
 
-    def __init__(self, using: str = "default") -> None:
+    def __init__(self, using: str = "default", batch: int = _BATCH) -> None:
         self.using = using
+        self.batch = batch
         # A publisher of its own: no thread, no queue, just its Redis clients.
         self.publisher = Publisher()
 
@@ -118,13 +121,23 @@ class Relay:
             manager.filter(id=1).update(holder=holder, taken=timezone.now())
 
     def _oldest(self) -> list[OutboxEvent]:
+        """The oldest rows, widened until they hold whole transactions and every
+        committed row up to the highest id among them."""
         manager = OutboxEvent.objects.using(self.using)
-        rows = list(manager.order_by("id")[:_BATCH])
-        if rows:
-            # A transaction's rows go out together, so they coalesce as in best_effort.
+        rows = list(manager.order_by("id")[: self.batch])
+        top = rows[-1].id if rows else 0
+        while rows:
+            # A transaction's rows go out together, so they coalesce as in best_effort;
+            # and any transaction with an id below the top must be in: it may have
+            # touched an object before a transaction already in the batch did.
             tokens = {row.token for row in rows}
-            rows += manager.filter(token__in=tokens, id__gt=rows[-1].id).order_by("id")
-        return rows
+            later = list(manager.filter(token__in=tokens, id__gt=top).order_by("id"))
+            if not later:
+                break
+            between = manager.filter(id__gt=top, id__lt=later[-1].id).exclude(token__in=tokens)
+            rows += [*later, *between]
+            top = later[-1].id
+        return sorted(rows, key=lambda row: row.id)
 
     def _publish(self, token: str, rows: list[OutboxEvent]) -> tuple[int, int, bool]:
         """Publish one transaction's rows: (events out, duplicates skipped, all done)."""
@@ -166,11 +179,16 @@ class Relay:
 
 
 def _by_token(rows: Iterable[OutboxEvent]) -> dict[str, list[OutboxEvent]]:
-    """Rows per transaction, transactions in the order of their first row."""
+    """Rows per transaction, transactions in the order of their last row.
+
+    Not of their first: a transaction that wrote a row early, then waited for another's
+    lock on an object, changed that object after the other committed, so after every
+    row of the other. Its last row is therefore above the other's last row.
+    """
     groups: dict[str, list[OutboxEvent]] = {}
     for row in rows:
         groups.setdefault(row.token, []).append(row)
-    return groups
+    return dict(sorted(groups.items(), key=lambda item: item[1][-1].id))
 
 
 def _items(rows: list[OutboxEvent]) -> Iterable[Item]:

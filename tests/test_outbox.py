@@ -16,8 +16,11 @@ from django.db import transaction
 from django.test import override_settings
 
 from broadcast_app import publish_changes, publisher
+from broadcast_app.events import Change
 from broadcast_app.layer import route
 from broadcast_app.models import OutboxEvent
+from broadcast_app.outbox import to_payload
+from broadcast_app.registry import get_config
 from broadcast_app.relay import Relay
 from project.demo.models import Product
 from tests.conftest import Received
@@ -190,3 +193,34 @@ async def test_bulk_operations_are_read_back_at_relay_time(
         ("updated", "BULK-B", 2, ["name"]),
     ]
     assert {e["origin"] for e in got} == {"the-saver"}
+
+
+def test_transactions_go_out_in_the_order_they_changed_each_object(
+    outbox_mode: None, redis_client: redis.Redis
+) -> None:
+    """Rows as two concurrent transactions leave them on PostgreSQL: B writes Y first,
+    then waits for A's lock on X; A writes X and commits; B writes X. B's first row is
+    the oldest, yet A's change of X must go out first. A batch of one row must still
+    take A in (its row lies below B's last)."""
+    config = get_config(Product)
+
+    def row(token: str, sku: str, stock: int) -> OutboxEvent:
+        data = {"sku": sku, "stock": stock}
+        change = Change(config, sku, "updated", data, {"stock": stock}, before={"stock": 0})
+        return OutboxEvent(token=token, label=config.label, payload=to_payload(change))
+
+    for saved in (row("b" * 32, "ORD-Y", 1), row("a" * 32, "ORD-X", 1), row("b" * 32, "ORD-X", 2)):
+        saved.save()
+    relay = Relay(batch=1)
+    try:
+        outcome = relay.drain()
+    finally:
+        relay.publisher.close()
+    assert (outcome.rows, outcome.published) == (3, 3)
+    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("demo.product").stream)]
+    x_stocks = [
+        data["stock"]
+        for data in (json.loads("{" + body)["data"] for body in bodies[-3:])
+        if data.get("sku") == "ORD-X"
+    ]
+    assert x_stocks == [1, 2]
