@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db import connections, router, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import buffer
@@ -75,14 +76,15 @@ class Relay:
         # A publisher of its own: no thread, no queue, just its Redis clients.
         self.publisher = Publisher()
 
-    def drain(self) -> Outcome:
-        """Relay until the outbox is empty or a pass fails (Redis down)."""
+    def drain(self, stopping: threading.Event | None = None) -> Outcome:
+        """Relay until the outbox is empty, a pass fails (Redis down) or ``stopping``."""
         total = Outcome()
-        while True:
+        while stopping is None or not stopping.is_set():
             outcome = self.relay_once()
             total.add(outcome)
             if outcome.failed or outcome.rows == 0:
-                return total
+                break
+        return total
 
     def relay_once(self) -> Outcome:
         """One pass: the oldest rows (whole transactions), published, then deleted."""
@@ -124,20 +126,21 @@ class Relay:
         """The oldest rows, widened until they hold whole transactions and every
         committed row up to the highest id among them."""
         manager = OutboxEvent.objects.using(self.using)
-        rows = list(manager.order_by("id")[: self.batch])
-        top = rows[-1].id if rows else 0
-        while rows:
+        taken = {row.id: row for row in manager.order_by("id")[: self.batch]}
+        while taken:
             # A transaction's rows go out together, so they coalesce as in best_effort;
-            # and any transaction with an id below the top must be in: it may have
-            # touched an object before a transaction already in the batch did.
-            tokens = {row.token for row in rows}
-            later = list(manager.filter(token__in=tokens, id__gt=top).order_by("id"))
-            if not later:
+            # and a transaction with a row below the top must be in: it may have changed
+            # an object before one already taken did. Each query sees what committed
+            # since the last one (READ COMMITTED), so repeat until nothing is missing.
+            top = max(taken)
+            below = set(manager.filter(id__lte=top).values_list("id", flat=True))
+            tokens = {row.token for row in taken.values()}
+            more = manager.filter(Q(id__in=below - taken.keys()) | Q(token__in=tokens, id__gt=top))
+            found = {row.id: row for row in more}
+            if not found:
                 break
-            between = manager.filter(id__gt=top, id__lt=later[-1].id).exclude(token__in=tokens)
-            rows += [*later, *between]
-            top = later[-1].id
-        return sorted(rows, key=lambda row: row.id)
+            taken.update(found)
+        return [taken[key] for key in sorted(taken)]
 
     def _publish(self, token: str, rows: list[OutboxEvent]) -> tuple[int, int, bool]:
         """Publish one transaction's rows: (events out, duplicates skipped, all done)."""
@@ -271,7 +274,7 @@ class RelayLoop:
     def pass_over(self, relay: Relay) -> Outcome:
         """Drain one database's outbox; a failure is logged and reported, never raised."""
         try:
-            outcome = relay.drain()
+            outcome = relay.drain(self.stopping)
         except Exception:
             stats.incr("outbox_errors")
             logger.exception("broadcast_app outbox relay failed on %r", relay.using)
