@@ -26,6 +26,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from . import publisher
 from .conf import conf
 from .events import Change, to_json_data
 from .registry import get_config
@@ -40,12 +41,19 @@ Item = Change | RowSet
 class _Transaction:
     """The token of one transaction of one connection, and its commit hook."""
 
-    def __init__(self) -> None:
+    def __init__(self, using: str) -> None:
+        self.using = using
         self.token = uuid.uuid4().hex
 
     def committed(self) -> None:
-        from .relay import in_process
+        from .relay import Relay, in_process
 
+        if publisher.capturing():
+            # capture_events() is active: relay now, in this thread, so the test sees
+            # the events at commit as in best_effort mode.
+            relay = Relay(self.using)
+            relay.drain()
+            relay.publisher.close()
         in_process.wake()
 
     def registered_in(self, conn: BaseDatabaseWrapper) -> bool:
@@ -79,15 +87,16 @@ def record(item: Item, using: str) -> None:
     if conn.in_atomic_block:
         txn = _transactions.get(conn)
         if txn is None or not txn.registered_in(conn):
-            txn = _transactions[conn] = _Transaction()
+            txn = _transactions[conn] = _Transaction(using)
             conn.on_commit(txn.committed, robust=True)
         token = txn.token
     else:
-        token = uuid.uuid4().hex
+        txn = _Transaction(using)
+        token = txn.token
     OutboxEvent.objects.using(using).create(token=token, label=item.label, payload=payload)
     stats.incr("outbox_written")
     if not conn.in_atomic_block:
-        _Transaction().committed()
+        txn.committed()
 
 
 def to_payload(item: Item) -> str:

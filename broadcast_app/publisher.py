@@ -37,7 +37,7 @@ from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["flush", "publish", "reset", "stats"]
+__all__ = ["captured", "capturing", "flush", "publish", "reset", "stats"]
 
 # Publishes the Lua table `message` on `channel`, in the layer's serializer format (the
 # pub/sub layer reads msgpack by default, or json): shared by both scripts below.
@@ -161,15 +161,8 @@ class Publisher:
             stats.incr("capture_errors")
             logger.exception("broadcast_app could not encode an event")
             return
-        if not items:
+        if not items or self.captured(items):
             return
-        if self.sinks:
-            for _label, body in items:
-                event = json.loads('{"type":"change","id":null,' + body)
-                for sink in self.sinks:
-                    sink(event)
-            if not self.forward:
-                return
         q = self._ensure_thread()
         timeout = conf.BROADCAST_REDIS_TIMEOUT
         for item in items:
@@ -182,6 +175,17 @@ class Publisher:
                 )
             else:
                 stats.incr("queued")
+
+    def captured(self, items: list[Item]) -> bool:
+        """Hand events to the test sinks (broadcast_app.testing), if any are installed;
+        True if the events must then not reach Redis."""
+        if not self.sinks:
+            return False
+        for _label, body in items:
+            event = json.loads('{"type":"change","id":null,' + body)
+            for sink in self.sinks:
+                sink(event)
+        return not self.forward
 
     def _wake(self) -> None:
         # The thread may be blocked in get() without a timeout: have it recompute one.
@@ -411,6 +415,14 @@ def _runs_by_host(
 
 
 _publisher = Publisher()
+captured = _publisher.captured
+
+
+def capturing() -> bool:
+    """Whether test sinks are installed (``broadcast_app.testing.capture_events``)."""
+    return bool(_publisher.sinks)
+
+
 publish = _publisher.publish
 flush = _publisher.flush
 reset = _publisher.reset

@@ -35,7 +35,7 @@ from django.db import connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import buffer
+from . import buffer, publisher
 from .conf import conf
 from .events import event_body
 from .layer import once_key
@@ -162,6 +162,9 @@ class Relay:
                     continue
                 once.append((key, f"{change.label}:{change.pk}"))
             if not batch:
+                continue
+            if publisher.captured(batch):  # capture_events() in a test: not for Redis
+                published += len(batch)
                 continue
             dealt, duplicates = self.publisher.send_now(batch, once)
             published += dealt - duplicates

@@ -22,6 +22,7 @@ from broadcast_app.models import OutboxEvent
 from broadcast_app.outbox import to_payload
 from broadcast_app.registry import get_config
 from broadcast_app.relay import Relay
+from broadcast_app.testing import capture_events
 from project.demo.models import Product
 from tests.conftest import Received
 from tests.test_pipeline import make
@@ -224,3 +225,19 @@ def test_transactions_go_out_in_the_order_they_changed_each_object(
         if data.get("sku") == "ORD-X"
     ]
     assert x_stocks == [1, 2]
+
+
+def test_capture_events_sees_outbox_events_at_commit(outbox_mode: None) -> None:
+    with capture_events() as events:
+        with transaction.atomic():
+            product = make("CAPTURE-1", stock=1)
+            product.stock = 2
+            product.save()
+            events.assert_none()  # not committed yet
+        created = events.assert_one(op="created", pk=product.pk)
+        assert created["data"]["stock"] == 2
+        pk = product.pk
+        product.delete()  # autocommit
+        events.assert_one(op="deleted", pk=pk)
+    assert len(events) == 2
+    assert not OutboxEvent.objects.exists()
