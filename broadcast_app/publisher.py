@@ -10,6 +10,9 @@ the same atomic step, so ids increase in publish order across every publishing p
 
 Events that cannot be published (queue full, Redis down or slower than
 ``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code.
+
+In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same script with
+:meth:`Publisher.send_now`, synchronously, with no thread or queue.
 """
 
 from __future__ import annotations
@@ -60,15 +63,13 @@ end
 # Outbox events add KEYS[3], the hash of their transaction's events already published,
 # and ARGV[7] (this event's field in it) and ARGV[8] (its ttl in ms): an event relayed
 # again after a relay died before deleting its rows is skipped here, in the same atomic
-# step, so no reader ever sees it twice (the script then returns nil).
+# step, so no reader ever sees it twice (the script then returns nil). The mark is set
+# last, once the event is out: a script that failed half-way must not mark it.
 PUBLISH_SCRIPT = (
     _PUBLISH_MESSAGE
     + """
-if #KEYS > 2 then
-  if redis.call('HSETNX', KEYS[3], ARGV[7], '1') == 0 then
-    return false
-  end
-  redis.call('PEXPIRE', KEYS[3], ARGV[8])
+if #KEYS > 2 and redis.call('HEXISTS', KEYS[3], ARGV[7]) == 1 then
+  return false
 end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
@@ -86,6 +87,10 @@ local id = sid .. ':' .. epoch
 redis.call('HSET', KEYS[2], 'last', id)
 local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
 publish(ARGV[3], ARGV[4], {type = 'broadcast.event', frame = frame, prev = prev})
+if #KEYS > 2 then
+  redis.call('HSET', KEYS[3], ARGV[7], '1')
+  redis.call('PEXPIRE', KEYS[3], ARGV[8])
+end
 return id
 """
 )
