@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -74,10 +74,18 @@ def record(item: Item, using: str) -> None:
 
 
 def publish_committed(items: list[Item]) -> None:
-    """Coalesce one transaction's confirmed items per row and publish them.
+    """Coalesce one transaction's confirmed items per row and publish them."""
+    for number, changes in enumerate(coalesce(items)):
+        # Bulk chunks wait for room in the queue: their transaction committed already.
+        publisher.publish(changes, wait=number > 0)
 
-    Rows touched once, by one bulk operation, are streamed chunk by chunk; rows touched
-    more than once are read back and folded with their other changes first.
+
+def coalesce(items: list[Item]) -> Iterator[list[Change]]:
+    """One transaction's items as the changes worth publishing, one row once, in lists.
+
+    The first list holds the single changes and the rows touched more than once (read
+    back and folded with their other changes); then rows touched once, by one bulk
+    operation, follow chunk by chunk, each read only when the previous was consumed.
     """
     seen: Counter[tuple[str, str]] = Counter()
     for item in items:
@@ -100,10 +108,10 @@ def publish_committed(items: list[Item]) -> None:
         if len(shared) < len(item.pks):
             single = [pk for pk in item.pks if seen[(item.label, pk)] == 1]
             streams.append((item, single))
-    publisher.publish(_worth_publishing(merged.values()))
+    yield _worth_publishing(merged.values())
     for rowset, pks in streams:
         for chunk in rowset.changes(pks):
-            publisher.publish(_worth_publishing(chunk), wait=True)
+            yield _worth_publishing(chunk)
 
 
 def _worth_publishing(changes: Iterable[Change | None]) -> list[Change]:

@@ -17,7 +17,7 @@ from typing import Any
 from django.db import models
 from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
 
-from . import echo
+from . import echo, outbox
 from .buffer import record
 from .conf import conf
 from .events import _MISSING, Change, field_values, normalize, raw_values, serialize
@@ -171,12 +171,16 @@ def collect_deleted(config: ModelConfig) -> Iterator[list[Change]]:
 
 
 def record_item(item: Change | RowSet, using: str) -> None:
-    """Attribute ``item`` to the current websocket, if any, and buffer it."""
+    """Attribute ``item`` to the current websocket, if any, and buffer it until commit
+    (``best_effort``) or write it to the outbox in the transaction (``outbox``)."""
     socket = echo.current()
     if socket is not None:
         item.socket_id, item.to_others = socket
     item.to_others = item.to_others or item.config.to_others
-    record(item, using)
+    if conf.BROADCAST_DELIVERY == "outbox":
+        outbox.record(item, using)
+    else:
+        record(item, using)
 
 
 def _on_m2m_changed(

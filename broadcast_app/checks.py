@@ -29,7 +29,9 @@ _POSITIVE_FLOATS = (
     "BROADCAST_HEARTBEAT_INTERVAL",
     "BROADCAST_HEARTBEAT_TTL",
     "BROADCAST_DASHBOARD_REFRESH",
+    "BROADCAST_OUTBOX_INTERVAL",
 )
+DELIVERY_MODES = ("best_effort", "outbox")
 
 
 @register(Tags.compatibility)
@@ -134,3 +136,19 @@ def check_numbers(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> lis
                 )
             )
     return errors
+
+
+@register()
+def check_delivery(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    mode = conf.BROADCAST_DELIVERY
+    if mode in DELIVERY_MODES:
+        return []
+    return [
+        Error(
+            f"BROADCAST_DELIVERY is {mode!r}; it must be 'best_effort' or 'outbox'.",
+            hint="'best_effort' (the default) holds events in memory while Redis is down; "
+            "'outbox' writes them to a table in the saving transaction (run migrate, and "
+            "manage.py broadcast_relay or BROADCAST_OUTBOX_RELAY = True).",
+            id="broadcast_app.E007",
+        )
+    ]

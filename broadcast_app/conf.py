@@ -66,6 +66,22 @@ class Settings:
         return float(getattr(settings, "BROADCAST_REDIS_TIMEOUT", 0.5))
 
     @property
+    def BROADCAST_DELIVERY(self) -> str:
+        """``"best_effort"`` (events wait in memory for Redis) or ``"outbox"`` (events are
+        written to a table in the saving transaction and relayed from it)."""
+        return str(getattr(settings, "BROADCAST_DELIVERY", "best_effort"))
+
+    @property
+    def BROADCAST_OUTBOX_RELAY(self) -> bool:
+        """Whether each instance runs the outbox relay beside its listener (outbox mode)."""
+        return bool(getattr(settings, "BROADCAST_OUTBOX_RELAY", True))
+
+    @property
+    def BROADCAST_OUTBOX_INTERVAL(self) -> float:
+        """Seconds between two outbox relay passes when nothing wakes the relay sooner."""
+        return float(getattr(settings, "BROADCAST_OUTBOX_INTERVAL", 1.0))
+
+    @property
     def BROADCAST_QUEUE_SIZE(self) -> int:
         """Events a process holds for its publisher thread; more are dropped (and counted)."""
         return int(getattr(settings, "BROADCAST_QUEUE_SIZE", 10_000))

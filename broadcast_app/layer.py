@@ -47,6 +47,11 @@ def meta_key(label: str) -> str:
     return f"{conf.BROADCAST_GROUP_PREFIX}:meta:{label}"
 
 
+def once_key(token: str) -> str:
+    """The Redis hash of the events of one outbox transaction already published."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}:outbox:{token}"
+
+
 def new_epoch() -> str:
     """A fresh log epoch (used by Redis only when a model's log is new or was lost)."""
     return secrets.token_hex(4)

@@ -75,6 +75,10 @@ class Listener:
                 self._task = loop.create_task(self._run(), name="broadcast-listener")
         # The dashboard lists instances by their heartbeats: one beside each listener.
         await heartbeat.start()
+        if conf.BROADCAST_DELIVERY == "outbox" and conf.BROADCAST_OUTBOX_RELAY:
+            from .relay import in_process
+
+            in_process.start()
         if wait:
             try:
                 await asyncio.wait_for(self.subscribed.wait(), _STARTUP_WAIT)
@@ -84,6 +88,10 @@ class Listener:
     async def stop(self) -> None:
         """Cancel the listener task and wait for it to close its connections."""
         await heartbeat.stop()
+        from .relay import in_process
+
+        if in_process.running:
+            await sync_to_async(in_process.stop, thread_sensitive=False)()
         task, self._task = self._task, None
         if task is None or task.done():
             return
@@ -105,6 +113,7 @@ class Listener:
         # A (re)started listener follows the logs from their current ends; only its
         # own resubscriptions below repair what was published in between.
         self.continuity = Continuity()
+        resubscribing = False
         while True:
             layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
             tasks: list[asyncio.Task[None]] = []
@@ -116,8 +125,10 @@ class Listener:
                     await layer.group_add(group_name(label), channel)
                 self.subscribed.set()
                 logger.info("broadcast_app listener subscribed to %d model(s)", len(labels))
-                # Subscribing again: what was published meanwhile is in the log.
-                await self._repair(labels)
+                if resubscribing:
+                    # What was published while the listener was deaf is in the log.
+                    await self._repair(labels)
+                resubscribing = True
                 delay = _RETRY_MIN
                 tasks = [
                     loop.create_task(self._pump(layer, channel)),

@@ -10,6 +10,9 @@ the same atomic step, so ids increase in publish order across every publishing p
 
 Events that cannot be published (queue full, Redis down or slower than
 ``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code.
+
+In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same script with
+:meth:`Publisher.send_now`, synchronously, with no thread or queue.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["flush", "publish", "reset", "stats"]
+__all__ = ["captured", "capturing", "flush", "publish", "reset", "stats"]
 
 # Publishes the Lua table `message` on `channel`, in the layer's serializer format (the
 # pub/sub layer reads msgpack by default, or json): shared by both scripts below.
@@ -57,9 +60,17 @@ end
 # body, channel, serializer format, a fresh epoch (used if the log is new or was lost),
 # max age in ms (0: none). The id is "<stream id>:<epoch>"; each entry keeps the id
 # before it ("p"), so readers can tell a complete replay from one with a hole.
+# Outbox events add KEYS[3], the hash of their transaction's events already published,
+# and ARGV[7] (this event's field in it) and ARGV[8] (its ttl in ms): an event relayed
+# again after a relay died before deleting its rows is skipped here, in the same atomic
+# step, so no reader ever sees it twice (the script then returns nil). The mark is set
+# last, once the event is out: a script that failed half-way must not mark it.
 PUBLISH_SCRIPT = (
     _PUBLISH_MESSAGE
     + """
+if #KEYS > 2 and redis.call('HEXISTS', KEYS[3], ARGV[7]) == 1 then
+  return false
+end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
   epoch = ARGV[5]
@@ -76,6 +87,10 @@ local id = sid .. ':' .. epoch
 redis.call('HSET', KEYS[2], 'last', id)
 local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
 publish(ARGV[3], ARGV[4], {type = 'broadcast.event', frame = frame, prev = prev})
+if #KEYS > 2 then
+  redis.call('HSET', KEYS[3], ARGV[7], '1')
+  redis.call('PEXPIRE', KEYS[3], ARGV[8])
+end
 return id
 """
 )
@@ -93,13 +108,21 @@ return 1
 
 #: a queued event: its model label and the change with its timestamp (encoded by the
 #: publisher thread), or an already encoded body
-Item = tuple[str, "tuple[Change, str] | str"]
+Queued = tuple[str, "tuple[Change, str] | str"]
 
 _BATCH = 500
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
 _WAKE: Any = ("", "")
 _WARN_EVERY = 10.0  # seconds between two warnings of the same kind (no log flood)
+# How long Redis remembers that an outbox event went out. The relay deletes the hash as
+# soon as its rows are deleted; this bounds what a relay that died in between leaves.
+_ONCE_TTL_MS = 24 * 3600 * 1000
+
+#: an event for Redis: model label and body (see events.event_body)
+Item = tuple[str, str]
+#: where an outbox event is recorded as published: (hash key, field)
+Once = tuple[str, str]
 
 
 class Publisher:
@@ -108,7 +131,7 @@ class Publisher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._queue: queue.Queue[Item] = queue.Queue()
+        self._queue: queue.Queue[Queued] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._clients: dict[str, tuple[redis.Redis, Any]] = {}
         self._last_warning: dict[str, float] = {}
@@ -142,19 +165,15 @@ class Publisher:
     def _emit(self, changes: list[tuple[Change, str]], wait: bool) -> None:
         if not changes:
             return
-        items: list[Item] = [(c.label, (c, ts)) for c, ts in changes]
+        queued: list[Queued] = [(c.label, (c, ts)) for c, ts in changes]
         if self.sinks:
-            encoded = _encoded(items)
-            for _label, body in encoded:
-                event = json.loads('{"type":"change","id":null,' + body)
-                for sink in self.sinks:
-                    sink(event)
-            if not self.forward:
+            encoded = _encoded(queued)
+            if self.captured(encoded):
                 return
-            items = list(encoded)
+            queued = list(encoded)
         q = self._ensure_thread()
         timeout = conf.BROADCAST_REDIS_TIMEOUT
-        for item in items:
+        for item in queued:
             try:
                 q.put(item, block=wait, timeout=timeout if wait else None)
             except queue.Full:
@@ -164,6 +183,17 @@ class Publisher:
                 )
             else:
                 stats.incr("queued")
+
+    def captured(self, items: list[Item]) -> bool:
+        """Hand events to the test sinks (broadcast_app.testing), if any are installed;
+        True if the events must then not reach Redis."""
+        if not self.sinks:
+            return False
+        for _label, body in items:
+            event = json.loads('{"type":"change","id":null,' + body)
+            for sink in self.sinks:
+                sink(event)
+        return not self.forward
 
     def _wake(self) -> None:
         # The thread may be blocked in get() without a timeout: have it recompute one.
@@ -189,7 +219,14 @@ class Publisher:
         with self._lock:
             self._clients = {}
 
-    def _ensure_thread(self) -> queue.Queue[Item]:
+    def close(self) -> None:
+        """Close this publisher's Redis clients (an outbox relay that stops)."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for client, _ in clients.values():
+            client.close()
+
+    def _ensure_thread(self) -> queue.Queue[Queued]:
         if self._pid == os.getpid() and self._thread is not None:
             return self._queue
         with self._lock:
@@ -214,7 +251,7 @@ class Publisher:
 
     # -- the publisher thread ---------------------------------------------------------
 
-    def _run(self, q: queue.Queue[Item]) -> None:
+    def _run(self, q: queue.Queue[Queued]) -> None:
         # Events Redis refused (down, or slower than BROADCAST_REDIS_TIMEOUT) wait here,
         # oldest first, and go out before newer ones once it answers again; past
         # BROADCAST_OUTAGE_BUFFER the oldest are dropped and their models marked "lost",
@@ -267,23 +304,39 @@ class Publisher:
             for _ in range(done):
                 q.task_done()
 
-    def _send(self, batch: list[tuple[str, str]]) -> int:
+    def send_now(self, batch: list[Item], once: list[Once]) -> tuple[int, int]:
+        """Publish outbox events now, in order, in this thread; never raises.
+
+        ``once[i]`` names where ``batch[i]`` is recorded as published: an event recorded
+        there already is skipped. Returns how many of the first events were dealt with
+        (published or skipped) and how many of those were skipped.
+        """
+        return self._send_runs(batch, once)
+
+    def _send(self, batch: list[Item]) -> int:
         """Publish ``batch`` in order; return how many of the first events went out."""
-        sent = 0
+        return self._send_runs(batch, None)[0]
+
+    def _send_runs(self, batch: list[Item], once: list[Once] | None) -> tuple[int, int]:
+        sent = skipped = 0
         maxlen = conf.BROADCAST_LOG_MAXLEN
         max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
-        for host, items in _runs_by_host(batch):
+        for host, items in _runs_by_host(batch, once):
             try:
                 client, script = self._client(host)
                 pipe = client.pipeline(transaction=False)
-                for r, body in items:
+                for r, body, seen in items:
+                    keys = [r.stream, r.meta]
                     args = [maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age]
+                    if seen is not None:
+                        keys.append(seen[0])
+                        args += [seen[1], _ONCE_TTL_MS]
                     # EVALSHA directly: redis-py's Script in a pipeline sends SCRIPT
                     # EXISTS first on every execute(), an extra round trip per batch.
                     # A Redis that lost the script (restart) fails the batch with
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
-                    pipe.evalsha(script, 2, r.stream, r.meta, *args)
-                pipe.execute()
+                    pipe.evalsha(script, len(keys), *keys, *args)
+                results = pipe.execute()
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
@@ -293,10 +346,27 @@ class Publisher:
                     exc,
                 )
                 self._drop_client(host)
-                return sent
-            stats.incr("published", len(items))
+                return sent, skipped
+            duplicates = results.count(None)
+            if duplicates:
+                stats.incr("outbox_duplicates", duplicates)
+            stats.incr("published", len(items) - duplicates)
             sent += len(items)
-        return sent
+            skipped += duplicates
+        return sent, skipped
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Delete outbox "already published" hashes, given as (model label, key) pairs
+        (their rows are gone); never raises."""
+        by_host: dict[str, tuple[dict[str, Any], set[str]]] = {}
+        for label, key in keys:
+            host = route(label).host
+            by_host.setdefault(repr(sorted(host.items())), (host, set()))[1].add(key)
+        for host, names in by_host.values():
+            try:
+                self._client(host)[0].delete(*names)
+            except (redis.RedisError, OSError):
+                self._drop_client(host)  # they expire by themselves
 
     def _send_resets(self, labels: set[str]) -> set[str]:
         """Tell every instance that events of ``labels`` were lost; return those told."""
@@ -339,7 +409,7 @@ class Publisher:
             logger.warning(message, *args)
 
 
-def _encoded(items: list[Item]) -> list[tuple[str, str]]:
+def _encoded(items: list[Queued]) -> list[Item]:
     """Turn queued changes into event bodies; an event that cannot be encoded (a custom
     serializer returned something JSON cannot hold) is logged, counted and skipped."""
     origin = conf.BROADCAST_INSTANCE_ID
@@ -357,19 +427,30 @@ def _encoded(items: list[Item]) -> list[tuple[str, str]]:
     return encoded
 
 
-def _runs_by_host(batch: list[tuple[str, str]]) -> list[tuple[dict[str, Any], list[Any]]]:
+def _runs_by_host(
+    batch: list[Item], once: list[Once] | None
+) -> list[tuple[dict[str, Any], list[Any]]]:
     """Consecutive events grouped by Redis host, keeping their order."""
     runs: list[tuple[dict[str, Any], list[Any]]] = []
-    for label, body in batch:
+    for index, (label, body) in enumerate(batch):
         r = route(label)
+        entry = (r, body, None if once is None else once[index])
         if runs and runs[-1][0] == r.host:
-            runs[-1][1].append((r, body))
+            runs[-1][1].append(entry)
         else:
-            runs.append((r.host, [(r, body)]))
+            runs.append((r.host, [entry]))
     return runs
 
 
 _publisher = Publisher()
+captured = _publisher.captured
+
+
+def capturing() -> bool:
+    """Whether test sinks are installed (``broadcast_app.testing.capture_events``)."""
+    return bool(_publisher.sinks)
+
+
 publish = _publisher.publish
 flush = _publisher.flush
 reset = _publisher.reset

@@ -13,6 +13,8 @@ exactly as in production (use ``transaction=True`` tests, or pytest-django's
         events.assert_one(op="updated", model="demo.product", changed=["price"])
 
 Captured events have ``id`` None: ids are assigned by Redis, which is not involved.
+In ``outbox`` delivery mode each commit relays its outbox rows at once while a capture
+is active, so the events appear at commit in both modes.
 """
 
 from __future__ import annotations

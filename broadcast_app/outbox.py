@@ -1,0 +1,153 @@
+"""``outbox`` delivery: captured changes become rows written in the saving transaction.
+
+Django has no pre-commit hook, so each change is written when it is captured, inside
+the transaction (and savepoint) that made it: the database then commits or rolls back
+the row with the change, savepoints included, with no bookkeeping of ours. The rows of
+one transaction share a token; the relay (:mod:`.relay`) folds them per object exactly
+as the in-memory buffer does at commit (create + update: one ``created``; create +
+delete: nothing; an update that changed nothing: nothing), publishes them and deletes
+them.
+
+Outside ``transaction.atomic`` (autocommit) Django sends ``post_save`` after the row
+is committed, so the outbox row is a second statement: a process dying between the two
+loses that event. Atomic blocks (``ATOMIC_REQUESTS``, the admin, bulk operations) have
+no such window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import weakref
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from . import publisher
+from .conf import conf
+from .events import Change, to_json_data
+from .registry import get_config
+from .rows import RowSet
+from .stats import stats
+
+logger = logging.getLogger(__name__)
+
+Item = Change | RowSet
+
+
+class _Transaction:
+    """The token of one transaction of one connection, and its commit hook."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.token = uuid.uuid4().hex
+
+    def committed(self) -> None:
+        from .relay import Relay, in_process
+
+        if publisher.capturing():
+            # capture_events() is active: relay now, in this thread, so the test sees
+            # the events at commit as in best_effort mode.
+            relay = Relay(self.using)
+            relay.drain()
+            relay.publisher.close()
+        in_process.wake()
+
+    def registered_in(self, conn: BaseDatabaseWrapper) -> bool:
+        # Gone from the hooks: that transaction ended (or the savepoint that registered
+        # the hook was rolled back, taking its rows along): a new token is right.
+        return any(entry[1] == self.committed for entry in reversed(conn.run_on_commit))
+
+
+_transactions: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Transaction] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def record(item: Item, using: str) -> None:
+    """Write ``item`` to the outbox on ``using``, in the current transaction if any.
+
+    A database error propagates, failing the save: in outbox mode a change is never
+    committed without its event.
+    """
+    from .models import OutboxEvent
+
+    try:
+        payload = to_payload(item)
+    except (TypeError, ValueError):
+        # Not JSON-encodable (a custom field type): best_effort would fail to encode it
+        # too. Counted and logged; the user's save goes on.
+        stats.incr("capture_errors")
+        logger.exception("broadcast_app could not encode an outbox row of %s", item.label)
+        return
+    conn = connections[using]
+    if conn.in_atomic_block:
+        txn = _transactions.get(conn)
+        if txn is None or not txn.registered_in(conn):
+            txn = _transactions[conn] = _Transaction(using)
+            conn.on_commit(txn.committed, robust=True)
+        token = txn.token
+    else:
+        txn = _Transaction(using)
+        token = txn.token
+    OutboxEvent.objects.using(using).create(token=token, label=item.label, payload=payload)
+    stats.incr("outbox_written")
+    if not conn.in_atomic_block:
+        txn.committed()
+
+
+def to_payload(item: Item) -> str:
+    """The JSON an outbox row keeps of a change or a bulk operation."""
+    common: dict[str, Any] = {
+        "op": item.op,
+        "before": item.before,
+        "forced": sorted(item.forced),
+        "socket_id": item.socket_id,
+        "to_others": item.to_others,
+        # The saving process, not the relay, is the event's origin.
+        "origin": conf.BROADCAST_INSTANCE_ID,
+    }
+    if isinstance(item, RowSet):
+        common["pks"] = item.pks
+    else:
+        common.update(pk=item.pk, data=item.data, values=item.values, partial=item.partial)
+    return json.dumps(common, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def from_payload(label: str, payload: str) -> Item:
+    """Rebuild what :func:`to_payload` stored (values in their JSON form)."""
+    config = get_config(label)
+    state = json.loads(payload)
+    shared: dict[str, Any] = {
+        "config": config,
+        "op": state["op"],
+        "before": state["before"],
+        "forced": frozenset(state["forced"]),
+        "socket_id": state["socket_id"],
+        "to_others": state["to_others"],
+        "confirmed": True,
+    }
+    if "pks" in state:
+        return StoredRows(pks=state["pks"], **shared)
+    return Change(
+        pk=state["pk"],
+        data=state["data"],
+        values=state["values"],
+        partial=state["partial"],
+        **shared,
+    )
+
+
+class StoredRows(RowSet):
+    """A bulk operation from the outbox, read back at relay time.
+
+    Stored values went through JSON (a datetime keeps milliseconds, a Decimal becomes a
+    string); the rows read back are brought to that form too, so that comparing them —
+    which fields ``changed`` — compares like with like.
+    """
+
+    def _change(self, pk: str, data: dict[str, Any], values: dict[str, Any]) -> Change:
+        return super()._change(pk, data, to_json_data(values))
