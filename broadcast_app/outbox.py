@@ -30,7 +30,7 @@ from . import publisher
 from .conf import conf
 from .events import Change, to_json_data
 from .registry import get_config
-from .rows import RowSet
+from .rows import DeletedRows, RowSet
 from .stats import stats
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def record(item: Item, using: str) -> None:
     from .models import OutboxEvent
 
     try:
-        payload = to_payload(item)
+        payloads = [to_payload(change) for change in _stored(item)]
     except (TypeError, ValueError):
         # Not JSON-encodable (a custom field type): best_effort would fail to encode it
         # too. Counted and logged; the user's save goes on.
@@ -93,10 +93,20 @@ def record(item: Item, using: str) -> None:
     else:
         txn = _Transaction(using)
         token = txn.token
-    OutboxEvent.objects.using(using).create(token=token, label=item.label, payload=payload)
-    stats.incr("outbox_written")
+    OutboxEvent.objects.using(using).bulk_create(
+        [OutboxEvent(token=token, label=item.label, payload=payload) for payload in payloads]
+    )
+    stats.incr("outbox_written", len(payloads))
     if not conn.in_atomic_block:
         txn.committed()
+
+
+def _stored(item: Item) -> list[Item]:
+    """What the outbox keeps of ``item``: a chunk of ``QuerySet.delete()`` carries each
+    row's data (the rows are gone, nothing could be read back), so one row each."""
+    if isinstance(item, DeletedRows):
+        return [change for chunk in item.changes(item.pks) for change in chunk]
+    return [item]
 
 
 def to_payload(item: Item) -> str:

@@ -196,6 +196,26 @@ async def test_bulk_operations_are_read_back_at_relay_time(
     assert {e["origin"] for e in got} == {"the-saver"}
 
 
+@pytest.mark.asyncio
+async def test_a_queryset_delete_keeps_each_rows_data_until_relayed(
+    outbox_mode: None, relay: Relay, running_listener: Any, received: Received
+) -> None:
+    def changes() -> list[int]:
+        with override_settings(BROADCAST_ENABLED=False):
+            pks = [make(f"GONE-{i}", stock=i).pk for i in range(3)]
+        Product.objects.filter(sku__startswith="GONE-").delete()
+        assert OutboxEvent.objects.count() == 3
+        return pks
+
+    pks = await database_sync_to_async(changes)()
+    await database_sync_to_async(relay.drain)()
+    got = await received.wait_for(3)
+    assert sorted((e["op"], e["pk"], e["data"]["sku"], e["data"]["stock"]) for e in got) == [
+        ("deleted", str(pk), f"GONE-{i}", i) for i, pk in enumerate(pks)
+    ]
+    assert all("cost_price" not in e["data"] for e in got)
+
+
 def test_transactions_go_out_in_the_order_they_changed_each_object(
     outbox_mode: None, redis_client: redis.Redis
 ) -> None:
