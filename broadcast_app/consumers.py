@@ -86,7 +86,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.socket_id = valid_socket_id((query.get("socket_id") or [None])[0])
         self.subscriptions = set()
         #: subscriptions whose log is being read, with the live events held meanwhile
-        self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]]] = {}
+        #: (None once more arrived than the send queue holds: a reset replaces them)
+        self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
         self.permissions: dict[str, bool] = {}
         self.outbox = asyncio.Queue(maxsize=conf.BROADCAST_SEND_QUEUE_SIZE)
         self.closing = False
@@ -163,7 +164,11 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.resuming:
             for key in ((event["model"], None), (event["model"], event["pk"])):
                 if key in self.resuming:
-                    self.resuming[key].append((frame, event))
+                    held = self.resuming[key]
+                    if held is not None and len(held) < self.outbox.maxsize:
+                        held.append((frame, event))
+                    else:
+                        self.resuming[key] = None
                     return
         self._send_event(frame, event)
 
@@ -248,13 +253,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "last_id": last_id,
             }
         )
+        if held is None:
+            # More live events came while the log was read than the queue holds.
+            self.reset(config.label, pk, "overflow")
+            return
         sent: set[str] = set()
         if replay is not None and replay.complete:
             decoded = ((event_id, frame, json.loads(frame)) for event_id, frame in replay.frames)
             events = [item for item in decoded if pk is None or item[2]["pk"] == pk]
-            # A replay longer than the room left in the send queue would close the
-            # connection as a slow client, and the client would resume again from the
-            # same id, forever: past that size it is cheaper to reload.
+            # A replay longer than the room left in the send queue would overflow it and
+            # end in a reset after part of it went out: cheaper to reset at once.
             if len(events) > self.outbox.maxsize - self.outbox.qsize() - 1:
                 replay = Replay(False, "too_many")
             else:

@@ -315,3 +315,29 @@ async def test_a_replay_longer_than_the_send_queue_is_a_reset(
     reset = await ws.receive_json_from(timeout=TIMEOUT)
     assert (reset["type"], reset["reason"]) == ("reset", "too_many")
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+
+
+async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
+    small_queue_ws: WebsocketCommunicator, redis_client: Any
+) -> None:
+    from broadcast_app.hub import hub
+
+    ws = small_queue_ws
+    await database_sync_to_async(make)("P-1")
+    first = await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
+    (consumer,) = hub._subs["demo.product"]["7"]
+    # Redis holds the log read back (CLIENT PAUSE) while twelve live events arrive.
+    redis_client.client_pause(1000)
+    await ws.send_json_to(
+        {"type": "subscribe", "model": "demo.product", "since": first["last_id"]}
+    )
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while ("demo.product", None) not in consumer.resuming:
+        assert asyncio.get_running_loop().time() < deadline, "the replay never started"
+        await asyncio.sleep(0.01)  # the consumer's own task starts the read
+    for stock in range(1, 13):
+        hub.deliver(*change_frame(stock))
+    frames = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
+    assert [f["type"] for f in frames] == ["subscribed", "reset"], frames
+    assert (frames[1]["pk"], frames[1]["reason"]) == (None, "overflow")
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}

@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,14 +285,8 @@ async def test_a_client_that_stops_reading_is_cut_off_and_others_keep_flowing(
     stack: Stack, writer: Writer, fault_report: Any
 ) -> None:
     # An instance whose sockets buffer 32 KiB for their client, not the kernel's MiBs.
-    b = Instance("D", {**stack.b.env, "BROADCAST_INSTANCE_ID": "fault-D"}, stack.directory,
-                 send_buffer=32 * 1024)  # fmt: skip
-    b.start()
-    try:
-        await _slow_client_on(b, stack, writer, fault_report)
-    finally:
-        b.stop()
-    assert "Traceback" not in b.log_text(), b.log_text()
+    with another_instance(stack, "D", send_buffer=32 * 1024) as d:
+        await _slow_client_on(d, stack, writer, fault_report)
 
 
 async def _slow_client_on(b: Instance, stack: Stack, writer: Writer, fault_report: Any) -> None:
@@ -393,10 +388,8 @@ async def test_a_vanished_client_is_found_by_keepalive_and_cleaned_up(
     stack: Stack, fault_report: Any
 ) -> None:
     # An instance pinging every second: a client that answers no ping is dropped.
-    c = Instance("C", {**stack.b.env, "BROADCAST_INSTANCE_ID": "fault-C"}, stack.directory,
-                 uvicorn_args=("--ws-ping-interval", "1", "--ws-ping-timeout", "1"))  # fmt: skip
-    c.start()
-    try:
+    ping = ("--ws-ping-interval", "1", "--ws-ping-timeout", "1")
+    with another_instance(stack, "C", uvicorn_args=ping) as c:
         async with websocket(c.ws_url, origin=c.origin, session_id=stack.session_id) as alive:
             await alive.subscribe(PRODUCT)
             ghost = await asyncio.to_thread(
@@ -416,9 +409,6 @@ async def test_a_vanished_client_is_found_by_keepalive_and_cleaned_up(
                 ghost.close()
             # The client that answers pings is still there and served.
             await alive.expect_nothing_queued()
-    finally:
-        c.stop()
-    assert "Traceback" not in c.log_text(), c.log_text()
     fault_report("client vanished (ping every 1 s)", cleaned_up_after_s=round(seconds, 1))
 
 
@@ -459,8 +449,20 @@ async def test_redis_killed_and_restarted_mid_stream_best_effort(
     )
 
 
-async def _receive(ws: Socket, count: int) -> list[dict[str, Any]]:
-    return [await ws.receive() for _ in range(count)]
+@contextmanager
+def another_instance(stack: Stack, name: str, **options: Any) -> Iterator[Instance]:
+    """One more instance of the stack's demo (same database and Redis), stopped after;
+    it must not have logged a traceback."""
+    instance = Instance(
+        name, {**stack.b.env, "BROADCAST_INSTANCE_ID": f"fault-{name}"}, stack.directory,
+        **options,
+    )  # fmt: skip
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+    assert "Traceback" not in instance.log_text(), instance.log_text()
 
 
 def _drain(socket: RawSocket) -> list[dict[str, Any]]:
