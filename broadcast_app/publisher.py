@@ -30,7 +30,8 @@ import redis
 
 from .conf import conf
 from .events import Change, event_body, now_iso
-from .layer import new_epoch, route
+from .failover import PublishedIds
+from .layer import Route, new_epoch, route
 from .redis_clients import make_client
 from .stats import stats
 from .throttle import Throttle
@@ -110,6 +111,7 @@ class Publisher:
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
         self._throttle = Throttle()
+        self._published = PublishedIds()
         #: test hooks (see broadcast_app.testing): called with each event dict
         self.sinks: list[Any] = []
         #: whether events still go to Redis while a sink is installed
@@ -281,7 +283,9 @@ class Publisher:
                     # A Redis that lost the script (restart) fails the batch with
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
                     pipe.evalsha(script, 2, r.stream, r.meta, *args)
-                pipe.execute()
+                key = _host_key(host)
+                for (r, _body), event_id in zip(items, pipe.execute(), strict=True):
+                    self._published.record(key, r, event_id)
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
@@ -313,20 +317,32 @@ class Publisher:
         return told
 
     def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:
-        key = repr(sorted(host.items()))
+        key = _host_key(host)
         with self._lock:
             entry = self._clients.get(key)
         if entry is None:
             # Outside the lock: saving threads take it, and this talks to Redis.
             client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
-            entry = (client, client.script_load(PUBLISH_SCRIPT))
+            try:
+                entry = (client, client.script_load(PUBLISH_SCRIPT))
+                # A new connection may reach a new master (Sentinel failover): before
+                # anything new goes out, reset the models whose last events it lacks.
+                self._published.check(key, client, lambda r: self._reset_lost(client, r))
+            except BaseException:
+                client.close()
+                raise
             with self._lock:
                 self._clients[key] = entry
         return entry
 
+    def _reset_lost(self, client: redis.Redis, r: Route) -> None:
+        client.eval(RESET_SCRIPT, 1, r.meta, r.channel, r.label, r.serializer_format)
+        stats.incr("lost_resets")
+        logger.warning("broadcast_app: Redis lost %s events in a failover: reset sent", r.label)
+
     def _drop_client(self, host: dict[str, Any]) -> None:
         with self._lock:
-            entry = self._clients.pop(repr(sorted(host.items())), None)
+            entry = self._clients.pop(_host_key(host), None)
         if entry is not None:
             entry[0].close()
 
@@ -335,6 +351,10 @@ class Publisher:
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
+
+
+def _host_key(host: dict[str, Any]) -> str:
+    return repr(sorted(host.items()))
 
 
 def _runs_by_host(batch: list[tuple[str, str]]) -> list[tuple[dict[str, Any], list[Any]]]:

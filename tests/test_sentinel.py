@@ -86,6 +86,9 @@ class Recorder:
     def received(self) -> set[int]:
         return {item for item in self.log if isinstance(item, int)}
 
+    def reset_after(self, number: int) -> bool:
+        return any(isinstance(item, str) for item in self.log[self.log.index(number) :])
+
     def uncovered(self, sent: int) -> list[int]:
         """Events neither received nor followed by a reset after the last one before them."""
         missing = set(range(sent)) - self.received
@@ -145,6 +148,38 @@ async def test_events_flow_again_after_a_sentinel_failover(
         )
     assert recorder.uncovered(sent) == []
     assert set(range(sent - 20, sent)) <= received  # after the failover, nothing is missed
+
+
+async def test_writes_the_replica_never_got_become_a_reset(
+    sentinel_setup: SentinelSetup, recorder: Recorder
+) -> None:
+    """Asynchronous replication: what the master acknowledged but never replicated is
+    gone after the failover. The instance that received it resets its subscribers, and a
+    client resuming from one of those ids gets ``reset`` too: never a silent gap."""
+    for number in range(5):
+        await database_sync_to_async(save)(number)
+    assert await _eventually(lambda: len(recorder.received) == 5)
+    sentinel_setup.cut_replication()
+    for number in range(5, 10):  # received live, but on the master only
+        await database_sync_to_async(save)(number)
+    assert await _eventually(lambda: len(recorder.received) == 10)
+    sentinel_setup.master.kill()
+    await asyncio.to_thread(sentinel_setup.wait_for_failover)
+    for number in range(10, 15):
+        await database_sync_to_async(save)(number)
+    # The publisher notices that its last event is not in the new master's log and
+    # resets the model ("lost"); if the listener had not resubscribed yet when that
+    # went out, its watchdog finds the new epoch ("epoch").
+    assert await _eventually(
+        lambda: recorder.received >= set(range(10, 15)) or recorder.reset_after(9)
+    )
+    assert recorder.log[:10] == list(range(10))
+    assert recorder.log[10] in ("reset:lost", "reset:epoch")
+    assert recorder.uncovered(15) == []
+    # Resuming from before the lost events must not look complete either.
+    for since in (4, 5, 9):
+        replay = await event_log.read_after("demo.product", recorder.ids[since])
+        assert (replay.complete, replay.reason) == (False, "epoch")
 
 
 async def _eventually(condition: Any, timeout: float = SETTLE_TIMEOUT) -> bool:
