@@ -18,12 +18,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.db import connections
 from django.test import override_settings
 
 from broadcast_app import publisher
+from broadcast_app.conf import conf
+from broadcast_app.heartbeat import instance_key
 from broadcast_app.hub import hub
 from broadcast_app.layer import PUBSUB_BACKEND
 from broadcast_app.listener import listener
@@ -54,7 +57,11 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
     listener.continuity.last.clear()
     layers = {"default": {"BACKEND": PUBSUB_BACKEND, "CONFIG": {"hosts": [sentinel_setup.host()]}}}
     try:
-        with override_settings(CHANNEL_LAYERS=layers, BROADCAST_RECOVERY_INTERVAL=0.5):
+        with override_settings(
+            CHANNEL_LAYERS=layers,
+            BROADCAST_RECOVERY_INTERVAL=0.5,
+            BROADCAST_HEARTBEAT_INTERVAL=0.5,
+        ):
             await listener.start()
             assert listener.subscribed.is_set()
             yield recorder
@@ -134,6 +141,11 @@ async def test_events_flow_again_after_a_sentinel_failover(
         await save_next()
     assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
     await _eventually(lambda: not recorder.uncovered(sent))  # asserted below
+    # The heartbeat, on a client of its own, found the new master too.
+    key = instance_key(conf.BROADCAST_INSTANCE_ID)
+    with redis.Redis(port=sentinel_setup.replica.port) as new_master:
+        new_master.delete(key)
+        assert await _eventually(lambda: bool(new_master.exists(key)))
 
     received = recorder.received
     resets = [item for item in recorder.log if isinstance(item, str)]
