@@ -39,10 +39,12 @@ class PublishedIds:
     def __init__(self) -> None:
         self._last: dict[str, dict[str, tuple[Route, str]]] = {}
 
-    def record(self, host_key: str, r: Route, event_id: bytes | str) -> None:
-        if isinstance(event_id, bytes):
-            event_id = event_id.decode()
-        self._last.setdefault(host_key, {})[r.label] = (r, event_id)
+    def record(self, host_key: str, routes: list[Route], ids: list[Any]) -> None:
+        """Note the ids a batch got (``ids[i]`` for ``routes[i]``; None: not published)."""
+        last = self._last.setdefault(host_key, {})
+        for r, event_id in zip(routes, ids, strict=True):
+            if event_id is not None:
+                last[r.label] = (r, event_id.decode() if isinstance(event_id, bytes) else event_id)
 
     def check(self, host_key: str, client: Any, on_lost: Callable[[Route], None]) -> None:
         """Call ``on_lost`` for each model whose last published event ``client``'s Redis

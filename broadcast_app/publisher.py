@@ -283,9 +283,7 @@ class Publisher:
                     # A Redis that lost the script (restart) fails the batch with
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
                     pipe.evalsha(script, 2, r.stream, r.meta, *args)
-                key = _host_key(host)
-                for (r, _body), event_id in zip(items, pipe.execute(), strict=True):
-                    self._published.record(key, r, event_id)
+                results = pipe.execute()
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
@@ -298,6 +296,7 @@ class Publisher:
                 return sent
             stats.incr("published", len(items))
             sent += len(items)
+            self._published.record(_host_key(host), [item[0] for item in items], results)
         return sent
 
     def _send_resets(self, labels: set[str]) -> set[str]:
