@@ -55,7 +55,12 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
     hub.add(recorder, "demo.product", None)
     # A fresh start: nothing remembered of another test's Redis (that would be a reset).
     listener.continuity.last.clear()
-    layers = {"default": {"BACKEND": PUBSUB_BACKEND, "CONFIG": {"hosts": [sentinel_setup.host()]}}}
+    # As docs/reliability.md advises: every wait on a sentinel or a master bounded.
+    host = sentinel_setup.host(
+        socket_connect_timeout=1,
+        sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1},
+    )
+    layers = {"default": {"BACKEND": PUBSUB_BACKEND, "CONFIG": {"hosts": [host]}}}
     try:
         with override_settings(
             CHANNEL_LAYERS=layers,
