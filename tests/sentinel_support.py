@@ -2,15 +2,16 @@
 
 All five are ``redis-server`` processes from the same binary (``find_redis_server()``),
 on free loopback ports, each in a temporary directory of its own (a sentinel rewrites
-its config file). Everything started here is stopped by ``SentinelSetup.stop()``.
+its config file). Everything ``SentinelSetup.start()`` started is stopped by ``stop()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
@@ -165,16 +166,46 @@ class SentinelSetup:
         for server in [*self.sentinels, self.replica, self.master]:
             server.stop()
 
-    def __enter__(self) -> SentinelSetup:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+class Arrivals:
+    """What reached one subscriber, in order: each event's number, or ``reset:<reason>``."""
+
+    def __init__(self) -> None:
+        self.log: list[int | str] = []
+
+    @property
+    def received(self) -> set[int]:
+        return {item for item in self.log if isinstance(item, int)}
+
+    @property
+    def resets(self) -> list[str]:
+        return [item for item in self.log if isinstance(item, str)]
+
+    def reset_after(self, number: int) -> bool:
+        return any(isinstance(item, str) for item in self.log[self.log.index(number) :])
+
+    def uncovered(self, sent: Iterable[int]) -> list[int]:
+        """Events sent but neither received nor followed by a reset after the last event
+        received before them: the silent losses (there must be none)."""
+        uncovered = []
+        for number in sorted(set(sent) - self.received):
+            before = [
+                i for i, item in enumerate(self.log) if isinstance(item, int) and item < number
+            ]
+            after = self.log[before[-1] + 1 :] if before else self.log
+            if not any(isinstance(item, str) for item in after):
+                uncovered.append(number)
+        return uncovered
+
+    def figures(self, sent: int) -> dict[str, Any]:
+        """Sent / received / reset, as the tests print them."""
+        return {
+            "sent": sent,
+            "received": len(self.received),
+            "received_twice": sum(isinstance(i, int) for i in self.log) - len(self.received),
+            "resets": len(self.resets),
+            "reasons": sorted(set(self.resets)),
+        }
 
 
 def _info(port: int) -> dict[str, Any]:
@@ -191,3 +222,13 @@ def _wait(condition: Any, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"still not true after {timeout}s: {condition}")
         time.sleep(0.05)
+
+
+async def eventually(condition: Any, timeout: float) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e_support import (
+    Instance,
     admin_change,
     fresh_database,
     http_client,
@@ -31,7 +32,7 @@ from tests.e2e_support import (
     subprocess_env,
     websocket,
 )
-from tests.sentinel_support import MASTER_NAME, SentinelSetup
+from tests.sentinel_support import MASTER_NAME, Arrivals, SentinelSetup, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -55,38 +56,19 @@ RECEIVE_TASK_ERROR = "channels_redis.pubsub: Unexpected exception in receive tas
 
 @pytest.fixture
 def sentinel_setup() -> Iterator[SentinelSetup]:
-    with SentinelSetup() as setup:
-        yield setup
+    setup = SentinelSetup().start()
+    yield setup
+    setup.stop()
 
 
-class Watcher:
-    """What the websocket client saw, in order: a stock value or ``reset:<reason>``."""
-
-    def __init__(self) -> None:
-        self.log: list[int | str] = []
+class Watcher(Arrivals):
+    """What the websocket client saw: the product's stock values, or resets."""
 
     def record(self, frame: dict[str, Any]) -> None:
         if frame["type"] == "change":
             self.log.append(int(frame["data"]["stock"]))
         elif frame["type"] == "reset":
             self.log.append(f"reset:{frame['reason']}")
-
-    @property
-    def seen(self) -> set[int]:
-        return {item for item in self.log if isinstance(item, int)}
-
-    def uncovered(self, sent: list[int]) -> list[int]:
-        """Values neither seen nor followed by a reset after the last value seen before."""
-        uncovered = []
-        for value in sorted(set(sent) - self.seen):
-            before = [
-                i for i, item in enumerate(self.log) if isinstance(item, int) and item < value
-            ]
-            if not any(
-                isinstance(item, str) for item in self.log[(before[-1] + 1 if before else 0) :]
-            ):
-                uncovered.append(value)
-        return uncovered
 
 
 async def test_a_websocket_client_sees_changes_again_after_a_failover(
@@ -123,7 +105,7 @@ async def test_a_websocket_client_sees_changes_again_after_a_failover(
 
 
 async def _run(
-    setup: SentinelSetup, admin_url: str, b: Any, session_id: str, pk: int
+    setup: SentinelSetup, admin_url: str, b: Instance, session_id: str, pk: int
 ) -> dict[str, Any]:
     watcher = Watcher()
     sent: list[int] = []
@@ -145,33 +127,27 @@ async def _run(
 
         watching = asyncio.ensure_future(watch())
         try:
-            while len(watcher.seen) < 10:
+            while len(watcher.received) < 10:
                 await change()
                 assert len(sent) < 100, "no change reached the client before the failover"
             setup.master.kill()
             killed_at, killed_after = time.monotonic(), sent[-1]
             failover = asyncio.ensure_future(asyncio.to_thread(setup.wait_for_failover))
-            while not failover.done() or max(watcher.seen) <= killed_after:
+            while not failover.done() or max(watcher.received) <= killed_after:
                 await change()
                 assert time.monotonic() - killed_at < RECOVERY_TIMEOUT, "nothing after failover"
             flowing_after = time.monotonic() - killed_at
             for _ in range(10):
                 await change()
-            for _ in range(int(SETTLE_TIMEOUT / 0.1)):
-                if not watcher.uncovered(sent):
-                    break
-                await asyncio.sleep(0.1)  # the last changes, or a reset, are on their way
+            # The last changes, or a reset, are on their way (asserted below).
+            await eventually(lambda: not watcher.uncovered(sent), SETTLE_TIMEOUT)
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
     assert watcher.uncovered(sent) == [], watcher.log
-    assert set(sent[-10:]) <= watcher.seen, watcher.log
-    resets = [item for item in watcher.log if isinstance(item, str)]
+    assert set(sent[-10:]) <= watcher.received, watcher.log
     return {
-        "sent": len(sent),
-        "received": len(watcher.seen),
-        "resets": len(resets),
-        "reasons": sorted(set(resets)),
+        **watcher.figures(len(sent)),
         "failover_s": round(await failover, 1),
         "flowing_again_s": round(flowing_after, 1),
     }

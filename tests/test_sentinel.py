@@ -32,7 +32,7 @@ from broadcast_app.layer import PUBSUB_BACKEND
 from broadcast_app.listener import listener
 from broadcast_app.log import event_log
 from project.demo.models import Product
-from tests.sentinel_support import SentinelSetup
+from tests.sentinel_support import Arrivals, SentinelSetup, eventually
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -44,8 +44,9 @@ SETTLE_TIMEOUT = 15.0
 
 @pytest.fixture
 def sentinel_setup() -> Iterator[SentinelSetup]:
-    with SentinelSetup() as setup:
-        yield setup
+    setup = SentinelSetup().start()
+    yield setup
+    setup.stop()
 
 
 @pytest_asyncio.fixture
@@ -79,11 +80,11 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
         await sync_to_async(connections.close_all)()
 
 
-class Recorder:
-    """A hub subscriber that keeps what arrived, in order: a product's number or a reset."""
+class Recorder(Arrivals):
+    """A hub subscriber of demo.product: the products' numbers (``F-<n>``), or resets."""
 
     def __init__(self) -> None:
-        self.log: list[int | str] = []
+        super().__init__()
         self.ids: dict[int, str] = {}
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
@@ -93,26 +94,6 @@ class Recorder:
 
     def reset(self, label: str, pk: str | None, reason: str) -> None:
         self.log.append(f"reset:{reason}")
-
-    @property
-    def received(self) -> set[int]:
-        return {item for item in self.log if isinstance(item, int)}
-
-    def reset_after(self, number: int) -> bool:
-        return any(isinstance(item, str) for item in self.log[self.log.index(number) :])
-
-    def uncovered(self, sent: int) -> list[int]:
-        """Events neither received nor followed by a reset after the last one before them."""
-        missing = set(range(sent)) - self.received
-        uncovered = []
-        for number in sorted(missing):
-            before = [
-                i for i, item in enumerate(self.log) if isinstance(item, int) and item < number
-            ]
-            after = self.log[before[-1] + 1 :] if before else self.log
-            if not any(isinstance(item, str) for item in after):
-                uncovered.append(number)
-        return uncovered
 
 
 def save(number: int) -> None:
@@ -145,26 +126,20 @@ async def test_events_flow_again_after_a_sentinel_failover(
     for _ in range(20):
         await save_next()
     assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
-    await _eventually(lambda: not recorder.uncovered(sent))  # asserted below
+    await eventually(lambda: not recorder.uncovered(range(sent)), SETTLE_TIMEOUT)  # asserted below
     # The heartbeat, on a client of its own, found the new master too.
     key = instance_key(conf.BROADCAST_INSTANCE_ID)
     with redis.Redis(port=sentinel_setup.replica.port) as new_master:
         new_master.delete(key)
-        assert await _eventually(lambda: bool(new_master.exists(key)))
+        assert await eventually(lambda: bool(new_master.exists(key)), SETTLE_TIMEOUT)
 
-    received = recorder.received
-    resets = [item for item in recorder.log if isinstance(item, str)]
-    duplicates = sum(isinstance(item, int) for item in recorder.log) - len(received)
+    figures = recorder.figures(sent)
+    figures.update(failover_s=round(failover_seconds, 1), flowing_again_s=round(flowing_after, 1))
     with capsys.disabled():
-        print(
-            f"\nsentinel failover: sent {sent}, received {len(received)}, "
-            f"not received {sent - len(received)} (all covered by a reset: "
-            f"{not recorder.uncovered(sent)}), resets {len(resets)} {sorted(set(resets))}, "
-            f"received twice {duplicates}, failover {failover_seconds:.1f} s, "
-            f"events flowing again {flowing_after:.1f} s after the kill"
-        )
-    assert recorder.uncovered(sent) == []
-    assert set(range(sent - 20, sent)) <= received  # after the failover, nothing is missed
+        print(f"\nsentinel failover, in-process listener: {figures}")
+    assert recorder.uncovered(range(sent)) == []
+    # Once the failover is over, nothing is missed.
+    assert set(range(sent - 20, sent)) <= recorder.received
 
 
 async def test_writes_the_replica_never_got_become_a_reset(
@@ -175,11 +150,11 @@ async def test_writes_the_replica_never_got_become_a_reset(
     client resuming from one of those ids gets ``reset`` too: never a silent gap."""
     for number in range(5):
         await database_sync_to_async(save)(number)
-    assert await _eventually(lambda: len(recorder.received) == 5)
+    assert await eventually(lambda: len(recorder.received) == 5, SETTLE_TIMEOUT)
     sentinel_setup.cut_replication()
     for number in range(5, 10):  # received live, but on the master only
         await database_sync_to_async(save)(number)
-    assert await _eventually(lambda: len(recorder.received) == 10)
+    assert await eventually(lambda: len(recorder.received) == 10, SETTLE_TIMEOUT)
     sentinel_setup.master.kill()
     await asyncio.to_thread(sentinel_setup.wait_for_failover)
     for number in range(10, 15):
@@ -187,22 +162,14 @@ async def test_writes_the_replica_never_got_become_a_reset(
     # The publisher notices that its last event is not in the new master's log and
     # resets the model ("lost"); if the listener had not resubscribed yet when that
     # went out, its watchdog finds the new epoch ("epoch").
-    assert await _eventually(
-        lambda: recorder.received >= set(range(10, 15)) or recorder.reset_after(9)
+    assert await eventually(
+        lambda: recorder.received >= set(range(10, 15)) or recorder.reset_after(9),
+        SETTLE_TIMEOUT,
     )
     assert recorder.log[:10] == list(range(10))
     assert recorder.log[10] in ("reset:lost", "reset:epoch")
-    assert recorder.uncovered(15) == []
+    assert recorder.uncovered(range(15)) == []
     # Resuming from before the lost events must not look complete either.
     for since in (4, 5, 9):
         replay = await event_log.read_after("demo.product", recorder.ids[since])
         assert (replay.complete, replay.reason) == (False, "epoch")
-
-
-async def _eventually(condition: Any, timeout: float = SETTLE_TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
