@@ -31,7 +31,7 @@ import redis
 from .conf import conf
 from .events import Change, event_body, now_iso
 from .failover import PublishedIds
-from .layer import Route, new_epoch, route
+from .layer import new_epoch, route
 from .redis_clients import make_client
 from .stats import stats
 from .throttle import Throttle
@@ -57,7 +57,8 @@ end
 # KEYS: the model's stream and its meta hash (epoch, last id). ARGV: max length, event
 # body, channel, serializer format, a fresh epoch (used if the log is new or was lost),
 # max age in ms (0: none). The id is "<stream id>:<epoch>"; each entry keeps the id
-# before it ("p"), so readers can tell a complete replay from one with a hole.
+# before it ("p"), so readers can tell a complete replay from one with a hole. Returns
+# the id and the one before it (see failover.py).
 PUBLISH_SCRIPT = (
     _PUBLISH_MESSAGE
     + """
@@ -77,7 +78,7 @@ local id = sid .. ':' .. epoch
 redis.call('HSET', KEYS[2], 'last', id)
 local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
 publish(ARGV[3], ARGV[4], {type = 'broadcast.event', frame = frame, prev = prev})
-return id
+return {id, prev}
 """
 )
 
@@ -296,7 +297,9 @@ class Publisher:
                 return sent
             stats.incr("published", len(items))
             sent += len(items)
-            self._published.record(_host_key(host), [item[0] for item in items], results)
+            self._published.record([item[0] for item in items], results)
+            if self._published.lost:
+                self._reset_lost_in_failover()
         return sent
 
     def _send_resets(self, labels: set[str]) -> set[str]:
@@ -316,32 +319,34 @@ class Publisher:
         return told
 
     def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:
-        key = _host_key(host)
+        key = repr(sorted(host.items()))
         with self._lock:
             entry = self._clients.get(key)
         if entry is None:
             # Outside the lock: saving threads take it, and this talks to Redis.
             client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
-            try:
-                entry = (client, client.script_load(PUBLISH_SCRIPT))
-                # A new connection may reach a new master (Sentinel failover): before
-                # anything new goes out, reset the models whose last events it lacks.
-                self._published.check(key, client, lambda r: self._reset_lost(client, r))
-            except BaseException:
-                client.close()
-                raise
+            entry = (client, client.script_load(PUBLISH_SCRIPT))
             with self._lock:
                 self._clients[key] = entry
         return entry
 
-    def _reset_lost(self, client: redis.Redis, r: Route) -> None:
-        client.eval(RESET_SCRIPT, 1, r.meta, r.channel, r.label, r.serializer_format)
-        stats.incr("lost_resets")
-        logger.warning("broadcast_app: Redis lost %s events in a failover: reset sent", r.label)
+    def _reset_lost_in_failover(self) -> None:
+        # Outside the batch's try: a failed reset must not send the batch again; it is
+        # retried after the next batch.
+        for label, r in list(self._published.lost.items()):
+            try:
+                client, _ = self._client(r.host)
+                client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
+            except (redis.RedisError, OSError):
+                self._drop_client(r.host)
+                continue
+            del self._published.lost[label]
+            stats.incr("lost_resets")
+            logger.warning("broadcast_app: Redis lost %s events (failover): reset sent", label)
 
     def _drop_client(self, host: dict[str, Any]) -> None:
         with self._lock:
-            entry = self._clients.pop(_host_key(host), None)
+            entry = self._clients.pop(repr(sorted(host.items())), None)
         if entry is not None:
             entry[0].close()
 
@@ -350,10 +355,6 @@ class Publisher:
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
-
-
-def _host_key(host: dict[str, Any]) -> str:
-    return repr(sorted(host.items()))
 
 
 def _runs_by_host(batch: list[tuple[str, str]]) -> list[tuple[dict[str, Any], list[Any]]]:

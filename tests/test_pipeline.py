@@ -71,6 +71,7 @@ def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Red
 
     config = get_config(Product)
     per_publisher = 200
+    lost_resets = _count("lost_resets")
 
     def run(publisher_: Publisher, offset: int) -> None:
         for i in range(per_publisher):
@@ -98,6 +99,8 @@ def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Red
     assert len(set(ids)) == len(ids)
     epochs = {i.split(":")[1] for i in ids}
     assert len(epochs) == 1
+    # Each saw the other's events come between its own: not mistaken for lost ones.
+    assert _count("lost_resets") == lost_resets
     stream_ids = [i.split(":")[0] for i in ids]
     stream = [entry_id.decode() for entry_id, _ in redis_client.xrange(r.stream)]
     assert stream_ids == [i for i in stream if i in set(stream_ids)]
