@@ -159,6 +159,7 @@ async def test_writes_the_replica_never_got_become_a_reset(
     await asyncio.to_thread(sentinel_setup.wait_for_failover)
     for number in range(10, 15):
         await database_sync_to_async(save)(number)
+    assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
     # The first event on the new master follows an id older than the publisher's last:
     # it resets the model ("lost"). The listener may reset first, for a reason of its
     # own: that event does not follow the last one it received ("too_old", or "epoch"
