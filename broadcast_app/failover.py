@@ -32,8 +32,8 @@ class PublishedIds:
 
     def __init__(self) -> None:
         self._last: dict[str, str] = {}
-        #: models found to have lost events and not reset yet
-        self.lost: dict[str, Route] = {}
+        #: labels of the models found to have lost events, not reset yet
+        self.lost: set[str] = set()
 
     def record(self, routes: list[Route], results: list[Any]) -> None:
         """Note what a batch got back: ``results[i]`` is ``[id, previous id]`` for
@@ -44,7 +44,7 @@ class PublishedIds:
             event_id, prev = _text(result[0]), _text(result[1])
             mine = self._last.get(r.label)
             if mine and prev and _same_epoch(prev, mine) and id_key(prev) < id_key(mine):
-                self.lost[r.label] = r
+                self.lost.add(r.label)
             self._last[r.label] = event_id
 
 

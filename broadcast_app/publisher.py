@@ -299,10 +299,16 @@ class Publisher:
             sent += len(items)
             self._published.record([item[0] for item in items], results)
             if self._published.lost:
-                self._reset_lost_in_failover()
+                # Outside the batch's try: a failed reset must not send the batch again;
+                # it is retried after the next batch.
+                self._published.lost -= self._send_resets(
+                    self._published.lost, "were lost in a Redis failover"
+                )
         return sent
 
-    def _send_resets(self, labels: set[str]) -> set[str]:
+    def _send_resets(
+        self, labels: set[str], why: str = "were dropped during an outage"
+    ) -> set[str]:
         """Tell every instance that events of ``labels`` were lost; return those told."""
         told = set()
         for label in labels:
@@ -315,7 +321,7 @@ class Publisher:
                 continue
             told.add(label)
             stats.incr("lost_resets")
-            logger.warning("broadcast_app dropped %s events during an outage: reset sent", label)
+            logger.warning("broadcast_app: %s events %s: reset sent", label, why)
         return told
 
     def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:
@@ -329,20 +335,6 @@ class Publisher:
             with self._lock:
                 self._clients[key] = entry
         return entry
-
-    def _reset_lost_in_failover(self) -> None:
-        # Outside the batch's try: a failed reset must not send the batch again; it is
-        # retried after the next batch.
-        for label, r in list(self._published.lost.items()):
-            try:
-                client, _ = self._client(r.host)
-                client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
-            except (redis.RedisError, OSError):
-                self._drop_client(r.host)
-                continue
-            del self._published.lost[label]
-            stats.incr("lost_resets")
-            logger.warning("broadcast_app: Redis lost %s events (failover): reset sent", label)
 
     def _drop_client(self, host: dict[str, Any]) -> None:
         with self._lock:
