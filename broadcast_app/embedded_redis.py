@@ -74,18 +74,9 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="broadcast-redis-")
-        args = [
-            find_redis_server(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir.name,
-            "--logfile", "",
-            "--loglevel", "warning",
-            *self.extra_args,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.arguments(self._dir.name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -97,6 +88,20 @@ class EmbeddedRedis:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+
+    def arguments(self, directory: str) -> list[str]:
+        """The ``redis-server`` command line (a subclass may add a config file first)."""
+        return [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", directory,
+            "--logfile", "",
+            "--loglevel", "warning",
+            *self.extra_args,
+        ]  # fmt: skip
 
     def _ping(self) -> bool:
         try:

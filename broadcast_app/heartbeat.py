@@ -25,11 +25,10 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from channels_redis.utils import decode_hosts
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from .conf import conf
 from .layer import layer_config
+from .redis_clients import make_async_client
 from .stats import stats
 from .status import instance_figures
 
@@ -50,28 +49,11 @@ def index_key() -> str:
 
 
 def make_client() -> aioredis.Redis:
-    """An asyncio Redis client for the layer's first host, every wait bounded."""
+    """An asyncio Redis client for the layer's first host, every wait bounded; one
+    attempt per call (the next heartbeat is the retry)."""
     config = layer_config().get("CONFIG", {}) or {}
-    host = dict(decode_hosts(config.get("hosts"))[0])
-    timeout = conf.BROADCAST_REDIS_TIMEOUT
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        # One attempt per call: the next heartbeat is the retry.
-        "retry": Retry(NoBackoff(), 0),
-        "decode_responses": True,
-    }
-    if "master_name" in host:
-        from redis.asyncio.sentinel import Sentinel
-
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None) or options
-        )
-        client: aioredis.Redis = sentinel.master_for(host.pop("master_name"), **options)
-        return client
-    if "address" in host:
-        return aioredis.Redis.from_url(host.pop("address"), **{**host, **options})
-    return aioredis.Redis(**{**host, **options})
+    host = decode_hosts(config.get("hosts"))[0]
+    return make_async_client(host, conf.BROADCAST_REDIS_TIMEOUT, decode_responses=True)
 
 
 @asynccontextmanager

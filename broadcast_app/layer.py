@@ -61,6 +61,7 @@ def new_epoch() -> str:
 class Route:
     """Where one model's events go: Redis host kwargs, pub/sub channel, stream keys."""
 
+    label: str
     host: dict[str, Any]
     channel: str
     stream: str
@@ -76,6 +77,7 @@ def route(label: str) -> Route:
     channel = f"{prefix}__group__{group_name(label)}"
     host = hosts[_consistent_hash(channel, len(hosts))]
     return Route(
+        label=label,
         host=dict(host),
         channel=channel,
         stream=stream_key(label),

@@ -33,6 +33,7 @@ import redis
 
 from .conf import conf
 from .events import Change, event_body, now_iso
+from .failover import PublishedIds
 from .layer import new_epoch, route
 from .redis_clients import make_client
 from .stats import stats
@@ -59,7 +60,8 @@ end
 # KEYS: the model's stream and its meta hash (epoch, last id). ARGV: max length, event
 # body, channel, serializer format, a fresh epoch (used if the log is new or was lost),
 # max age in ms (0: none). The id is "<stream id>:<epoch>"; each entry keeps the id
-# before it ("p"), so readers can tell a complete replay from one with a hole.
+# before it ("p"), so readers can tell a complete replay from one with a hole. Returns
+# the id and the one before it (see failover.py).
 # Outbox events add KEYS[3], the hash of their transaction's events already published,
 # and ARGV[7] (this event's field in it) and ARGV[8] (its ttl in ms): an event relayed
 # again after a relay died before deleting its rows is skipped here, in the same atomic
@@ -91,7 +93,7 @@ if #KEYS > 2 then
   redis.call('HSET', KEYS[3], ARGV[7], '1')
   redis.call('PEXPIRE', KEYS[3], ARGV[8])
 end
-return id
+return {id, prev}
 """
 )
 
@@ -137,6 +139,7 @@ class Publisher:
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
         self._throttle = Throttle()
+        self._published = PublishedIds()
         #: test hooks (see broadcast_app.testing): called with each event dict
         self.sinks: list[Any] = []
         #: whether events still go to Redis while a sink is installed
@@ -353,6 +356,13 @@ class Publisher:
             stats.incr("published", len(items) - duplicates)
             sent += len(items)
             skipped += duplicates
+            self._published.record([item[0] for item in items], results)
+            if self._published.lost:
+                # Outside the batch's try: a failed reset must not send the batch again;
+                # it is retried after the next batch.
+                self._published.lost -= self._send_resets(
+                    self._published.lost, "were lost in a Redis failover"
+                )
         return sent, skipped
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
@@ -368,7 +378,9 @@ class Publisher:
             except (redis.RedisError, OSError):
                 self._drop_client(host)  # they expire by themselves
 
-    def _send_resets(self, labels: set[str]) -> set[str]:
+    def _send_resets(
+        self, labels: set[str], why: str = "were dropped during an outage"
+    ) -> set[str]:
         """Tell every instance that events of ``labels`` were lost; return those told."""
         told = set()
         for label in labels:
@@ -381,7 +393,7 @@ class Publisher:
                 continue
             told.add(label)
             stats.incr("lost_resets")
-            logger.warning("broadcast_app dropped %s events during an outage: reset sent", label)
+            logger.warning("broadcast_app: %s events %s: reset sent", label, why)
         return told
 
     def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:

@@ -1,6 +1,8 @@
 """Settings of the demo project, configured from the environment.
 
 ``REDIS_URL``             Redis the instances share (default ``redis://127.0.0.1:6379/0``).
+``REDIS_SENTINELS``       ``host:port,host:port,...``: Redis Sentinel instead of ``REDIS_URL``,
+                          for the master ``REDIS_MASTER_NAME`` (default ``mymaster``).
 ``DATABASE_URL``          any URL dj-database-url reads (default: SQLite beside manage.py).
 ``DJANGO_ALLOWED_HOSTS``  comma-separated (default ``localhost,127.0.0.1``).
 ``DJANGO_SECRET_KEY``     required in any real deployment; a development key otherwise.
@@ -14,6 +16,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -83,6 +86,22 @@ WSGI_APPLICATION = "project.wsgi.application"
 ASGI_APPLICATION = "project.asgi.application"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_SENTINELS = [
+    (host, int(port))
+    for host, _, port in (
+        address.strip().rpartition(":")
+        for address in os.environ.get("REDIS_SENTINELS", "").split(",")
+        if address.strip()
+    )
+]
+REDIS_HOST: str | dict[str, Any] = REDIS_URL
+if REDIS_SENTINELS:
+    REDIS_HOST = {
+        "sentinels": REDIS_SENTINELS,
+        "master_name": os.environ.get("REDIS_MASTER_NAME", "mymaster"),
+        "socket_connect_timeout": 1,
+        "sentinel_kwargs": {"socket_timeout": 1, "socket_connect_timeout": 1},
+    }
 
 _database = dj_database_url.parse(
     os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
@@ -102,7 +121,7 @@ DATABASES = {"default": _database}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [REDIS_HOST]},
     },
 }
 

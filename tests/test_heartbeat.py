@@ -101,3 +101,15 @@ async def test_stop_survives_a_cancellation_turned_into_a_timeout(
     await asyncio.wait_for(entered.wait(), TIMEOUT)
     await asyncio.wait_for(beat.stop(), TIMEOUT)
     assert not beat.running
+
+
+async def test_a_sentinel_host_keeps_its_connection_options() -> None:
+    """The master's ``db`` and ``password`` in a Sentinel host entry are not dropped."""
+    host = {"sentinels": [("127.0.0.1", 1)], "master_name": "mymaster", "db": 3, "password": "pw"}
+    layers = layers_for("unused")
+    layers["default"]["CONFIG"]["hosts"] = [host]
+    with override_settings(CHANNEL_LAYERS=layers):
+        client = hb.make_client()  # connects lazily: nothing listens on port 1
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["db"], kwargs["password"]) == (3, "pw")
+    await client.aclose()

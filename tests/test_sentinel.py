@@ -1,0 +1,178 @@
+"""Redis Sentinel failover against real processes: events flow again, nothing is lost silently.
+
+A master, a replica and three sentinels (tests/sentinel_support.py); the publisher and
+one running listener use the channels-redis Sentinel host entry. The master is killed
+(SIGKILL) while products are being saved; after the sentinels promote the replica the
+same listener, never restarted, receives events again, and every saved event has
+either reached its subscriber or is covered by a ``reset`` sent after the last event
+it did receive. The figures go to the session's terminal summary (docs/reliability.md
+quotes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.db import connections
+from django.test import override_settings
+
+from broadcast_app import publisher
+from broadcast_app.conf import conf
+from broadcast_app.heartbeat import instance_key
+from broadcast_app.hub import hub
+from broadcast_app.layer import PUBSUB_BACKEND
+from broadcast_app.listener import listener
+from broadcast_app.log import event_log
+from project.demo.models import Product
+from tests.sentinel_support import Arrivals, SentinelSetup, eventually
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+SAVE_EVERY = 0.02  # seconds between two saves: about 50 events per second
+#: seconds the events may take to flow again after the master is killed
+RECOVERY_TIMEOUT = 30.0
+SETTLE_TIMEOUT = 15.0
+
+
+@pytest.fixture
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    setup = SentinelSetup().start()
+    yield setup
+    setup.stop()
+
+
+@pytest_asyncio.fixture
+async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
+    """The listener on the Sentinel setup, and a subscriber of demo.product there."""
+    recorder = Recorder()
+    hub.add(recorder, "demo.product", None)
+    # A fresh start: nothing remembered of another test's Redis (that would be a reset).
+    listener.continuity.last.clear()
+    # As docs/reliability.md advises: every wait on a sentinel or a master bounded.
+    host = sentinel_setup.host(
+        socket_connect_timeout=1,
+        sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1},
+    )
+    layers = {"default": {"BACKEND": PUBSUB_BACKEND, "CONFIG": {"hosts": [host]}}}
+    try:
+        with override_settings(
+            CHANNEL_LAYERS=layers,
+            BROADCAST_RECOVERY_INTERVAL=0.5,
+            BROADCAST_HEARTBEAT_INTERVAL=0.5,
+        ):
+            await listener.start()
+            assert listener.subscribed.is_set()
+            yield recorder
+            assert listener.running  # the same listener task throughout
+    finally:
+        hub.remove(recorder, "demo.product", None)
+        await listener.stop()
+        await event_log.close()
+        hub.last_ids.clear()
+        await sync_to_async(connections.close_all)()
+
+
+class Recorder(Arrivals):
+    """A hub subscriber of demo.product: the products' numbers (``F-<n>``), or resets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: dict[int, str] = {}
+
+    def deliver(self, frame: str, event: dict[str, Any]) -> None:
+        number = int(event["data"]["sku"].removeprefix("F-"))
+        self.log.append(number)
+        self.ids[number] = event["id"]
+
+    def reset(self, label: str, pk: str | None, reason: str) -> None:
+        self.log.append(f"reset:{reason}")
+
+
+def save(number: int) -> None:
+    Product.objects.create(sku=f"F-{number}", name=f"F-{number}", price=Decimal(1))
+
+
+async def test_events_flow_again_after_a_sentinel_failover(
+    sentinel_setup: SentinelSetup, recorder: Recorder, fault_report: Any
+) -> None:
+    sent = 0
+
+    async def save_next() -> None:
+        nonlocal sent
+        await database_sync_to_async(save)(sent)
+        sent += 1
+        await asyncio.sleep(SAVE_EVERY)
+
+    while len(recorder.received) < 20:
+        await save_next()
+        assert sent < 200, "events do not flow before the failover"
+    sentinel_setup.master.kill()
+    killed_at, killed_after = time.monotonic(), sent
+    failover = asyncio.ensure_future(asyncio.to_thread(sentinel_setup.wait_for_failover))
+    # Keep saving through the outage until an event saved after it arrives.
+    while not failover.done() or max(recorder.received) < killed_after:
+        await save_next()
+        assert time.monotonic() - killed_at < RECOVERY_TIMEOUT, "no event after the failover"
+    flowing_after = time.monotonic() - killed_at
+    failover_seconds = await failover
+    for _ in range(20):
+        await save_next()
+    assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
+    await eventually(lambda: not recorder.uncovered(range(sent)), SETTLE_TIMEOUT)  # asserted below
+    # The heartbeat, on a client of its own, found the new master too.
+    key = instance_key(conf.BROADCAST_INSTANCE_ID)
+    with redis.Redis(port=sentinel_setup.replica.port) as new_master:
+        new_master.delete(key)
+        assert await eventually(lambda: bool(new_master.exists(key)), SETTLE_TIMEOUT)
+
+    figures = recorder.figures(sent)
+    figures.update(failover_s=round(failover_seconds, 1), flowing_again_s=round(flowing_after, 1))
+    fault_report("sentinel failover, in-process listener", **figures)
+    assert recorder.uncovered(range(sent)) == []
+    # Once the failover is over, nothing is missed.
+    assert set(range(sent - 20, sent)) <= recorder.received
+
+
+async def test_writes_the_replica_never_got_become_a_reset(
+    sentinel_setup: SentinelSetup, recorder: Recorder
+) -> None:
+    """Asynchronous replication: what the master acknowledged but never replicated is
+    gone after the failover. The instance that received it resets its subscribers, and a
+    client resuming from one of those ids gets ``reset`` too: never a silent gap."""
+    for number in range(5):
+        await database_sync_to_async(save)(number)
+    assert await eventually(lambda: len(recorder.received) == 5, SETTLE_TIMEOUT)
+    sentinel_setup.cut_replication()
+    for number in range(5, 10):  # received live, but on the master only
+        await database_sync_to_async(save)(number)
+    assert await eventually(lambda: len(recorder.received) == 10, SETTLE_TIMEOUT)
+    sentinel_setup.master.kill()
+    await asyncio.to_thread(sentinel_setup.wait_for_failover)
+    for number in range(10, 15):
+        await database_sync_to_async(save)(number)
+    assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
+    # The first event on the new master follows an id older than the publisher's last:
+    # it resets the model ("lost"). The listener may reset first, for a reason of its
+    # own: that event does not follow the last one it received ("too_old", or "epoch"
+    # after the publisher's reset), or its watchdog found the log behind it
+    # ("unknown") or in a new epoch ("epoch").
+    assert await eventually(
+        lambda: recorder.received >= set(range(10, 15)) or recorder.reset_after(9),
+        SETTLE_TIMEOUT,
+    )
+    assert recorder.log[:10] == list(range(10))
+    assert str(recorder.log[10]).startswith("reset:")
+    assert recorder.uncovered(range(15)) == []
+    # Resuming from before the lost events must not look complete either.
+    for since in (4, 5, 9):
+        replay = await event_log.read_after("demo.product", recorder.ids[since])
+        assert (replay.complete, replay.reason) == (False, "epoch")
