@@ -106,6 +106,7 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     if config is None or not fields or self.query.is_sliced or self.query.combinator:
         # Nothing broadcast is set (or Django will refuse the update itself).
         return int(_original["update"](self, **kwargs))
+    self._for_write = True  # type: ignore[attr-defined]  # as update() does: the write db
     token = _inside.set(True)
     try:
         with transaction.atomic(using=self.db, savepoint=False):
@@ -192,6 +193,7 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
         created = _original["bulk_create"](self, objs, *args, **kwargs)
         _refresh_snapshots(self, created)
         return created
+    self._for_write = True  # type: ignore[attr-defined]  # as bulk_create() does
     token = _inside.set(True)
     try:
         with transaction.atomic(using=self.db, savepoint=False):
@@ -241,6 +243,7 @@ def _bulk_update(
         old = {f.name: snapshot.get(f.attname, _MISSING) for f in chosen}
         before[str(obj.pk)] = {n: normalize(config.model._meta.get_field(n), v)  # type: ignore[arg-type]
                                for n, v in old.items() if v is not _MISSING}  # fmt: skip
+    self._for_write = True  # type: ignore[attr-defined]  # as bulk_update() does
     token = _inside.set(True)
     try:
         with transaction.atomic(using=self.db, savepoint=False):

@@ -177,6 +177,8 @@ def record_item(item: Change | RowSet, using: str) -> None:
     if socket is not None:
         item.socket_id, item.to_others = socket
     item.to_others = item.to_others or item.config.to_others
+    if isinstance(item, RowSet) and item.using is None:
+        item.using = using
     if conf.BROADCAST_DELIVERY == "outbox":
         outbox.record(item, using)
     else:

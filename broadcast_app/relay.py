@@ -42,6 +42,7 @@ from .layer import once_key
 from .models import OutboxEvent, OutboxLock
 from .outbox import Item, from_payload
 from .publisher import Publisher
+from .rows import RowSet
 from .stats import stats
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class Relay:
 
     def _publish(self, token: str, rows: list[OutboxEvent]) -> tuple[int, int, bool]:
         """Publish one transaction's rows: (events out, duplicates skipped, all done)."""
-        items = list(_items(rows))
+        items = list(_items(rows, self.using))
         # The event's ts is when the transaction wrote its last change, not relay time:
         # the dashboard's commit → receipt lag includes the time spent in the outbox.
         ts = _iso(max(row.created for row in rows))
@@ -197,10 +198,13 @@ def _by_token(rows: Iterable[OutboxEvent]) -> dict[str, list[OutboxEvent]]:
     return dict(sorted(groups.items(), key=lambda item: item[1][-1].id))
 
 
-def _items(rows: list[OutboxEvent]) -> Iterable[Item]:
+def _items(rows: list[OutboxEvent], using: str) -> Iterable[Item]:
     for row in rows:
         try:
-            yield from_payload(row.label, row.payload)
+            item = from_payload(row.label, row.payload)
+            if isinstance(item, RowSet):
+                item.using = using  # the outbox lives beside the rows it names
+            yield item
         except Exception:
             # Unregistered model, or a row this version cannot read: holding it would
             # stop the outbox for good, so it is dropped, loudly.

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import router
+
 from .events import Change, Op, field_values, serialize
 from .registry import ModelConfig
 
@@ -39,6 +41,9 @@ class RowSet:
     socket_id: str | None = None
     to_others: bool = False
     confirmed: bool = False
+    #: the database the rows were written to, and are read back from (a replica that
+    #: lags would give old rows; None: the router's choice for writes)
+    using: str | None = None
 
     def confirm(self) -> None:
         """Commit hook: the savepoint this operation ran in was not rolled back."""
@@ -61,7 +66,8 @@ class RowSet:
         if self.op == "deleted":
             # The rows are gone: all that is known is their pk.
             return [self._pk_only(pk) for pk in pks]
-        manager = self.config.model._base_manager
+        model = self.config.model
+        manager = model._base_manager.db_manager(self.using or router.db_for_write(model))
         by_pk = {str(obj.pk): obj for obj in manager.filter(pk__in=pks)}
         result = []
         for pk in pks:

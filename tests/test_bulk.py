@@ -169,3 +169,35 @@ def test_large_bulk_write_publishes_every_row_through_a_small_queue(
         assert stats.get("published") - published == rows
     finally:
         publisher._publisher._pid = None
+
+
+class ReadsFromAReplica:
+    """A router that sends reads of demo products to a replica (an alias that does not
+    exist here, so any read that goes there fails) and writes to ``default``."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return "replica" if model is Product else None
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return "default"
+
+
+def test_bulk_writes_lock_and_read_back_on_the_database_they_write_to() -> None:
+    with override_settings(BROADCAST_ENABLED=False):
+        rows = Product.objects.bulk_create(
+            [Product(name="r", sku=f"RT-{i}", price=Decimal("1"), stock=0) for i in range(3)]
+        )
+    with override_settings(DATABASE_ROUTERS=[ReadsFromAReplica()]), capture_events() as events:
+        # A replica may lag: the rows an operation touched are read where it wrote them.
+        Product.objects.filter(sku__startswith="RT-").update(stock=1)
+        rows[0].stock = 2
+        Product.objects.bulk_update(rows[:1], ["stock"])
+        Product.objects.bulk_create([Product(name="r", sku="RT-new", price=1, stock=5)])
+        broadcast_app.publish_changes(Product, [rows[1].pk], changed=["stock"])
+        Product.objects.filter(sku="RT-2").delete()
+    got = [(e["op"], e["data"]["sku"], e["data"]["stock"]) for e in events]
+    assert got == [
+        ("updated", "RT-0", 1), ("updated", "RT-1", 1), ("updated", "RT-2", 1),
+        ("updated", "RT-0", 2), ("created", "RT-new", 5), ("updated", "RT-1", 1),
+        ("deleted", "RT-2", 1),
+    ]  # fmt: skip
