@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 BASE_DIR = Path(__file__).resolve().parent.parent
 #: where the browser tests save the screenshots the README shows
 SCREENSHOTS = BASE_DIR / "docs" / "screenshots"
+#: set to 1 to refresh docs/screenshots/; otherwise screenshots are still taken (the
+#: pages must render) but go to a scratch directory, leaving the tree clean
+UPDATE_SCREENSHOTS = os.environ.get("BROADCAST_UPDATE_SCREENSHOTS") == "1"
+SCRATCH = Path(tempfile.gettempdir()) / "broadcast-screenshots"
 #: milliseconds any one expectation may wait (page loads, websocket round trips)
 EXPECT_TIMEOUT_MS = 15_000
 CHROMIUM_ARGS = [
@@ -85,6 +90,8 @@ def collect_page_errors(page: Page) -> list[str]:
 
 
 async def screenshot(page: Page, name: str, **options: Any) -> None:
-    """Save a screenshot for the docs (``docs/screenshots/<name>.png``)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), **options)
+    """Take a screenshot for the docs: into ``docs/screenshots/<name>.png`` with
+    ``BROADCAST_UPDATE_SCREENSHOTS=1``, else into a scratch directory."""
+    directory = SCREENSHOTS if UPDATE_SCREENSHOTS else SCRATCH
+    directory.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(directory / f"{name}.png"), **options)

@@ -3,7 +3,7 @@
 Two uvicorn instances of the demo (A and B) share one database and one Redis; headless
 Chromium shows B's pages while changes are saved through A's admin. Waiting is
 Playwright's (``expect`` retries until its timeout), never a sleep. The screenshots in
-docs/screenshots/ are taken here.
+docs/screenshots/ are taken here (written there with BROADCAST_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
