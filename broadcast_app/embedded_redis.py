@@ -60,9 +60,14 @@ class EmbeddedRedis:
             print(redis.url)  # redis://127.0.0.1:<port>/0
     """
 
-    def __init__(self, port: int | None = None, *extra_args: str) -> None:
+    def __init__(
+        self, port: int | None = None, *extra_args: str, own_process_group: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.extra_args = extra_args
+        #: out of the terminal's process group, so that Ctrl-C reaches only the program
+        #: that started it, which stops it last (the demo launcher)
+        self.own_process_group = own_process_group
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -75,7 +80,10 @@ class EmbeddedRedis:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="broadcast-redis-")
         self.process = subprocess.Popen(
-            self.arguments(self._dir.name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.arguments(self._dir.name),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=0 if self.own_process_group else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -109,7 +109,8 @@ def _redis(write: Write) -> Iterator[str]:
         write("Using the Redis at REDIS_URL.")
         yield url
         return
-    redis = EmbeddedRedis()
+    # Ctrl-C must not reach it: the instances stop first, then it.
+    redis = EmbeddedRedis(own_process_group=True)
     try:
         try:
             redis.start()
