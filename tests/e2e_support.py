@@ -516,21 +516,24 @@ class DemoStack:
 
 @contextmanager
 def demo_stack(
-    redis_url: str,
+    redis_url: str | None,
     directory: Path,
     setup_script: str,
     password: str,
     setup_id: str,
     settings_module: str = "project.settings",
+    **env_overrides: str,
 ) -> Iterator[DemoStack]:
     """Migrate a fresh database, run ``setup_script`` (``manage.py shell -c``, with
     ``E2E_PASSWORD`` set), start instances A and B, and check on the way out that
     neither logged a traceback (stopping included: that covers the listener's shutdown).
+    ``redis_url`` None: the Redis comes from ``env_overrides`` (``REDIS_SENTINELS``).
     """
     with fresh_database(os.environ.get("DATABASE_URL"), directory) as database_url:
         env = subprocess_env(
             DJANGO_SETTINGS_MODULE=settings_module,
-            REDIS_URL=redis_url,
+            **({} if redis_url is None else {"REDIS_URL": redis_url}),
+            **env_overrides,
             DATABASE_URL=database_url,
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
