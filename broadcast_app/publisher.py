@@ -258,14 +258,15 @@ class Publisher:
         # Events Redis refused (down, or slower than BROADCAST_REDIS_TIMEOUT) wait here,
         # oldest first, and go out before newer ones once it answers again; past
         # BROADCAST_OUTAGE_BUFFER the oldest are dropped and their models marked "lost",
-        # which turns into a reset for their subscribers, never silence.
-        pending: deque[tuple[str, str]] = deque()
-        lost: set[str] = set()
-        retry_in = 0.0
+        # which turns into a reset for their subscribers, never silence. One queue per
+        # Redis host: order only matters per model, and a model lives on one host, so a
+        # host that is down holds back its own models' events, not the others'.
+        pending: dict[str, _Waiting] = {}
         while True:
             timeout = self._throttle.next_due()
             if pending:
-                timeout = retry_in if timeout is None else min(timeout, retry_in)
+                due = max(0.0, min(w.retry_at for w in pending.values()) - time.monotonic())
+                timeout = due if timeout is None else min(timeout, due)
             try:
                 batch = [q.get(timeout=timeout)]
             except queue.Empty:
@@ -280,32 +281,41 @@ class Publisher:
                 self._emit(released, wait=False)
             # Encoded here, not in save(): the saving thread only pays for the hand-off.
             events = _encoded([item for item in batch if item is not _WAKE])
-            pending.extend(events)
             done = len(batch) - len(events)
-            try:
-                sent = self._send(list(pending)) if pending else 0
-            except Exception:  # never let the thread die
-                logger.exception("broadcast_app publisher failed on a batch")
-                sent = 0
-            if sent == len(pending):
-                done += len(pending)
-                pending.clear()
-                retry_in = 0.0
-                if lost:
-                    lost -= self._send_resets(lost)
-            else:
-                # Keep order: nothing newer goes out before what failed.
-                for _ in range(sent):
-                    pending.popleft()
-                done += sent
-                retry_in = min(max(retry_in * 2, _RETRY_MIN), _RETRY_MAX)
-                overflow = len(pending) - conf.BROADCAST_OUTAGE_BUFFER
-                for _ in range(max(0, overflow)):
-                    lost.add(pending.popleft()[0])
-                    stats.incr("dropped")
-                    done += 1
+            for event in events:
+                key = _host_key(route(event[0]).host)
+                pending.setdefault(key, _Waiting()).events.append(event)
+            now = time.monotonic()
+            for key, waiting in list(pending.items()):
+                if waiting.retry_at <= now:  # not a host that failed a moment ago
+                    done += self._send_waiting(waiting)
+                if not waiting.events and not waiting.lost:
+                    del pending[key]
+            overflow = sum(len(w.events) for w in pending.values()) - conf.BROADCAST_OUTAGE_BUFFER
+            for _ in range(max(0, overflow)):
+                longest = max(pending.values(), key=lambda w: len(w.events))
+                longest.lost.add(longest.events.popleft()[0])
+                stats.incr("dropped")
+                done += 1
             for _ in range(done):
                 q.task_done()
+
+    def _send_waiting(self, waiting: _Waiting) -> int:
+        """Send what waits for one host, in order, then the resets it owes; return how
+        many events went out. After a failure the rest waits, with a growing delay."""
+        try:
+            sent = self._send(list(waiting.events)) if waiting.events else 0
+        except Exception:  # never let the thread die
+            logger.exception("broadcast_app publisher failed on a batch")
+            sent = 0
+        for _ in range(sent):
+            waiting.events.popleft()
+        if not waiting.events and waiting.lost:
+            waiting.lost -= self._send_resets(waiting.lost)
+        if waiting.events or waiting.lost:
+            waiting.retry_in = min(max(waiting.retry_in * 2, _RETRY_MIN), _RETRY_MAX)
+            waiting.retry_at = time.monotonic() + waiting.retry_in
+        return sent
 
     def send_now(self, batch: list[Item], once: list[Once]) -> tuple[int, int]:
         """Publish outbox events now, in order, in this thread; never raises.
@@ -371,7 +381,7 @@ class Publisher:
         by_host: dict[str, tuple[dict[str, Any], set[str]]] = {}
         for label, key in keys:
             host = route(label).host
-            by_host.setdefault(repr(sorted(host.items())), (host, set()))[1].add(key)
+            by_host.setdefault(_host_key(host), (host, set()))[1].add(key)
         for host, names in by_host.values():
             try:
                 self._client(host)[0].delete(*names)
@@ -397,7 +407,7 @@ class Publisher:
         return told
 
     def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:
-        key = repr(sorted(host.items()))
+        key = _host_key(host)
         with self._lock:
             entry = self._clients.get(key)
         if entry is None:
@@ -410,7 +420,7 @@ class Publisher:
 
     def _drop_client(self, host: dict[str, Any]) -> None:
         with self._lock:
-            entry = self._clients.pop(repr(sorted(host.items())), None)
+            entry = self._clients.pop(_host_key(host), None)
         if entry is not None:
             entry[0].close()
 
@@ -419,6 +429,22 @@ class Publisher:
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
+
+
+class _Waiting:
+    """The events waiting for one Redis host, and when to try it again."""
+
+    def __init__(self) -> None:
+        self.events: deque[Item] = deque()
+        #: models whose events were dropped (outage buffer full): each owes a reset
+        self.lost: set[str] = set()
+        self.retry_in = 0.0
+        #: not before (monotonic time); 0: at once
+        self.retry_at = 0.0
+
+
+def _host_key(host: dict[str, Any]) -> str:
+    return repr(sorted(host.items()))
 
 
 def _encoded(items: list[Queued]) -> list[Item]:
