@@ -283,6 +283,8 @@ class Publisher:
             events = _encoded([item for item in batch if item is not _WAKE])
             done = len(batch) - len(events)
             for event in events:
+                # Grouped by today's host; each send routes again, so a held event follows
+                # a settings change (tests point the layer at another Redis).
                 key = _host_key(route(event[0]).host)
                 pending.setdefault(key, _Waiting()).events.append(event)
             now = time.monotonic()

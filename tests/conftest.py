@@ -23,6 +23,7 @@ from broadcast_app.hub import hub
 from broadcast_app.listener import listener
 from broadcast_app.signals import change_received
 from broadcast_app.throttle import Throttle
+from tests.sentinel_support import SentinelSetup
 
 pytest_plugins = ["broadcast_app.testing"]
 
@@ -47,6 +48,14 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 def _layers_on_test_redis(redis_server: EmbeddedRedis) -> Iterator[None]:
     with override_settings(CHANNEL_LAYERS=layers_for(redis_server.url)):
         yield
+
+
+@pytest.fixture
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    """A master, its replica and three sentinels, from the same redis-server binary."""
+    setup = SentinelSetup().start()
+    yield setup
+    setup.stop()
 
 
 @pytest.fixture

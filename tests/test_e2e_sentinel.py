@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +43,6 @@ print(json.dumps(product.pk))
 CHANGE_EVERY = 0.05  # seconds between two admin saves
 RECOVERY_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 15.0
-
-
-@pytest.fixture
-def sentinel_setup() -> Iterator[SentinelSetup]:
-    setup = SentinelSetup().start()
-    yield setup
-    setup.stop()
 
 
 class Watcher(Arrivals):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -41,13 +41,6 @@ SAVE_EVERY = 0.02  # seconds between two saves: about 50 events per second
 #: seconds the events may take to flow again after the master is killed
 RECOVERY_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 15.0
-
-
-@pytest.fixture
-def sentinel_setup() -> Iterator[SentinelSetup]:
-    setup = SentinelSetup().start()
-    yield setup
-    setup.stop()
 
 
 @pytest_asyncio.fixture
