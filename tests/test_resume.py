@@ -51,6 +51,15 @@ def changes(count: int, start: int = 0, sku: str = "R") -> list[int]:
     return [product.pk]
 
 
+async def resume_point(user: User) -> str:
+    """One change, seen by a client that then goes away: the id it would resume from."""
+    await database_sync_to_async(changes)(1)
+    ws = await connect(user)
+    since: str = (await subscribe(ws))["last_id"]
+    await ws.disconnect()
+    return since
+
+
 async def frames(ws: WebsocketCommunicator, count: int) -> list[dict[str, Any]]:
     return [await ws.receive_json_from(TIMEOUT) for _ in range(count)]
 
@@ -86,10 +95,7 @@ async def test_client_back_after_50_changes_gets_exactly_those_in_order(
 async def test_live_events_during_the_replay_arrive_once_and_in_order(
     running_listener: Any, admin_user: User
 ) -> None:
-    await database_sync_to_async(changes)(1)
-    ws = await connect(admin_user)
-    since = (await subscribe(ws))["last_id"]
-    await ws.disconnect()
+    since = await resume_point(admin_user)
     await database_sync_to_async(changes)(30, start=1)
     ws = await connect(admin_user)
     await ws.send_json_to({"type": "subscribe", "model": "demo.product", "since": since})
@@ -123,10 +129,7 @@ async def test_unusable_since_gets_reset_then_live(
 async def test_since_older_than_the_log_gets_reset_never_a_partial_replay(
     running_listener: Any, admin_user: User
 ) -> None:
-    await database_sync_to_async(changes)(1)
-    ws = await connect(admin_user)
-    since = (await subscribe(ws))["last_id"]
-    await ws.disconnect()
+    since = await resume_point(admin_user)
     with override_settings(BROADCAST_LOG_MAXLEN=10):
         await database_sync_to_async(changes)(400, start=1)
     ws = await connect(admin_user)
