@@ -472,11 +472,6 @@ def _drain(socket: RawSocket) -> list[dict[str, Any]]:
     return frames
 
 
-def _stream_order(event_id: str) -> tuple[int, int]:
-    ms, seq = event_id.split(":")[0].split("-")
-    return int(ms), int(seq)
-
-
 def _rss_kib(instance: Instance) -> int:
     assert instance.process is not None
     for line in Path(f"/proc/{instance.process.pid}/status").read_text().splitlines():
