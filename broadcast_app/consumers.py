@@ -2,12 +2,12 @@
 
 Every frame a client sends gets an answer or an ``error`` frame; a bad frame never
 closes the connection and never logs a traceback. All outgoing frames, replies and
-events alike, go through one bounded queue per connection drained by one writer task,
-so they keep their order and a client that falls behind cannot hold up the listener
-or grow this process's memory: when ``BROADCAST_SEND_QUEUE_SIZE`` frames are waiting,
-its queued events are dropped and each of its subscriptions gets ``reset`` instead; a
-client that takes no data for ``BROADCAST_SEND_TIMEOUT`` seconds has stopped reading
-and is closed with code 4008.
+events alike, go through one :class:`~.sender.Sender` per connection, so they keep
+their order and a client that falls behind cannot hold up the listener or grow this
+process's memory: when ``BROADCAST_SEND_QUEUE_SIZE`` frames are waiting, its queued
+events are dropped and each of its subscriptions gets ``reset`` instead; a client that
+takes no data for ``BROADCAST_SEND_TIMEOUT`` seconds has stopped reading and is closed
+with code 4008.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .hub import hub
 from .listener import listener
 from .log import Replay, event_log
 from .registry import ModelConfig, NotRegistered, get_config
+from .sender import Sender
 from .stats import stats
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     channel_layer_alias = "__broadcast_app_no_layer__"
 
     subscriptions: set[tuple[str, str | None]]
-    outbox: asyncio.Queue[str]
+    sender: Sender
 
     async def connect(self) -> None:
         await listener.ensure_started()
@@ -89,49 +90,41 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         #: (None once more arrived than the send queue holds: a reset replaces them)
         self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
         self.permissions: dict[str, bool] = {}
-        self.outbox = asyncio.Queue(maxsize=conf.BROADCAST_SEND_QUEUE_SIZE)
         self.closing = False
         await self.accept()
-        self.send_frame = _server_send(self.base_send)
-        self.writer = asyncio.get_running_loop().create_task(self._write())
+        # Straight to the server's send: AsyncWebsocketConsumer.send only builds the
+        # message, and it runs for every frame of every client.
+        self.sender = Sender(
+            _server_send(self.base_send),
+            conf.BROADCAST_SEND_QUEUE_SIZE,
+            conf.BROADCAST_SEND_TIMEOUT,
+            self._stopped_reading,
+        )
         stats.incr("connections_opened")
 
     async def disconnect(self, code: int) -> None:
         self._unsubscribe_all()
-        writer = getattr(self, "writer", None)
-        if writer is not None:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            await sender.close()
         stats.incr("connections_closed")
 
     # -- outgoing ---------------------------------------------------------------------
 
-    async def _write(self) -> None:
-        timeout = conf.BROADCAST_SEND_TIMEOUT
-        while True:
-            frame = await self.outbox.get()
-            try:
-                async with asyncio.timeout(timeout):
-                    # Straight to the server's send: AsyncWebsocketConsumer.send only
-                    # builds this message, and it runs for every frame of every client.
-                    await self.send_frame({"type": "websocket.send", "text": frame})
-            except TimeoutError:
-                # The server's write buffer is full and the client took nothing for
-                # that long: it stopped reading (a frozen tab, a dead network).
-                self.closing = True
-                self._unsubscribe_all()
-                stats.incr("slow_clients_closed")
-                logger.warning("broadcast_app closed a websocket client that stopped reading")
-                await self.close(code=CLOSE_SLOW_CLIENT)
-                return
+    async def _stopped_reading(self) -> None:
+        # The server's write buffer is full and the client took nothing for
+        # BROADCAST_SEND_TIMEOUT: it stopped reading (a frozen tab, a dead network).
+        self.closing = True
+        self._unsubscribe_all()
+        stats.incr("slow_clients_closed")
+        logger.warning("broadcast_app closed a websocket client that stopped reading")
+        await self.close(code=CLOSE_SLOW_CLIENT)
 
     def enqueue(self, frame: str) -> None:
-        """Queue a frame for this client; if it fell behind, reset it instead."""
+        """Send a frame to this client; if it fell behind, reset it instead."""
         if self.closing:
             return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
+        if not self.sender.put(frame):
             self._overflow()
             if not frame.startswith(_CHANGE_PREFIX):
                 self.enqueue(frame)  # a reply still goes out; events are covered by resets
@@ -141,13 +134,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         stats.incr("slow_client_resets")
         # Replies (subscribed, pong, error) are few and awaited: keep them, in order.
         # Earlier resets go too: the ones below supersede them.
-        kept = []
-        while not self.outbox.empty():
-            frame = self.outbox.get_nowait()
-            if not frame.startswith((_CHANGE_PREFIX, _RESET_PREFIX)):
-                kept.append(frame)
-        for frame in kept:
-            self.outbox.put_nowait(frame)
+        queue = self.sender.queue
+        kept = [f for f in queue if not f.startswith((_CHANGE_PREFIX, _RESET_PREFIX))]
+        queue.clear()
+        queue.extend(kept)
         for label, pk in sorted(self.subscriptions, key=lambda key: (key[0], key[1] or "")):
             self.reset(label, pk, "overflow")
 
@@ -165,7 +155,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             for key in ((event["model"], None), (event["model"], event["pk"])):
                 if key in self.resuming:
                     held = self.resuming[key]
-                    if held is not None and len(held) < self.outbox.maxsize:
+                    if held is not None and len(held) < self.sender.limit:
                         held.append((frame, event))
                     else:
                         self.resuming[key] = None
@@ -263,7 +253,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             events = [item for item in decoded if pk is None or item[2]["pk"] == pk]
             # A replay longer than the room left in the send queue would overflow it and
             # end in a reset after part of it went out: cheaper to reset at once.
-            if len(events) > self.outbox.maxsize - self.outbox.qsize() - 1:
+            if len(events) > self.sender.room - 1:
                 replay = Replay(False, "too_many")
             else:
                 for event_id, frame, event in events:

@@ -25,7 +25,7 @@ from .feed import feed
 from .heartbeat import heartbeat
 from .hub import hub
 from .layer import MESSAGE_TYPE, RESET_TYPE, group_name
-from .registry import all_configs, get_config
+from .registry import ModelConfig, all_configs, get_config
 from .signals import change_received
 from .stats import stats
 
@@ -200,13 +200,15 @@ class Listener:
                 logger.warning("broadcast_app listener ignored a malformed event")
                 return
             last = self.continuity.last.get(label)
-            if last is not None and not_after(event["id"], last):
-                return  # already processed, from the log
-            if last is not None and prev is not None and prev != last:
-                for _event_id, missed in (
-                    await self.continuity.missed(label, upto=event["id"]) or ()
-                ):
-                    await self._process(missed)
+            # Usually ``prev`` is the last event processed: this one is simply next.
+            if last is not None and prev != last:
+                if not_after(event["id"], last):
+                    return  # already processed, from the log
+                if prev is not None:
+                    for _event_id, missed in (
+                        await self.continuity.missed(label, upto=event["id"]) or ()
+                    ):
+                        await self._process(missed)
             await self._process(frame, event)
 
     async def _process(self, frame: str, event: dict[str, Any] | None = None) -> None:
@@ -215,23 +217,38 @@ class Listener:
             event = json.loads(frame)
         config = get_config(event["model"])
         self.continuity.last[config.label] = event["id"]
-        stats.incr("received")
         hub.last_ids[config.label] = event["id"]
-        feed.record(event)  # the dashboard's feed and lag: metadata only, bounded
-        try:
+        if change_received.receivers or not cache.is_in_memory():
+            # Receivers, and a cache on another thread, let this loop serve requests
+            # meanwhile: they go first, so a client told of the change finds the
+            # cache (and what receivers dropped) current.
             if cache.is_in_memory():
-                cache.apply_event(event)
+                _apply(config, event)
             else:
-                await sync_to_async(cache.apply_event, thread_sensitive=False)(event)
-        except Exception:
-            stats.incr("cache_errors")
-            logger.exception("broadcast_app could not update the cache for %s", config.label)
-        if change_received.receivers:
-            try:
-                await change_received.asend(sender=config.model, event=event)
-            except Exception:
-                logger.exception("a change_received receiver failed for %s", config.label)
-        stats.incr("delivered", hub.deliver(frame, event))
+                await sync_to_async(_apply, thread_sensitive=False)(config, event)
+            if change_received.receivers:
+                try:
+                    await change_received.asend(sender=config.model, event=event)
+                except Exception:
+                    logger.exception("a change_received receiver failed for %s", config.label)
+            delivered = hub.deliver(frame, event)
+        else:
+            # Clients first (their frames are written as they are handed over), then
+            # the cache: this loop runs nothing else until this method returns, so no
+            # request can read the cache in between.
+            delivered = hub.deliver(frame, event)
+            _apply(config, event)
+        feed.record(event)  # the dashboard's feed and lag: metadata only, bounded
+        stats.incr("received")
+        stats.incr("delivered", delivered)
+
+
+def _apply(config: ModelConfig, event: dict[str, Any]) -> None:
+    try:
+        cache.apply_event(event)
+    except Exception:
+        stats.incr("cache_errors")
+        logger.exception("broadcast_app could not update the cache for %s", config.label)
 
 
 class _Deaf(Exception):

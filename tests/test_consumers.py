@@ -267,24 +267,38 @@ async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
     ws = small_queue_ws
     await ask(ws, {"type": "subscribe", "model": "demo.product"})
     await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
-    # Seven events in one go, without yielding (a burst the writer cannot follow):
-    # five fill the queue, the sixth overflows it: the five queued events and the
-    # sixth give way to one reset per subscription, and the seventh follows them.
+    (consumer,) = hub._subs["demo.product"]["7"]
+    # The client stops reading: the server makes each send wait until it reads again.
+    reading = asyncio.Event()
+    server_send = consumer.sender._send
+
+    async def slow_send(message: dict[str, Any]) -> None:
+        await reading.wait()
+        await server_send(message)
+
+    consumer.sender._send = slow_send
+    # Seven events: the first waits in the server's send, five fill the queue behind
+    # it, the seventh overflows it: the five queued events and the seventh give way to
+    # one reset per subscription.
     for stock in range(1, 8):
         hub.deliver(*change_frame(stock))
+    reading.set()
     received = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(3)]
     assert [(f["type"], f.get("pk"), f.get("reason")) for f in received] == [
+        ("change", "7", None),
         ("reset", None, "overflow"),
         ("reset", "7", "overflow"),
-        ("change", "7", None),
     ]
-    assert received[2]["data"]["stock"] == 7
+    assert received[0]["data"]["stock"] == 1
     # A burst that overflows again supersedes the earlier resets, never piles them up.
-    for stock in range(8, 29):
+    reading.clear()
+    for stock in range(8, 30):
         hub.deliver(*change_frame(stock))
-    frames = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(5)]
-    assert [f["type"] for f in frames] == ["reset", "reset", "change", "change", "change"]
-    assert [f["data"]["stock"] for f in frames[2:]] == [26, 27, 28]
+    reading.set()
+    frames = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(6)]
+    assert [f["type"] for f in frames] == ["change", "reset", "reset"] + ["change"] * 3
+    assert [f["data"]["stock"] for f in frames[::5]] == [8, 29]
+    assert [f["data"]["stock"] for f in frames[3:]] == [27, 28, 29]
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 

@@ -1,0 +1,162 @@
+"""One websocket connection's outgoing frames: written at once, in order, bounded.
+
+The listener hands each event to every subscribed connection in turn. A frame is
+written the moment it is handed over when the server can take it without waiting
+(the usual case: the server's ``send`` only frames the text and writes to its
+transport), so the first client has its frame before the listener reaches the next
+one, with no task switch and no timer per frame. Only when the server makes a ``send``
+wait (its write buffer is full: the client reads slowly) does the connection's writer
+task finish that send, and later frames wait in a bounded queue behind it; a send
+still waiting after ``timeout`` seconds means the client stopped reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Sender:
+    """Writes one connection's frames in order; ``put`` never blocks and never raises."""
+
+    def __init__(
+        self, send: Send, limit: int, timeout: float, on_stalled: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._send = send
+        #: frames waiting behind a send the server made wait (at most ``limit``)
+        self.queue: deque[str] = deque()
+        self.limit = limit
+        self._timeout = timeout
+        self._on_stalled = on_stalled
+        #: a started send that waits for the server, and what it waits for
+        self._waiting: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        #: False once the connection failed or stalled: frames are dropped
+        self.open = True
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def room(self) -> int:
+        """How many more frames fit before ``put`` refuses one."""
+        return self.limit - len(self.queue)
+
+    def put(self, frame: str) -> bool:
+        """Write ``frame`` now, or queue it behind a waiting send; False if the queue is
+        full (the caller decides what to drop)."""
+        if not self.open:
+            return True  # the connection is going away: nothing to keep
+        if self._waiting is None and not self.queue:
+            self._start(frame)
+            return True
+        if len(self.queue) >= self.limit:
+            return False
+        self.queue.append(frame)
+        return True
+
+    async def close(self) -> None:
+        """Stop writing; a send still waiting for the server is abandoned."""
+        self.open = False
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting[0].close()
+
+    def _start(self, frame: str) -> None:
+        """Run the server's ``send`` up to its first wait, in the caller's task."""
+        sending = self._send({"type": "websocket.send", "text": frame})
+        coro = sending if isinstance(sending, Coroutine) else _awaiting(sending)
+        try:
+            # Driving the coroutine by hand, as an eagerly started task would: most
+            # sends finish within this first step.
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # the connection is gone; the server says so next
+            self._failed(exc)
+            return
+        self._waiting = (coro, awaited)
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.open = False
+        self.queue.clear()
+        logger.debug("broadcast_app: a websocket send failed: %r", exc)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._waiting is None:
+                if self.queue and self.open:
+                    self._start(self.queue.popleft())
+                    continue
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            coro, awaited = self._waiting
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await _finish(coro, awaited)
+            except TimeoutError:
+                # The server's write buffer stayed full that long: the client stopped
+                # reading (a frozen tab, a dead network).
+                self._waiting = None
+                coro.close()
+                self.open = False
+                self.queue.clear()
+                await self._on_stalled()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._waiting = None
+                self._failed(exc)
+                continue
+            self._waiting = None
+
+
+def _done(ready: asyncio.Future[None], _: object) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _awaiting(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """Run to its end a coroutine whose first step already returned ``awaited``.
+
+    This is what an asyncio task does with each step of its coroutine: wait until the
+    future it yielded is done, then resume it (the coroutine reads the future's outcome
+    itself). A bare ``yield`` (None) asks for one turn of the loop.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        if awaited is None:
+            await asyncio.sleep(0)
+        elif asyncio.isfuture(awaited):
+            # Not ``await awaited``: the coroutine awaits it already (a future is
+            # awaited once); a future of our own is told when it is done.
+            ready: asyncio.Future[None] = loop.create_future()
+            awaited.add_done_callback(partial(_done, ready))
+            await ready
+        else:
+            raise RuntimeError(f"a websocket send yielded {awaited!r}, not a future")
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+        except asyncio.CancelledError as exc:
+            # The server cancelled what its send waited for (this writer was not).
+            raise ConnectionError("the server cancelled a websocket send") from exc
