@@ -11,8 +11,14 @@ from django.core.signals import setting_changed
 def _settings_changed(setting: str, **kwargs: Any) -> None:
     if setting == "CHANNEL_LAYERS" or setting.startswith("BROADCAST_"):
         from . import publisher
+        from .layer import forget_routes
 
+        forget_routes()
         publisher.reset()
+    if setting in {"CACHES", "BROADCAST_CACHE_ALIAS"}:
+        from .cache import is_in_memory
+
+        is_in_memory.cache_clear()
     if setting == "BROADCAST_FEED_SIZE":
         from .feed import feed
 

@@ -62,7 +62,12 @@ def record(item: Item, using: str) -> None:
     if not conn.in_atomic_block:
         # Autocommit: the write is committed already (on_commit would run at once too).
         item.confirmed = True
-        publish_committed([item])
+        if isinstance(item, Change):
+            # What coalescing one change comes to, without its bookkeeping.
+            if item.op != "updated" or item.changed():
+                publisher.publish([item])
+        else:
+            publish_committed([item])
         return
     state = _states.get(conn)
     if state is None or not state.registered_in(conn):

@@ -10,6 +10,7 @@ exactly as in events (after a JSON round trip): never an excluded field.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,12 @@ def clear_model(label: str) -> None:
     cache.set(key, _generation(cache, label) + 1, None)
 
 
+@functools.cache
 def is_in_memory() -> bool:
-    """True when cache calls never block on I/O, so the event loop may call them directly."""
+    """True when cache calls never block on I/O, so the event loop may call them directly.
+
+    Asked for every event: remembered until the cache settings change.
+    """
     return isinstance(_cache(), (LocMemCache, DummyCache))
 
 

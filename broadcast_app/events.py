@@ -115,9 +115,9 @@ def to_json_data(data: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def now_iso() -> str:
-    """The current UTC time in ISO 8601 with microseconds (the ``ts`` of events)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def iso_time(moment: float) -> str:
+    """A ``time.time()`` in UTC ISO 8601 with microseconds (the ``ts`` of events)."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 @dataclass(slots=True)
@@ -138,6 +138,8 @@ class Change:
     #: the websocket whose page made the change (``X-Socket-ID``), and whether to skip it
     socket_id: str | None = None
     to_others: bool = False
+    #: ``changed()``, once computed (a change is not modified after it is made)
+    _changed: list[str] | None = None
 
     def confirm(self) -> None:
         """Commit hook: the savepoint this change was made in was not rolled back."""
@@ -151,12 +153,14 @@ class Change:
         """The ``changed`` list of an ``updated`` event built from this change."""
         if self.op != "updated":
             return []
-        names = set(self.forced)
-        if self.before is not None:
-            names.update(changed_fields(self.config, self.before, self.values, self.partial))
-        names -= self.config.volatile_names
-        order = self.config.field_order
-        return sorted(names, key=lambda name: order.get(name, len(order)))
+        if self._changed is None:
+            names = set(self.forced)
+            if self.before is not None:
+                names.update(changed_fields(self.config, self.before, self.values, self.partial))
+            names -= self.config.volatile_names
+            order = self.config.field_order
+            self._changed = sorted(names, key=lambda name: order.get(name, len(order)))
+        return self._changed
 
     def previous(self, changed: list[str]) -> dict[str, Any]:
         """Old values of the changed fields that are known (not many-to-many)."""
@@ -225,8 +229,10 @@ def event_body(change: Change, ts: str, origin: str) -> str:
     if change.socket_id is not None:
         event["socket_id"] = change.socket_id
         event["to_others"] = change.to_others
-    body = json.dumps(event, cls=DjangoJSONEncoder, separators=(",", ":"))
-    return body[1:]
+    return _ENCODER.encode(event)[1:]
+
+
+_ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 
 
 def frame_from_body(event_id: str, body: str) -> str:

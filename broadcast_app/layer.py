@@ -9,7 +9,8 @@ and payload format that the layer itself reads. Both are derived here, in one pl
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,15 @@ def once_key(token: str) -> str:
     return f"{conf.BROADCAST_GROUP_PREFIX}:outbox:{token}"
 
 
+# Epochs only need to differ from the lost log's: 32 random bits from a generator seeded
+# by the OS (reseeded in a forked child), without a system call per event.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
+
+
 def new_epoch() -> str:
     """A fresh log epoch (used by Redis only when a model's log is new or was lost)."""
-    return secrets.token_hex(4)
+    return f"{_random.getrandbits(32):08x}"
 
 
 @dataclass(frozen=True)
@@ -63,13 +70,36 @@ class Route:
 
     label: str
     host: dict[str, Any]
+    #: the host as a dict key (one client per host)
+    key: str
     channel: str
     stream: str
     meta: str
     serializer_format: str
 
 
+_routes: dict[str, Route] = {}
+
+
 def route(label: str) -> Route:
+    """The route of ``label``, computed once per model (until the settings change)."""
+    found = _routes.get(label)
+    if found is None:
+        found = _routes[label] = _route(label)
+    return found
+
+
+def forget_routes() -> None:
+    """Compute routes again (the channel-layer settings changed)."""
+    _routes.clear()
+
+
+def host_key(host: dict[str, Any]) -> str:
+    """One Redis host entry as a dict key."""
+    return repr(sorted(host.items()))
+
+
+def _route(label: str) -> Route:
     """Compute the route of ``label`` exactly as the pubsub layer would for its group."""
     config = layer_config().get("CONFIG", {}) or {}
     hosts = decode_hosts(config.get("hosts"))
@@ -79,6 +109,7 @@ def route(label: str) -> Route:
     return Route(
         label=label,
         host=dict(host),
+        key=host_key(host),
         channel=channel,
         stream=stream_key(label),
         meta=meta_key(label),

@@ -40,7 +40,7 @@ class EventLog:
 
     def _client(self, label: str) -> tuple[Any, Any]:
         r = route(label)
-        key = (asyncio.get_running_loop(), repr(sorted(r.host.items())))
+        key = (asyncio.get_running_loop(), r.key)
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = make_async_client(

@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -32,9 +33,9 @@ from typing import Any
 import redis
 
 from .conf import conf
-from .events import Change, event_body, now_iso
+from .events import Change, event_body, iso_time
 from .failover import PublishedIds
-from .layer import new_epoch, route
+from .layer import Route, host_key, new_epoch, route
 from .redis_clients import make_client
 from .stats import stats
 from .throttle import Throttle
@@ -108,9 +109,9 @@ return 1
 """
 )
 
-#: a queued event: its model label and the change with its timestamp (encoded by the
-#: publisher thread), or an already encoded body
-Queued = tuple[str, "tuple[Change, str] | str"]
+#: a queued event: its model label and the change with its ``time.time()`` (encoded by
+#: the publisher thread), or an already encoded body
+Queued = tuple[str, "tuple[Change, float] | str"]
 
 _BATCH = 500
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
@@ -135,7 +136,7 @@ class Publisher:
         self._pid: int | None = None
         self._queue: queue.Queue[Queued] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._clients: dict[str, tuple[redis.Redis, Any]] = {}
+        self._clients: dict[str, _Client] = {}
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
         self._throttle = Throttle()
@@ -144,6 +145,7 @@ class Publisher:
         self.sinks: list[Any] = []
         #: whether events still go to Redis while a sink is installed
         self.forward = True
+        _publishers.add(self)
 
     # -- called from saving threads -------------------------------------------------
 
@@ -154,7 +156,7 @@ class Publisher:
         operations pass ``wait`` to block, at most ``BROADCAST_REDIS_TIMEOUT`` per event,
         for room in the queue after their transaction committed.
         """
-        ts = now_iso()
+        ts = time.time()  # the commit's time; formatted by the publisher thread
         ready, held = [], False
         for change in changes:
             if self._throttle.admit(change, ts):
@@ -165,7 +167,7 @@ class Publisher:
         if held:
             self._wake()
 
-    def _emit(self, changes: list[tuple[Change, str]], wait: bool) -> None:
+    def _emit(self, changes: list[tuple[Change, float]], wait: bool) -> None:
         if not changes:
             return
         queued: list[Queued] = [(c.label, (c, ts)) for c, ts in changes]
@@ -226,11 +228,15 @@ class Publisher:
         """Close this publisher's Redis clients (an outbox relay that stops)."""
         with self._lock:
             clients, self._clients = self._clients, {}
-        for client, _ in clients.values():
+        for client in clients.values():
             client.close()
 
+    def _forked(self) -> None:
+        # In a forked child the thread and its sockets did not survive.
+        self._thread = None
+
     def _ensure_thread(self) -> queue.Queue[Queued]:
-        if self._pid == os.getpid() and self._thread is not None:
+        if self._thread is not None:
             return self._queue
         with self._lock:
             if self._pid != os.getpid() or self._thread is None:
@@ -285,8 +291,7 @@ class Publisher:
             for event in events:
                 # Grouped by today's host; each send routes again, so a held event follows
                 # a settings change (tests point the layer at another Redis).
-                key = _host_key(route(event[0]).host)
-                pending.setdefault(key, _Waiting()).events.append(event)
+                pending.setdefault(route(event[0]).key, _Waiting()).events.append(event)
             now = time.monotonic()
             for key, waiting in list(pending.items()):
                 if waiting.retry_at <= now:  # not a host that failed a moment ago
@@ -338,8 +343,8 @@ class Publisher:
         max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
         for host, items in _runs_by_host(batch, once):
             try:
-                client, script = self._client(host)
-                pipe = client.pipeline(transaction=False)
+                client = self._client(host)
+                calls = []
                 for r, body, seen in items:
                     keys = [r.stream, r.meta]
                     args = [maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age]
@@ -350,8 +355,8 @@ class Publisher:
                     # EXISTS first on every execute(), an extra round trip per batch.
                     # A Redis that lost the script (restart) fails the batch with
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
-                    pipe.evalsha(script, len(keys), *keys, *args)
-                results = pipe.execute()
+                    calls.append(("EVALSHA", client.script, len(keys), *keys, *args))
+                results = client.call(calls)
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
@@ -380,15 +385,15 @@ class Publisher:
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
         """Delete outbox "already published" hashes, given as (model label, key) pairs
         (their rows are gone); never raises."""
-        by_host: dict[str, tuple[dict[str, Any], set[str]]] = {}
+        by_host: dict[str, tuple[Route, set[str]]] = {}
         for label, key in keys:
-            host = route(label).host
-            by_host.setdefault(_host_key(host), (host, set()))[1].add(key)
-        for host, names in by_host.values():
+            r = route(label)
+            by_host.setdefault(r.key, (r, set()))[1].add(key)
+        for r, names in by_host.values():
             try:
-                self._client(host)[0].delete(*names)
+                self._client(r.host).redis.delete(*names)
             except (redis.RedisError, OSError):
-                self._drop_client(host)  # they expire by themselves
+                self._drop_client(r.host)  # they expire by themselves
 
     def _send_resets(
         self, labels: set[str], why: str = "were dropped during an outage"
@@ -398,7 +403,7 @@ class Publisher:
         for label in labels:
             r = route(label)
             try:
-                client, _ = self._client(r.host)
+                client = self._client(r.host).redis
                 client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
             except (redis.RedisError, OSError):
                 self._drop_client(r.host)
@@ -408,29 +413,66 @@ class Publisher:
             logger.warning("broadcast_app: %s events %s: reset sent", label, why)
         return told
 
-    def _client(self, host: dict[str, Any]) -> tuple[redis.Redis, Any]:
-        key = _host_key(host)
+    def _client(self, host: dict[str, Any]) -> _Client:
+        key = host_key(host)
         with self._lock:
             entry = self._clients.get(key)
         if entry is None:
             # Outside the lock: saving threads take it, and this talks to Redis.
-            client = make_client(host, conf.BROADCAST_REDIS_TIMEOUT)
-            entry = (client, client.script_load(PUBLISH_SCRIPT))
+            entry = _Client(make_client(host, conf.BROADCAST_REDIS_TIMEOUT))
             with self._lock:
                 self._clients[key] = entry
         return entry
 
     def _drop_client(self, host: dict[str, Any]) -> None:
         with self._lock:
-            entry = self._clients.pop(_host_key(host), None)
+            entry = self._clients.pop(host_key(host), None)
         if entry is not None:
-            entry[0].close()
+            entry.close()
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
+
+
+class _Client:
+    """A Redis client of the publisher's, with the script loaded and one connection
+    kept for publishing: taking one from the pool for every command costs more than the
+    command (a lock and a poll of the socket)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self.script = client.script_load(PUBLISH_SCRIPT)
+        # From the pool, so it is connected as the client's own would be (Sentinel: to
+        # the current master); it goes back with the client.
+        self._connection = client.connection_pool.get_connection()
+        self._lock = threading.Lock()
+
+    def call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, in order; raises
+        on the first error (the caller then closes this client)."""
+        connection = self._connection
+        with self._lock:
+            packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            return [connection.read_response() for _ in commands]
+
+    def close(self) -> None:
+        self._connection.disconnect()  # type: ignore[no-untyped-call]
+        self.redis.close()
+
+
+_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for publisher in _publishers:
+        publisher._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Waiting:
@@ -445,10 +487,6 @@ class _Waiting:
         self.retry_at = 0.0
 
 
-def _host_key(host: dict[str, Any]) -> str:
-    return repr(sorted(host.items()))
-
-
 def _encoded(items: list[Queued]) -> list[Item]:
     """Turn queued changes into event bodies; an event that cannot be encoded (a custom
     serializer returned something JSON cannot hold) is logged, counted and skipped."""
@@ -460,7 +498,7 @@ def _encoded(items: list[Queued]) -> list[Item]:
             continue
         change, ts = payload
         try:
-            encoded.append((label, event_body(change, ts, origin)))
+            encoded.append((label, event_body(change, iso_time(ts), origin)))
         except Exception:
             stats.incr("capture_errors")
             logger.exception("broadcast_app could not encode a %s event", label)

@@ -24,9 +24,9 @@ class Throttle:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last: dict[Key, float] = {}
-        self._held: dict[Key, tuple[float, Change, str]] = {}  # due time, change, ts
+        self._held: dict[Key, tuple[float, Change, float]] = {}  # due time, change, ts
 
-    def admit(self, change: Change, ts: str) -> bool:
+    def admit(self, change: Change, ts: float) -> bool:
         """True if ``change`` may be published now; otherwise it is held."""
         rate = change.config.max_rate
         if not rate:
@@ -55,7 +55,7 @@ class Throttle:
                 return None
             return max(0.0, min(due for due, _, _ in self._held.values()) - time.monotonic())
 
-    def release(self, everything: bool = False) -> list[tuple[Change, str]]:
+    def release(self, everything: bool = False) -> list[tuple[Change, float]]:
         """Take the held changes that are due (or all of them), oldest first."""
         now = time.monotonic()
         with self._lock:
