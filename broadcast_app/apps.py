@@ -9,6 +9,10 @@ from django.core.signals import setting_changed
 
 
 def _settings_changed(setting: str, **kwargs: Any) -> None:
+    if setting.startswith("BROADCAST_"):
+        from . import conf
+
+        conf.forget()
     if setting == "CHANNEL_LAYERS" or setting.startswith("BROADCAST_"):
         from . import publisher
         from .layer import forget_routes

@@ -40,6 +40,8 @@ class Continuity:
         self.last: dict[str, str] = {}
         #: each log's last id at the previous watchdog check
         self._seen_in_log: dict[str, str] = {}
+        #: the last id processed at the previous watchdog check
+        self._processed_at_check: dict[str, str] = {}
 
     async def prime(self, labels: list[str]) -> None:
         """Start from the logs' current ends (call before subscribing, so no event
@@ -94,9 +96,12 @@ class Continuity:
 
     async def stale_labels(self) -> list[str]:
         """Models with an event the log held at the previous check that this instance
-        has still not processed (for the watchdog). Comparing with the previous check,
-        not the current one, leaves events still in flight alone: a busy listener is
-        behind, not deaf."""
+        has still not processed, and with none processed since (for the watchdog).
+
+        Comparing with the previous check, not the current one, leaves events still in
+        flight alone; and a listener that processed events of the model since is behind
+        (under a load it cannot follow, events queue up before it), not deaf.
+        """
         stale = []
         for label, last in list(self.last.items()):
             try:
@@ -104,8 +109,10 @@ class Continuity:
             except Exception:
                 continue
             earlier = self._seen_in_log.get(label)
+            progressed = self._processed_at_check.get(label) != last
+            self._processed_at_check[label] = last
             if current:
                 self._seen_in_log[label] = current
-            if earlier and earlier != last and not not_after(earlier, last):
+            if earlier and earlier != last and not not_after(earlier, last) and not progressed:
                 stale.append(label)
         return stale

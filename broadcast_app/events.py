@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
 
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -26,6 +27,35 @@ Op = Literal["created", "updated", "deleted"]
 _MISSING: Any = object()
 
 
+# Field classes whose ``to_python()`` returns a value of this type unchanged. Exact
+# classes only: a subclass may convert differently.
+_NORMAL_TYPES: dict[type, type] = {
+    **dict.fromkeys(
+        (models.CharField, models.TextField, models.SlugField, models.EmailField),
+        str,
+    ),
+    **dict.fromkeys(
+        (
+            models.IntegerField,
+            models.BigIntegerField,
+            models.SmallIntegerField,
+            models.PositiveIntegerField,
+            models.PositiveSmallIntegerField,
+            models.PositiveBigIntegerField,
+            models.AutoField,
+            models.BigAutoField,
+            models.SmallAutoField,
+        ),
+        int,
+    ),
+    models.BooleanField: bool,
+    models.FloatField: float,
+    models.DateTimeField: datetime,
+    models.DateField: date,
+    models.UUIDField: UUID,
+}
+
+
 def normalize(field: models.Field[Any, Any], value: Any) -> Any:
     """Bring a raw attribute value to the form it has after a database round trip.
 
@@ -34,6 +64,8 @@ def normalize(field: models.Field[Any, Any], value: Any) -> Any:
     """
     if value is None:
         return None
+    if type(value) is _NORMAL_TYPES.get(type(field)):
+        return value  # already what a database round trip gives (the common case)
     if isinstance(field, models.FileField):
         return getattr(value, "name", value) or None
     if field.is_relation:

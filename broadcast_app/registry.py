@@ -60,9 +60,12 @@ class ModelConfig:
     m2m_fields: tuple[models.ManyToManyField[Any, Any], ...] = field(init=False, default=())
     #: position of each broadcast field name (``changed`` lists follow it)
     field_order: dict[str, int] = field(init=False, default_factory=dict)
+    #: the model's lower-case label, ``app_label.model_name``: its name on the wire
+    label: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         opts = self.model._meta
+        self.label = opts.label_lower
         concrete = [f for f in opts.concrete_fields]
         wanted = set(self.fields) if self.fields is not None else None
         excluded = set(self.exclude)
@@ -88,11 +91,6 @@ class ModelConfig:
                 private.add(getattr(f, "attname", f.name))
         self.private_names = frozenset(private)
         self.volatile_names = frozenset(f.name for f in chosen if getattr(f, "auto_now", False))
-
-    @property
-    def label(self) -> str:
-        """The model's lower-case label, ``app_label.model_name``: its name on the wire."""
-        return self.model._meta.label_lower
 
     @property
     def view_permission(self) -> str:

@@ -116,3 +116,30 @@ async def test_lost_log_resets_cache_and_subscribers(
         assert not (await database_sync_to_async(cache.fetch)(Product, product.pk)).hit
     finally:
         hub.remove(subscriber, "demo.product", None)
+
+
+async def test_a_listener_behind_but_processing_is_not_taken_for_deaf() -> None:
+    from broadcast_app.continuity import Continuity
+    from broadcast_app.log import event_log
+
+    product = await database_sync_to_async(Product.objects.create)(
+        name="B", sku="B", price=Decimal(1)
+    )
+    await asyncio.to_thread(publisher.flush, TIMEOUT)
+    ids = [await event_log.last_id("demo.product")]
+    for stock in (1, 2):
+        await database_sync_to_async(save_stock)(product, range(stock, stock + 1))
+        ids.append(await event_log.last_id("demo.product"))
+    first, second, third = ids
+    continuity = Continuity()
+    continuity.last["demo.product"] = first
+    assert await continuity.stale_labels() == []  # the first check only notes the log's end
+    # A whole interval later the log's end then is still not processed, but the
+    # listener processed an event since: it is behind (a queue before it), not deaf.
+    continuity.last["demo.product"] = second
+    assert await continuity.stale_labels() == []
+    # One more interval without any progress: its subscription stopped delivering.
+    assert await continuity.stale_labels() == ["demo.product"]
+    continuity.last["demo.product"] = third
+    assert await continuity.stale_labels() == []
+    await event_log.close()

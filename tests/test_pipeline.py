@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -214,6 +215,33 @@ def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
     finally:
         silent.close()
     assert _count("publish_errors") >= errors + 1
+    assert publisher.flush(TIMEOUT)
+
+
+def test_a_full_publish_queue_drops_and_counts_instead_of_waiting(db: None) -> None:
+    """While the publisher thread waits on a Redis that never answers, saves go on: past
+    BROADCAST_QUEUE_SIZE waiting events, a save drops its event (counted) at once."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    dropped = _count("dropped")
+    try:
+        with override_settings(
+            CHANNEL_LAYERS=layers_for(f"redis://127.0.0.1:{port}/0"),
+            BROADCAST_REDIS_TIMEOUT=1.0,
+            BROADCAST_QUEUE_SIZE=3,
+        ):
+            make(sku="FULL-0")  # the thread takes it and waits for an answer
+            slowest = 0.0
+            for number in range(1, 11):
+                began = time.monotonic()
+                make(sku=f"FULL-{number}")
+                slowest = max(slowest, time.monotonic() - began)
+            assert _count("dropped") - dropped >= 5, "the queue did not hold its bound"
+            assert slowest < 0.5, f"a save waited {slowest:.2f}s for room"
+    finally:
+        silent.close()
     assert publisher.flush(TIMEOUT)
 
 
