@@ -7,17 +7,23 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.signals import setting_changed
 
+# Settings that change where events go, and how the publisher connects to Redis.
+_ROUTING = {"CHANNEL_LAYERS", "BROADCAST_CHANNEL_LAYER", "BROADCAST_GROUP_PREFIX"}
+_CONNECTIONS = {"CHANNEL_LAYERS", "BROADCAST_CHANNEL_LAYER", "BROADCAST_REDIS_TIMEOUT"}
+
 
 def _settings_changed(setting: str, **kwargs: Any) -> None:
     if setting.startswith("BROADCAST_"):
         from . import conf
 
         conf.forget()
-    if setting == "CHANNEL_LAYERS" or setting.startswith("BROADCAST_"):
-        from . import publisher
+    if setting in _ROUTING:
         from .layer import forget_routes
 
         forget_routes()
+    if setting in _CONNECTIONS:
+        from . import publisher
+
         publisher.reset()
     if setting in {"CACHES", "BROADCAST_CACHE_ALIAS"}:
         from .cache import is_in_memory
