@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 
-from . import cache, quiet
+from . import cache, direct, quiet
 from .conf import conf
 from .continuity import Continuity, not_after
 from .feed import feed
@@ -46,6 +47,8 @@ class Listener:
         self.subscribed = asyncio.Event()
         self.continuity = Continuity()
         self._order = asyncio.Lock()
+        #: an event was processed directly in this turn of the loop (see direct.py)
+        self._turn_taken = False
 
     @property
     def running(self) -> bool:
@@ -121,6 +124,7 @@ class Listener:
                 labels = [config.label for config in all_configs()]
                 await self.continuity.prime(labels)
                 channel = await layer.new_channel("broadcast-listener.")
+                direct.install(layer, channel, partial(self.handle_now, layer))
                 for label in labels:
                     await layer.group_add(group_name(label), channel)
                 self.subscribed.set()
@@ -211,36 +215,81 @@ class Listener:
                         await self._process(missed)
             await self._process(frame, event)
 
+    def handle_now(self, layer: Any, data: Any) -> bool:
+        """Process one raw layer message at once, in the layer's reader task, if nothing
+        is in the way: the listener is idle, the event is the next one of its model, the
+        cache is in memory, no ``change_received`` receiver waits, and no other event
+        was processed this way in this turn of the loop. True if it was processed."""
+        if (
+            self._turn_taken
+            or self._order.locked()
+            or change_received.receivers
+            or not cache.is_in_memory()
+        ):
+            return False
+        try:
+            message = layer.deserialize(data)
+            if message.get("type") != MESSAGE_TYPE:
+                return False
+            frame, prev = message["frame"], message.get("prev")
+            event: dict[str, Any] = json.loads(frame)
+            config = get_config(event["model"])
+        except Exception:
+            return False  # the ordinary path deals with it (and counts it)
+        if prev is None or prev != self.continuity.last.get(config.label):
+            return False  # a first event, or a gap to repair: the ordinary path
+        self._turn_taken = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        stats.incr("received_direct")
+        try:
+            self._process_now(frame, event, config)
+        except Exception:  # never into channels-redis' reader, which would pause
+            logger.exception("broadcast_app listener failed on a %s event", config.label)
+        return True
+
+    def _next_turn(self) -> None:
+        self._turn_taken = False
+
     async def _process(self, frame: str, event: dict[str, Any] | None = None) -> None:
         """Cache, ``change_received``, local clients, for one event in order."""
         if event is None:
             event = json.loads(frame)
         config = get_config(event["model"])
+        if not change_received.receivers and cache.is_in_memory():
+            self._process_now(frame, event, config)
+            return
         self.continuity.last[config.label] = event["id"]
         hub.last_ids[config.label] = event["id"]
-        if change_received.receivers or not cache.is_in_memory():
-            # Receivers, and a cache on another thread, let this loop serve requests
-            # meanwhile: they go first, so a client told of the change finds the
-            # cache (and what receivers dropped) current.
-            if cache.is_in_memory():
-                _apply(config, event)
-            else:
-                await sync_to_async(_apply, thread_sensitive=False)(config, event)
-            if change_received.receivers:
-                try:
-                    await change_received.asend(sender=config.model, event=event)
-                except Exception:
-                    logger.exception("a change_received receiver failed for %s", config.label)
-            delivered = hub.deliver(frame, event)
-        else:
-            # Clients first (their frames are written as they are handed over), then
-            # the cache: this loop runs nothing else until this method returns, so no
-            # request can read the cache in between.
-            delivered = hub.deliver(frame, event)
+        # Receivers, and a cache on another thread, let this loop serve requests
+        # meanwhile: they go first, so a client told of the change finds the cache (and
+        # what receivers dropped) current.
+        if cache.is_in_memory():
             _apply(config, event)
-        feed.record(event)  # the dashboard's feed and lag: metadata only, bounded
-        stats.incr("received")
-        stats.incr("delivered", delivered)
+        else:
+            await sync_to_async(_apply, thread_sensitive=False)(config, event)
+        if change_received.receivers:
+            try:
+                await change_received.asend(sender=config.model, event=event)
+            except Exception:
+                logger.exception("a change_received receiver failed for %s", config.label)
+        _recorded(event, hub.deliver(frame, event))
+
+    def _process_now(self, frame: str, event: dict[str, Any], config: ModelConfig) -> None:
+        """``_process`` with an in-memory cache and no receivers: nothing waits."""
+        self.continuity.last[config.label] = event["id"]
+        hub.last_ids[config.label] = event["id"]
+        # Clients first (their frames are written as they are handed over), then the
+        # cache: this loop runs nothing else until this method returns, so no request
+        # can read the cache in between.
+        delivered = hub.deliver(frame, event)
+        _apply(config, event)
+        _recorded(event, delivered)
+
+
+def _recorded(event: dict[str, Any], delivered: int) -> None:
+    feed.record(event)  # the dashboard's feed and lag: metadata only, bounded
+    stats.incr("received")
+    stats.incr("delivered", delivered)
 
 
 def _apply(config: ModelConfig, event: dict[str, Any]) -> None:
