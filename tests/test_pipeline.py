@@ -6,6 +6,8 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -184,36 +186,42 @@ async def test_outage_overflow_becomes_a_reset_never_silence(running_listener: A
         hub.remove(subscriber, "demo.product", None)
 
 
-def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
-    """A server that accepts connections but never replies: the publisher gives up."""
+@contextmanager
+def silent_redis(**settings: Any) -> Iterator[None]:
+    """The layer points at a server that accepts connections and never answers."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     port = silent.getsockname()[1]
-    errors = _count("publish_errors")
     try:
         with override_settings(
-            CHANNEL_LAYERS=layers_for(f"redis://127.0.0.1:{port}/0"),
-            BROADCAST_REDIS_TIMEOUT=0.2,
+            CHANNEL_LAYERS=layers_for(f"redis://127.0.0.1:{port}/0"), **settings
         ):
-            saved = threading.Event()
-
-            def save() -> None:
-                try:
-                    make(sku="SLOW-1")
-                    saved.set()
-                finally:
-                    connection.close()  # this thread's own connection
-
-            # The save itself runs while the publisher is stuck waiting on the socket.
-            make(sku="SLOW-0")
-            worker = threading.Thread(target=save)
-            worker.start()
-            assert saved.wait(TIMEOUT)
-            worker.join()
-            assert not publisher.flush(0.5)  # still waiting for an answer
+            yield
     finally:
         silent.close()
+
+
+def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
+    """A server that accepts connections but never replies: the publisher gives up."""
+    errors = _count("publish_errors")
+    with silent_redis(BROADCAST_REDIS_TIMEOUT=0.2):
+        saved = threading.Event()
+
+        def save() -> None:
+            try:
+                make(sku="SLOW-1")
+                saved.set()
+            finally:
+                connection.close()  # this thread's own connection
+
+        # The save itself runs while the publisher is stuck waiting on the socket.
+        make(sku="SLOW-0")
+        worker = threading.Thread(target=save)
+        worker.start()
+        assert saved.wait(TIMEOUT)
+        worker.join()
+        assert not publisher.flush(0.5)  # still waiting for an answer
     assert _count("publish_errors") >= errors + 1
     assert publisher.flush(TIMEOUT)
 
@@ -221,27 +229,16 @@ def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
 def test_a_full_publish_queue_drops_and_counts_instead_of_waiting(db: None) -> None:
     """While the publisher thread waits on a Redis that never answers, saves go on: past
     BROADCAST_QUEUE_SIZE waiting events, a save drops its event (counted) at once."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    port = silent.getsockname()[1]
     dropped = _count("dropped")
-    try:
-        with override_settings(
-            CHANNEL_LAYERS=layers_for(f"redis://127.0.0.1:{port}/0"),
-            BROADCAST_REDIS_TIMEOUT=1.0,
-            BROADCAST_QUEUE_SIZE=3,
-        ):
-            make(sku="FULL-0")  # the thread takes it and waits for an answer
-            slowest = 0.0
-            for number in range(1, 11):
-                began = time.monotonic()
-                make(sku=f"FULL-{number}")
-                slowest = max(slowest, time.monotonic() - began)
-            assert _count("dropped") - dropped >= 5, "the queue did not hold its bound"
-            assert slowest < 0.5, f"a save waited {slowest:.2f}s for room"
-    finally:
-        silent.close()
+    with silent_redis(BROADCAST_REDIS_TIMEOUT=1.0, BROADCAST_QUEUE_SIZE=3):
+        make(sku="FULL-0")  # the thread takes it and waits for an answer
+        slowest = 0.0
+        for number in range(1, 11):
+            began = time.monotonic()
+            make(sku=f"FULL-{number}")
+            slowest = max(slowest, time.monotonic() - began)
+        assert _count("dropped") - dropped >= 5, "the queue did not hold its bound"
+        assert slowest < 0.5, f"a save waited {slowest:.2f}s for room"
     assert publisher.flush(TIMEOUT)
 
 
