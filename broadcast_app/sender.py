@@ -8,6 +8,11 @@ one, with no task switch and no timer per frame. Only when the server makes a ``
 wait (its write buffer is full: the client reads slowly) does the connection's writer
 task finish that send, and later frames wait in a bounded queue behind it; a send
 still waiting after ``timeout`` seconds means the client stopped reading.
+
+The first step of a send runs in the caller's task (the listener's, or channels-redis'
+reader's). That suits servers whose ``send`` only writes, or waits on a future or a
+lock (uvicorn, Daphne, the test communicator); a ``send`` that armed a timeout of its
+own before its first wait would arm it on the caller's task.
 """
 
 from __future__ import annotations
