@@ -64,7 +64,7 @@ def record(item: Item, using: str) -> None:
         item.confirmed = True
         if isinstance(item, Change):
             # What coalescing one change comes to, without its bookkeeping.
-            if item.op != "updated" or item.changed():
+            if _worth(item):
                 publisher.publish([item])
         else:
             publish_committed([item])
@@ -120,11 +120,12 @@ def coalesce(items: list[Item]) -> Iterator[list[Change]]:
 
 
 def _worth_publishing(changes: Iterable[Change | None]) -> list[Change]:
-    return [
-        kept
-        for kept in changes
-        if kept is not None and not (kept.op == "updated" and not kept.changed())
-    ]
+    return [kept for kept in changes if kept is not None and _worth(kept)]
+
+
+def _worth(change: Change) -> bool:
+    """An update that changed no broadcast field publishes nothing."""
+    return change.op != "updated" or bool(change.changed())
 
 
 def _fold(merged: dict[tuple[str, str], Change | None], change: Change) -> None:

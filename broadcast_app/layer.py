@@ -94,11 +94,6 @@ def forget_routes() -> None:
     _routes.clear()
 
 
-def host_key(host: dict[str, Any]) -> str:
-    """One Redis host entry as a dict key."""
-    return repr(sorted(host.items()))
-
-
 def _route(label: str) -> Route:
     """Compute the route of ``label`` exactly as the pubsub layer would for its group."""
     config = layer_config().get("CONFIG", {}) or {}
@@ -109,7 +104,7 @@ def _route(label: str) -> Route:
     return Route(
         label=label,
         host=dict(host),
-        key=host_key(host),
+        key=repr(sorted(host.items())),
         channel=channel,
         stream=stream_key(label),
         meta=meta_key(label),

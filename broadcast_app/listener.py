@@ -220,12 +220,7 @@ class Listener:
         is in the way: the listener is idle, the event is the next one of its model, the
         cache is in memory, no ``change_received`` receiver waits, and no other event
         was processed this way in this turn of the loop. True if it was processed."""
-        if (
-            self._turn_taken
-            or self._order.locked()
-            or change_received.receivers
-            or not cache.is_in_memory()
-        ):
+        if self._turn_taken or self._order.locked() or not _nothing_waits():
             return False
         try:
             message = layer.deserialize(data)
@@ -255,7 +250,7 @@ class Listener:
         if event is None:
             event = json.loads(frame)
         config = get_config(event["model"])
-        if not change_received.receivers and cache.is_in_memory():
+        if _nothing_waits():
             self._process_now(frame, event, config)
             return
         self.continuity.last[config.label] = event["id"]
@@ -284,6 +279,12 @@ class Listener:
         delivered = hub.deliver(frame, event)
         _apply(config, event)
         _recorded(event, delivered)
+
+
+def _nothing_waits() -> bool:
+    """Whether processing an event needs no await: an in-memory cache and no
+    ``change_received`` receiver."""
+    return not change_received.receivers and cache.is_in_memory()
 
 
 def _recorded(event: dict[str, Any], delivered: int) -> None:

@@ -34,7 +34,7 @@ import redis
 from .conf import conf
 from .events import Change, event_body, iso_time
 from .failover import PublishedIds
-from .layer import Route, host_key, new_epoch, route
+from .layer import Route, new_epoch, route
 from .redis_clients import make_client
 from .stats import stats
 from .throttle import Throttle
@@ -333,9 +333,9 @@ class Publisher:
                     marker.done.set()
                 flushes = []
 
-    def _send_waiting(self, waiting: _Waiting) -> int:
-        """Send what waits for one host, in order, then the resets it owes; return how
-        many events went out. After a failure the rest waits, with a growing delay."""
+    def _send_waiting(self, waiting: _Waiting) -> None:
+        """Send what waits for one host, in order, then the resets it owes. After a
+        failure the rest waits, with a growing delay."""
         try:
             sent = self._send(list(waiting.events)) if waiting.events else 0
         except Exception:  # never let the thread die
@@ -348,7 +348,6 @@ class Publisher:
         if waiting.events or waiting.lost:
             waiting.retry_in = min(max(waiting.retry_in * 2, _RETRY_MIN), _RETRY_MAX)
             waiting.retry_at = time.monotonic() + waiting.retry_in
-        return sent
 
     def send_now(self, batch: list[Item], once: list[Once]) -> tuple[int, int]:
         """Publish outbox events now, in order, in this thread; never raises.
@@ -367,9 +366,9 @@ class Publisher:
         sent = skipped = 0
         maxlen = conf.BROADCAST_LOG_MAXLEN
         max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
-        for host, items in _runs_by_host(batch, once):
+        for r, items in _runs_by_host(batch, once):
             try:
-                client = self._client(host)
+                client = self._client(r)
                 calls = []
                 for r, body, seen in items:
                     keys = [r.stream, r.meta]
@@ -391,7 +390,7 @@ class Publisher:
                     len(items),
                     exc,
                 )
-                self._drop_client(host)
+                self._drop_client(r)
                 return sent, skipped
             duplicates = results.count(None)
             if duplicates:
@@ -417,9 +416,9 @@ class Publisher:
             by_host.setdefault(r.key, (r, set()))[1].add(key)
         for r, names in by_host.values():
             try:
-                self._client(r.host).redis.delete(*names)
+                self._client(r).redis.delete(*names)
             except (redis.RedisError, OSError):
-                self._drop_client(r.host)  # they expire by themselves
+                self._drop_client(r)  # they expire by themselves
 
     def _send_resets(
         self, labels: set[str], why: str = "were dropped during an outage"
@@ -429,30 +428,30 @@ class Publisher:
         for label in labels:
             r = route(label)
             try:
-                client = self._client(r.host).redis
+                client = self._client(r).redis
                 client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
             except (redis.RedisError, OSError):
-                self._drop_client(r.host)
+                self._drop_client(r)
                 continue
             told.add(label)
             stats.incr("lost_resets")
             logger.warning("broadcast_app: %s events %s: reset sent", label, why)
         return told
 
-    def _client(self, host: dict[str, Any]) -> _Client:
-        key = host_key(host)
+    def _client(self, r: Route) -> _Client:
+        """The client of ``r``'s Redis host (one per host)."""
         with self._lock:
-            entry = self._clients.get(key)
+            entry = self._clients.get(r.key)
         if entry is None:
             # Outside the lock: saving threads take it, and this talks to Redis.
-            entry = _Client(make_client(host, conf.BROADCAST_REDIS_TIMEOUT))
+            entry = _Client(make_client(r.host, conf.BROADCAST_REDIS_TIMEOUT))
             with self._lock:
-                self._clients[key] = entry
+                self._clients[r.key] = entry
         return entry
 
-    def _drop_client(self, host: dict[str, Any]) -> None:
+    def _drop_client(self, r: Route) -> None:
         with self._lock:
-            entry = self._clients.pop(host_key(host), None)
+            entry = self._clients.pop(r.key, None)
         if entry is not None:
             entry.close()
 
@@ -538,18 +537,17 @@ def _encoded(items: list[Queued]) -> list[Item]:
     return encoded
 
 
-def _runs_by_host(
-    batch: list[Item], once: list[Once] | None
-) -> list[tuple[dict[str, Any], list[Any]]]:
-    """Consecutive events grouped by Redis host, keeping their order."""
-    runs: list[tuple[dict[str, Any], list[Any]]] = []
+def _runs_by_host(batch: list[Item], once: list[Once] | None) -> list[tuple[Route, list[Any]]]:
+    """Consecutive events grouped by Redis host, keeping their order; each run with the
+    route of its first event (every route of a run names the same host)."""
+    runs: list[tuple[Route, list[Any]]] = []
     for index, (label, body) in enumerate(batch):
         r = route(label)
         entry = (r, body, None if once is None else once[index])
-        if runs and runs[-1][0] == r.host:
+        if runs and runs[-1][0].key == r.key:
             runs[-1][1].append(entry)
         else:
-            runs.append((r.host, [entry]))
+            runs.append((r, [entry]))
     return runs
 
 

@@ -121,9 +121,7 @@ class Sender:
                 self.queue.clear()
                 await self._on_stalled()
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # (cancelling this writer is not one: it ends here)
                 self._waiting = None
                 self._failed(exc)
                 continue
