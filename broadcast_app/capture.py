@@ -20,7 +20,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_init, post_s
 from . import echo, outbox
 from .buffer import record
 from .conf import conf
-from .events import _MISSING, Change, field_values, normalize, raw_values, serialize
+from .events import _MISSING, Change, field_values, kept, normalize, raw_values, serialize
 from .registry import ModelConfig
 from .rows import RowSet
 from .stats import stats
@@ -69,27 +69,6 @@ def _on_post_init(config: ModelConfig, instance: models.Model, **kwargs: Any) ->
     instance.__dict__[SNAPSHOT] = raw_values(config, instance)
 
 
-def _before_values(
-    config: ModelConfig,
-    snapshot: dict[str, Any],
-    current_raw: dict[str, Any],
-    after: dict[str, Any],
-    deferred: set[str],
-) -> dict[str, Any]:
-    before: dict[str, Any] = {}
-    for f in config.broadcast_fields:
-        old = snapshot.get(f.attname, _MISSING)
-        if old is _MISSING:
-            if f.attname in deferred:
-                # Still deferred at save time: this save did not touch it.
-                before[f.name] = after[f.name]
-            # Otherwise it was deferred at load time and assigned since: changed.
-            continue
-        # Unchanged attributes (the common case) reuse the value already normalized.
-        before[f.name] = after[f.name] if old == current_raw[f.attname] else normalize(f, old)
-    return before
-
-
 def _on_post_save(
     config: ModelConfig,
     instance: models.Model,
@@ -100,31 +79,69 @@ def _on_post_save(
     if not conf.BROADCAST_ENABLED:
         return
     try:
-        deferred = {f.attname for f in config.broadcast_fields} - instance.__dict__.keys()
-        if deferred:
-            # One query for all of them, rather than one per field on first access.
-            instance.refresh_from_db(fields=list(deferred))
-        values = field_values(config, instance)
-        current_raw = raw_values(config, instance)
-        before = None
-        if not created:
-            snapshot = instance.__dict__.get(SNAPSHOT) or {}
-            before = _before_values(config, snapshot, current_raw, values, deferred)
-        instance.__dict__[SNAPSHOT] = current_raw
-        change = Change(
-            config=config,
-            pk=str(instance.pk),
-            op="created" if created else "updated",
-            data=serialize(config, instance, values),
-            values=values,
-            before=before,
-        )
+        change = _saved(config, instance, created)
     except Exception:
         # A broken serializer hook must not break the user's save.
         stats.incr("capture_errors")
         logger.exception("broadcast_app could not capture a save of %s", config.label)
         return
     record_item(change, using)
+
+
+def _saved(config: ModelConfig, instance: models.Model, created: bool) -> Change:
+    """The change one save made, read in one pass over the broadcast fields.
+
+    This runs inside every ``save()``: the values, the old values and ``changed`` are
+    worked out together, and an attribute left as it was loaded (the same object as in
+    the snapshot) is not compared or normalized twice.
+    """
+    loaded = instance.__dict__
+    deferred: frozenset[str] | set[str] = frozenset()
+    if not loaded.keys() >= config.attnames:
+        deferred = config.attnames - loaded.keys()
+        # One query for all of them, rather than one per field on first access.
+        instance.refresh_from_db(fields=list(deferred))
+    snapshot: dict[str, Any] = {} if created else loaded.get(SNAPSHOT) or {}
+    values: dict[str, Any] = {}
+    current: dict[str, Any] = {}
+    before: dict[str, Any] = {}
+    changed: list[str] = []
+    for f in config.captured_fields:
+        if f.direct:
+            raw = loaded[f.attname]
+            if raw is None or type(raw) is f.normal:
+                value = current[f.attname] = raw
+            else:
+                # The event and the next snapshot share one copy, made before the
+                # caller can change the attribute in place again.
+                value = normalize(f.field, kept_value := kept(f.field, raw))
+                current[f.attname] = kept_value
+        else:
+            value = normalize(f.field, f.field.value_from_object(instance))
+            raw = loaded.get(f.attname, _MISSING)
+            current[f.attname] = kept(f.field, raw)
+        values[f.name] = value
+        if created:
+            continue
+        old = snapshot.get(f.attname, _MISSING)
+        if old is _MISSING:
+            if f.attname in deferred:
+                # Still deferred at save time: this save did not touch it.
+                before[f.name] = value
+            elif f.tracked:
+                # Deferred at load time and assigned since: changed.
+                changed.append(f.name)
+        elif old is raw or old == raw:
+            before[f.name] = value
+        else:
+            old_value = before[f.name] = normalize(f.field, old)
+            if f.tracked and old_value != value:
+                changed.append(f.name)
+    loaded[SNAPSHOT] = current
+    data = serialize(config, instance, values)
+    if created:
+        return Change(config, str(instance.pk), "created", data, values)
+    return Change(config, str(instance.pk), "updated", data, values, before, _changed=changed)
 
 
 def _on_post_delete(

@@ -8,9 +8,11 @@ both, so the frame text is built once and sent as-is to every websocket client.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
@@ -29,7 +31,7 @@ _MISSING: Any = object()
 
 # Field classes whose ``to_python()`` returns a value of this type unchanged. Exact
 # classes only: a subclass may convert differently.
-_NORMAL_TYPES: dict[type, type] = {
+NORMAL_TYPES: dict[type, type] = {
     **dict.fromkeys(
         (models.CharField, models.TextField, models.SlugField, models.EmailField),
         str,
@@ -64,8 +66,15 @@ def normalize(field: models.Field[Any, Any], value: Any) -> Any:
     """
     if value is None:
         return None
-    if type(value) is _NORMAL_TYPES.get(type(field)):
+    if type(value) is NORMAL_TYPES.get(type(field)):
         return value  # already what a database round trip gives (the common case)
+    if (
+        type(value) is Decimal
+        and type(field) is models.DecimalField
+        and value.is_finite()
+        and value.same_quantum(_quantum(field.decimal_places))
+    ):
+        return value  # as loaded: to_python() and quantize() would give it back
     if isinstance(field, models.FileField):
         return getattr(value, "name", value) or None
     if field.is_relation:
@@ -76,14 +85,43 @@ def normalize(field: models.Field[Any, Any], value: Any) -> Any:
         return value
     if isinstance(field, models.DecimalField) and isinstance(value, Decimal):
         with contextlib.suppress(InvalidOperation):  # too many digits: keep as is
-            value = value.quantize(Decimal(1).scaleb(-field.decimal_places))
+            value = value.quantize(_quantum(field.decimal_places))
     return value
 
 
+@functools.cache
+def _quantum(places: int) -> Decimal:
+    """``Decimal("0.01")`` for 2 places: what a decimal field's values are quantized to."""
+    return Decimal(1).scaleb(-places)
+
+
+# Values of these types cannot change in place, so a snapshot may share them.
+_IMMUTABLE = frozenset(
+    {type(None), str, int, float, bool, Decimal, datetime, date, time, timedelta, UUID, bytes}
+)
+
+
+def kept(field: models.Field[Any, Any], value: Any) -> Any:
+    """``value`` as a snapshot keeps it: a copy if it could be changed in place.
+
+    ``product.tags.append("x")`` on a ``JSONField`` list changes the very object a shared
+    snapshot would hold, and the next save would see nothing changed.
+    """
+    if type(value) in _IMMUTABLE or value is _MISSING:
+        return value
+    if isinstance(field, models.FileField):
+        return getattr(value, "name", value)  # a FieldFile's name can be reassigned
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value  # not copyable: compared as it is (loading must never fail here)
+
+
 def raw_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
-    """Attribute values of the broadcast fields as loaded, without touching deferred ones."""
+    """Attribute values of the broadcast fields as loaded, without touching deferred ones
+    (the snapshot the next save compares with; see :func:`kept`)."""
     loaded = instance.__dict__
-    return {f.attname: loaded.get(f.attname, _MISSING) for f in config.broadcast_fields}
+    return {f.attname: kept(f, loaded.get(f.attname, _MISSING)) for f in config.broadcast_fields}
 
 
 def field_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:

@@ -162,20 +162,21 @@ class Publisher:
         for room in the queue after their transaction committed.
         """
         ts = time.time()  # the commit's time; formatted by the publisher thread
-        ready, held = [], False
+        ready: list[Queued] = []
+        held = False
         for change in changes:
-            if self._throttle.admit(change, ts):
-                ready.append((change, ts))
-            else:
+            # Only rate-limited models go through the throttle (and its lock).
+            if change.config.max_rate and not self._throttle.admit(change, ts):
                 held = True
+            else:
+                ready.append((change.label, (change, ts)))
         self._emit(ready, wait)
         if held:
             self._wake()
 
-    def _emit(self, changes: list[tuple[Change, float]], wait: bool) -> None:
-        if not changes:
+    def _emit(self, queued: list[Queued], wait: bool) -> None:
+        if not queued:
             return
-        queued: list[Queued] = [(c.label, (c, ts)) for c, ts in changes]
         if self.sinks:
             encoded = _encoded(queued)
             if self.captured(encoded):
@@ -183,7 +184,6 @@ class Publisher:
             queued = list(encoded)
         q = self._ensure_thread()
         limit = conf.BROADCAST_QUEUE_SIZE
-        put = 0
         for item in queued:
             if q.qsize() >= limit and not (wait and self._wait_for_room(q, limit)):
                 stats.incr("dropped")
@@ -191,9 +191,7 @@ class Publisher:
                     "full", "broadcast_app publish queue is full; dropping %s event", item[0]
                 )
                 continue
-            q.put(item)
-            put += 1
-        stats.incr("queued", put)
+            q.put(item)  # counted as queued by the thread: no lock taken in save()
 
     def _wait_for_room(self, q: queue.SimpleQueue[Queued | _Flush], limit: int) -> bool:
         """Wait up to ``BROADCAST_REDIS_TIMEOUT`` until the queue has room."""
@@ -230,7 +228,7 @@ class Publisher:
     def flush(self, timeout: float | None = None) -> bool:
         """Publish held (rate-limited) events now and wait until every queued event was
         sent (or failed). True if the queue drained."""
-        self._emit(self._throttle.release(everything=True), wait=True)
+        self._emit(_queued(self._throttle.release(everything=True)), wait=True)
         if self._thread is None:
             return True  # nothing was ever queued in this process
         marker = _Flush()
@@ -306,12 +304,12 @@ class Publisher:
                     self._room.notify_all()
             released = self._throttle.release()
             if released:
-                self._emit(released, wait=False)
+                self._emit(_queued(released), wait=False)
             flushes += [item for item in batch if isinstance(item, _Flush)]
+            taken = [item for item in batch if item is not _WAKE and not isinstance(item, _Flush)]
+            stats.incr("queued", len(taken))
             # Encoded here, not in save(): the saving thread only pays for the hand-off.
-            events = _encoded(
-                [item for item in batch if item is not _WAKE and not isinstance(item, _Flush)]
-            )
+            events = _encoded(taken)
             for event in events:
                 # Grouped by today's host; each send routes again, so a held event follows
                 # a settings change (tests point the layer at another Redis).
@@ -517,6 +515,10 @@ class _Waiting:
         self.retry_in = 0.0
         #: not before (monotonic time); 0: at once
         self.retry_at = 0.0
+
+
+def _queued(changes: list[tuple[Change, float]]) -> list[Queued]:
+    return [(change.label, (change, ts)) for change, ts in changes]
 
 
 def _encoded(items: list[Queued]) -> list[Item]:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from inspect import getattr_static
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.apps import apps
 from django.db import models
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
+
+from .events import NORMAL_TYPES
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -24,6 +29,21 @@ if TYPE_CHECKING:
 Serializer = Callable[[models.Model], dict[str, Any]]
 #: ``object_check(user, data) -> bool``: may this user see this object's event?
 ObjectCheck = Callable[["User", Mapping[str, Any]], bool]
+
+
+class CapturedField(NamedTuple):
+    """What capturing a save needs to know of one broadcast field, worked out once."""
+
+    field: models.Field[Any, Any]
+    name: str
+    attname: str
+    #: the type its value has after a database round trip, when ``to_python()`` keeps it
+    normal: type | None
+    #: its value is the instance's ``__dict__`` entry (a plain attribute, no descriptor
+    #: or ``value_from_object()`` of its own to go through)
+    direct: bool
+    #: it can be listed in ``changed`` (not the primary key, not ``auto_now``)
+    tracked: bool
 
 
 class AlreadyRegistered(Exception):
@@ -62,6 +82,10 @@ class ModelConfig:
     field_order: dict[str, int] = field(init=False, default_factory=dict)
     #: the model's lower-case label, ``app_label.model_name``: its name on the wire
     label: str = field(init=False, default="")
+    #: ``broadcast_fields`` as capture reads them, in the same order
+    captured_fields: tuple[CapturedField, ...] = field(init=False, default=())
+    #: attribute names of ``broadcast_fields``
+    attnames: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         opts = self.model._meta
@@ -91,6 +115,18 @@ class ModelConfig:
                 private.add(getattr(f, "attname", f.name))
         self.private_names = frozenset(private)
         self.volatile_names = frozenset(f.name for f in chosen if getattr(f, "auto_now", False))
+        self.captured_fields = tuple(
+            CapturedField(
+                field=f,
+                name=f.name,
+                attname=f.attname,
+                normal=NORMAL_TYPES.get(type(f)),
+                direct=_plain_attribute(self.model, f),
+                tracked=not f.primary_key and f.name not in self.volatile_names,
+            )
+            for f in chosen
+        )
+        self.attnames = frozenset(f.attname for f in chosen)
 
     @property
     def view_permission(self) -> str:
@@ -106,6 +142,17 @@ class ModelConfig:
         names = {f.name for f in opts.concrete_fields} | {f.name for f in opts.many_to_many}
         given = list(self.fields or ()) + list(self.exclude)
         return [n for n in given if n not in names]
+
+
+def _plain_attribute(model: type[models.Model], f: models.Field[Any, Any]) -> bool:
+    """Whether reading ``f`` from an instance is just reading its ``__dict__`` entry."""
+    if type(f).value_from_object is not models.Field.value_from_object:
+        return False
+    try:
+        descriptor = getattr_static(model, f.attname)
+    except AttributeError:
+        return False
+    return type(descriptor) in (DeferredAttribute, ForeignKeyDeferredAttribute)
 
 
 _registry: dict[str, ModelConfig] = {}

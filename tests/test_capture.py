@@ -12,6 +12,7 @@ from django.test import override_settings
 from broadcast_app.stats import stats
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
+from tests.testapp.models import Article, Attachment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -246,3 +247,35 @@ def test_excluded_values_never_reach_events_or_logs(caplog) -> None:
     assert secret not in repr(list(events))
     assert "31338" not in repr(list(events))
     assert "31337" not in caplog.text and "31338" not in caplog.text
+
+
+def test_field_kinds_with_their_own_attribute_semantics_are_tracked() -> None:
+    """A key by its id, a file by its name, JSON changed in place, not by identity."""
+    first, second = Article.objects.create(title="a"), Article.objects.create(title="b")
+    attachment = Attachment.objects.create(article=first, file="attachments/a.txt", meta={})
+    loaded = Attachment.objects.get(pk=attachment.pk)
+    with capture_events() as events:
+        loaded.article = second
+        loaded.save()
+        loaded.file.name = "attachments/b.txt"  # the same FieldFile, renamed
+        loaded.save()
+        loaded.meta["tags"] = ["x"]  # the same dict, changed in place
+        loaded.save()
+        loaded.meta["tags"].append("y")
+        loaded.save()
+        loaded.save()  # nothing changed since
+    assert [e["changed"] for e in events] == [["article"], ["file"], ["meta"], ["meta"]]
+    assert events[1]["data"]["file"] == "attachments/b.txt"
+    assert events[2]["data"]["meta"] == {"tags": ["x"]}
+    assert events[3]["data"]["meta"] == {"tags": ["x", "y"]}
+    assert events[0]["data"]["article"] == second.pk
+
+
+def test_json_changed_in_place_after_save_does_not_reach_the_event() -> None:
+    article = Article.objects.create(title="a")
+    attachment = Attachment.objects.create(article=article, meta={"n": 1})
+    with capture_events() as events, transaction.atomic():
+        attachment.meta["n"] = 2
+        attachment.save()
+        attachment.meta["n"] = 3  # after the save, before the commit: not saved
+    assert events.assert_one(op="updated")["data"]["meta"] == {"n": 2}

@@ -5,6 +5,7 @@ import pytest
 import broadcast_app
 from broadcast_app.registry import AlreadyRegistered, NotRegistered, all_configs, get_config
 from project.demo.models import Product
+from tests.testapp.models import Attachment
 
 
 def test_demo_product_is_registered_without_cost_price() -> None:
@@ -16,6 +17,20 @@ def test_demo_product_is_registered_without_cost_price() -> None:
     assert config.volatile_names == {"updated_at"}
     assert config.view_permission == "demo.view_product"
     assert config in all_configs()
+
+
+def test_capture_reads_plain_attributes_directly_and_the_rest_through_the_field() -> None:
+    by_name = {f.name: f for f in get_config(Attachment).captured_fields}
+    assert by_name["article"].attname == "article_id"
+    assert by_name["article"].direct and by_name["meta"].direct
+    assert not by_name["file"].direct  # a FieldFile descriptor wraps the stored name
+    assert not by_name["id"].tracked  # the primary key is never in ``changed``
+    product = {f.name: f for f in get_config(Product).captured_fields}
+    assert product["stock"].normal is int and product["price"].normal is None
+    assert not product["updated_at"].tracked  # auto_now
+    assert [f.name for f in get_config(Product).captured_fields] == [
+        f.name for f in get_config(Product).broadcast_fields
+    ]
 
 
 def test_registering_twice_is_an_error() -> None:

@@ -13,7 +13,8 @@ class TestAppConfig(AppConfig):
     def ready(self) -> None:
         import broadcast_app
 
-        from .models import Article, Comment
+        from .models import Article, Attachment, Comment
 
         broadcast_app.register(Article, exclude=["secret"], previous=True)
         broadcast_app.register(Comment)
+        broadcast_app.register(Attachment)

@@ -35,3 +35,14 @@ class Comment(models.Model):
 
     def __str__(self) -> str:
         return self.body
+
+
+class Attachment(models.Model):
+    """Field kinds whose attribute is not a plain immutable value: a file, JSON, a key."""
+
+    article = models.ForeignKey(Article, on_delete=models.CASCADE, related_name="attachments")
+    file = models.FileField(upload_to="attachments/", blank=True)
+    meta = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return self.file.name or "attachment"
