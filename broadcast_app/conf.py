@@ -38,15 +38,35 @@ def forget() -> None:
         _read.clear()
 
 
-def _default_instance_id() -> str:
-    # Cached per process (a fork gets its own pid): it is read on every publish.
-    pid = os.getpid()
-    if _instance_id_cache.get("pid") != pid:
-        _instance_id_cache.update(pid=pid, id=f"{socket.gethostname()}:{pid}")
-    return str(_instance_id_cache["id"])
+#: where the resolved instance id is remembered among the settings read
+_INSTANCE_ID = "BROADCAST_INSTANCE_ID (resolved)"
 
 
-_instance_id_cache: dict[str, object] = {}
+def _instance_id() -> str:
+    # Resolved once per process and settings change: it is read for every published
+    # event, and os.environ.get() of a missing key raises and catches a KeyError.
+    try:
+        return str(_read[_INSTANCE_ID])
+    except KeyError:
+        with _lock:
+            value = getattr(settings, "BROADCAST_INSTANCE_ID", None) or os.environ.get(
+                "BROADCAST_INSTANCE_ID"
+            )
+            resolved = _read[_INSTANCE_ID] = (
+                str(value) if value else f"{socket.gethostname()}:{os.getpid()}"
+            )
+        return resolved
+
+
+def _after_fork() -> None:
+    global _lock
+    # The child has one thread: a lock some other thread of the parent held stays held
+    # in the child unless replaced. And the child's default instance id has its pid.
+    _lock = threading.Lock()
+    _read.pop(_INSTANCE_ID, None)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Settings:
@@ -81,8 +101,7 @@ class Settings:
     @property
     def BROADCAST_INSTANCE_ID(self) -> str:
         """This process's id, the ``origin`` of its events (default: env var, else host:pid)."""
-        value = _setting("BROADCAST_INSTANCE_ID", None) or os.environ.get("BROADCAST_INSTANCE_ID")
-        return str(value) if value else _default_instance_id()
+        return _instance_id()
 
     @property
     def BROADCAST_REDIS_TIMEOUT(self) -> float:

@@ -290,36 +290,44 @@ class Publisher:
             if pending:
                 due = max(0.0, min(w.retry_at for w in pending.values()) - time.monotonic())
                 timeout = due if timeout is None else min(timeout, due)
+            # Between an event's commit and its write to Redis, this thread runs cold
+            # (woken after milliseconds of idleness): what runs here is kept short.
+            taken: list[Queued] = []
             try:
-                batch = [q.get(timeout=timeout)]
+                item = q.get(timeout=timeout)
             except queue.Empty:
-                batch = []
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
+                item = _WAKE
+            while True:
+                if isinstance(item, _Flush):
+                    flushes.append(item)
+                elif item is not _WAKE:
+                    taken.append(item)
+                if len(taken) >= _BATCH or q.empty():  # only this thread takes items
                     break
+                item = q.get_nowait()
             if self._waiting_for_room:
                 with self._room:
                     self._room.notify_all()
-            released = self._throttle.release()
-            if released:
-                self._emit(_queued(released), wait=False)
-            flushes += [item for item in batch if isinstance(item, _Flush)]
-            taken = [item for item in batch if item is not _WAKE and not isinstance(item, _Flush)]
-            stats.incr("queued", len(taken))
+            if self._throttle.active:
+                released = self._throttle.release()
+                if released:
+                    self._emit(_queued(released), wait=False)
             # Encoded here, not in save(): the saving thread only pays for the hand-off.
-            events = _encoded(taken)
-            for event in events:
+            for event in _encoded(taken):
                 # Grouped by today's host; each send routes again, so a held event follows
                 # a settings change (tests point the layer at another Redis).
-                pending.setdefault(route(event[0]).key, _Waiting()).events.append(event)
+                key = route(event[0]).key
+                waiting = pending.get(key)
+                if waiting is None:
+                    waiting = pending[key] = _Waiting()
+                waiting.events.append(event)
             now = time.monotonic()
             for key, waiting in list(pending.items()):
                 if waiting.retry_at <= now:  # not a host that failed a moment ago
                     self._send_waiting(waiting)
                 if not waiting.events and not waiting.lost:
                     del pending[key]
+            stats.incr("queued", len(taken))
             overflow = sum(len(w.events) for w in pending.values()) - conf.BROADCAST_OUTAGE_BUFFER
             for _ in range(max(0, overflow)):
                 longest = max(pending.values(), key=lambda w: len(w.events))
@@ -438,8 +446,7 @@ class Publisher:
 
     def _client(self, r: Route) -> _Client:
         """The client of ``r``'s Redis host (one per host)."""
-        with self._lock:
-            entry = self._clients.get(r.key)
+        entry = self._clients.get(r.key)  # one dict lookup: atomic, no lock needed
         if entry is None:
             # Outside the lock: saving threads take it, and this talks to Redis.
             entry = _Client(make_client(r.host, conf.BROADCAST_REDIS_TIMEOUT))
@@ -477,14 +484,38 @@ class _Client:
         """Send ``commands`` in one write and return their replies, in order; raises
         on the first error (the caller then closes this client)."""
         connection = self._connection
+        packed = resp(commands)
         with self._lock:
-            packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
             return [connection.read_response() for _ in commands]
 
     def close(self) -> None:
         self._connection.disconnect()  # type: ignore[no-untyped-call]
         self.redis.close()
+
+
+def resp(commands: list[tuple[Any, ...]]) -> bytes:
+    """``commands`` in the Redis protocol, in one buffer.
+
+    What redis-py's ``pack_commands()`` gives for the argument kinds the publisher sends
+    (str, bytes, int), in half its time: packing comes between an event's commit and
+    its write to Redis, and redis-py's general packer (any argument type, chunked
+    buffers) cost 35 to 45 µs there when the thread runs cold.
+    """
+    out = bytearray()
+    for command in commands:
+        out += b"*%d\r\n" % len(command)
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, bytes):
+                data = arg
+            elif type(arg) is int:
+                data = b"%d" % arg
+            else:
+                raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+            out += b"$%d\r\n%s\r\n" % (len(data), data)
+    return bytes(out)
 
 
 _publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()

@@ -48,6 +48,12 @@ class Throttle:
             self._held[key] = (last + 1 / rate, change, ts)
             return False
 
+    @property
+    def active(self) -> bool:
+        """Whether a change is held or an object was limited lately (read without the
+        lock: a change held meanwhile wakes the publisher thread again)."""
+        return bool(self._held or self._last)
+
     def next_due(self) -> float | None:
         """Seconds until the next held change is due (None if none is held)."""
         with self._lock:

@@ -23,7 +23,7 @@ from broadcast_app.events import id_key
 from broadcast_app.hub import hub
 from broadcast_app.layer import route
 from broadcast_app.listener import listener
-from broadcast_app.publisher import Publisher
+from broadcast_app.publisher import Publisher, resp
 from broadcast_app.stats import stats
 from project.demo.models import Product
 from tests.conftest import Received, layers_for
@@ -38,6 +38,25 @@ def make(sku: str = "P-1", **fields: Any) -> Product:
     values: dict[str, Any] = {"name": sku, "price": Decimal("2.00"), "stock": 1}
     values.update(fields)
     return Product.objects.create(sku=sku, cost_price=Decimal("0.99"), **values)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_resp_packs_commands_as_redis_py_does(redis_client: redis.Redis) -> None:
+    commands: list[tuple[Any, ...]] = [
+        ("EVALSHA", b"a" * 40, 2, "broadcast:log:demo.product", "k2", 10_000, "é" * 9000),
+        ("PING",),
+        ("SET", "", -1),
+    ]
+    connection = redis_client.connection_pool.get_connection()
+    try:
+        expected = b"".join(connection.pack_commands(commands))
+        assert resp(commands) == expected
+        connection.send_packed_command([resp([("SET", "k", "é"), ("GET", "k")])])
+        assert [connection.read_response() for _ in range(2)] == [b"OK", "é".encode()]
+    finally:
+        redis_client.connection_pool.release(connection)
+    with pytest.raises(TypeError):
+        resp([("SET", "k", 1.5)])
 
 
 def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Redis) -> None:
