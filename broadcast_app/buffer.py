@@ -20,7 +20,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import publisher
-from .events import Change, merge
+from .events import Change, Saved, merge
 from .rows import RowSet
 
 Item = Change | RowSet
@@ -56,19 +56,25 @@ class _TxnState:
 _states: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _TxnState] = weakref.WeakKeyDictionary()
 
 
-def record(item: Item, using: str) -> None:
+def record(item: Item | Saved, using: str) -> None:
     """Hold ``item`` until the transaction on ``using`` commits (publish now if none)."""
     conn = connections[using]
     if not conn.in_atomic_block:
         # Autocommit: the write is committed already (on_commit would run at once too).
+        if isinstance(item, Saved):
+            # Compared by the publisher thread, which drops it if nothing changed.
+            publisher.publish([item])
+            return
         item.confirmed = True
         if isinstance(item, Change):
             # What coalescing one change comes to, without its bookkeeping.
-            if _worth(item):
+            if item.worth_publishing():
                 publisher.publish([item])
         else:
             publish_committed([item])
         return
+    if isinstance(item, Saved):
+        item = item.change()  # coalescing needs its values
     state = _states.get(conn)
     if state is None or not state.registered_in(conn):
         # First change of this transaction, or the last one was rolled back whole.
@@ -120,12 +126,7 @@ def coalesce(items: list[Item]) -> Iterator[list[Change]]:
 
 
 def _worth_publishing(changes: Iterable[Change | None]) -> list[Change]:
-    return [kept for kept in changes if kept is not None and _worth(kept)]
-
-
-def _worth(change: Change) -> bool:
-    """An update that changed no broadcast field publishes nothing."""
-    return change.op != "updated" or bool(change.changed())
+    return [kept for kept in changes if kept is not None and kept.worth_publishing()]
 
 
 def _fold(merged: dict[tuple[str, str], Change | None], change: Change) -> None:

@@ -20,7 +20,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_init, post_s
 from . import echo, outbox
 from .buffer import record
 from .conf import conf
-from .events import _MISSING, Change, field_values, kept, normalize, raw_values, serialize
+from .events import _MISSING, Change, Saved, field_values, kept, normalize, raw_values, serialize
 from .registry import ModelConfig
 from .rows import RowSet
 from .stats import stats
@@ -79,69 +79,34 @@ def _on_post_save(
     if not conf.BROADCAST_ENABLED:
         return
     try:
-        change = _saved(config, instance, created)
+        saved = _read(config, instance, created)
+        # Compared later (by the publisher thread after an autocommit save) when no
+        # instance is needed for it.
+        item = saved if config.needs_no_instance else saved.change(instance)
     except Exception:
         # A broken serializer hook must not break the user's save.
         stats.incr("capture_errors")
         logger.exception("broadcast_app could not capture a save of %s", config.label)
         return
-    record_item(change, using)
+    record_item(item, using)
 
 
-def _saved(config: ModelConfig, instance: models.Model, created: bool) -> Change:
-    """The change one save made, read in one pass over the broadcast fields.
-
-    This runs inside every ``save()``: the values, the old values and ``changed`` are
-    worked out together, and an attribute left as it was loaded (the same object as in
-    the snapshot) is not compared or normalized twice.
-    """
+def _read(config: ModelConfig, instance: models.Model, created: bool) -> Saved:
+    """What ``save()`` must read of the instance now: its attribute values, copied where
+    they could change in place, which become its snapshot."""
     loaded = instance.__dict__
     deferred: frozenset[str] | set[str] = frozenset()
     if not loaded.keys() >= config.attnames:
         deferred = config.attnames - loaded.keys()
         # One query for all of them, rather than one per field on first access.
         instance.refresh_from_db(fields=list(deferred))
-    snapshot: dict[str, Any] = {} if created else loaded.get(SNAPSHOT) or {}
-    values: dict[str, Any] = {}
     current: dict[str, Any] = {}
-    before: dict[str, Any] = {}
-    changed: list[str] = []
     for f in config.captured_fields:
-        if f.direct:
-            raw = loaded[f.attname]
-            if raw is None or type(raw) is f.normal:
-                value = current[f.attname] = raw
-            else:
-                # The event and the next snapshot share one copy, made before the
-                # caller can change the attribute in place again.
-                value = normalize(f.field, kept_value := kept(f.field, raw))
-                current[f.attname] = kept_value
-        else:
-            value = normalize(f.field, f.field.value_from_object(instance))
-            raw = loaded.get(f.attname, _MISSING)
-            current[f.attname] = kept(f.field, raw)
-        values[f.name] = value
-        if created:
-            continue
-        old = snapshot.get(f.attname, _MISSING)
-        if old is _MISSING:
-            if f.attname in deferred:
-                # Still deferred at save time: this save did not touch it.
-                before[f.name] = value
-            elif f.tracked:
-                # Deferred at load time and assigned since: changed.
-                changed.append(f.name)
-        elif old is raw or old == raw:
-            before[f.name] = value
-        else:
-            old_value = before[f.name] = normalize(f.field, old)
-            if f.tracked and old_value != value:
-                changed.append(f.name)
+        raw = loaded.get(f.attname, _MISSING)
+        current[f.attname] = raw if raw is None or type(raw) is f.normal else kept(f.field, raw)
+    snapshot: dict[str, Any] = {} if created else loaded.get(SNAPSHOT) or {}
     loaded[SNAPSHOT] = current
-    data = serialize(config, instance, values)
-    if created:
-        return Change(config, str(instance.pk), "created", data, values)
-    return Change(config, str(instance.pk), "updated", data, values, before, _changed=changed)
+    return Saved(config, str(instance.pk), created, current, snapshot, deferred)
 
 
 def _on_post_delete(
@@ -187,7 +152,7 @@ def collect_deleted(config: ModelConfig) -> Iterator[list[Change]]:
         _deleting.reset(token)
 
 
-def record_item(item: Change | RowSet, using: str) -> None:
+def record_item(item: Change | Saved | RowSet, using: str) -> None:
     """Attribute ``item`` to the current websocket, if any, and buffer it until commit
     (``best_effort``) or write it to the outbox in the transaction (``outbox``)."""
     socket = echo.current()
@@ -197,7 +162,7 @@ def record_item(item: Change | RowSet, using: str) -> None:
     if isinstance(item, RowSet) and item.using is None:
         item.using = using
     if conf.BROADCAST_DELIVERY == "outbox":
-        outbox.record(item, using)
+        outbox.record(item.change() if isinstance(item, Saved) else item, using)
     else:
         record(item, using)
 

@@ -244,10 +244,92 @@ class Change:
             self._changed = sorted(names, key=lambda name: order.get(name, len(order)))
         return self._changed
 
+    def worth_publishing(self) -> bool:
+        """False for an update that changed no broadcast field (it publishes nothing)."""
+        return self.op != "updated" or bool(self.changed())
+
     def previous(self, changed: list[str]) -> dict[str, Any]:
         """Old values of the changed fields that are known (not many-to-many)."""
         before = self.before or {}
         return {name: before[name] for name in changed if name in before}
+
+
+@dataclass(slots=True)
+class Saved:
+    """One save as read in ``save()``: the attribute values, not compared yet.
+
+    ``save()`` only copies attribute values; :meth:`change` works out the values, the
+    old values and ``changed``. For an autocommit save of a model whose data needs no
+    instance (no serializer hook, no many-to-many), the publisher thread does that
+    part, off the saving thread.
+    """
+
+    config: ModelConfig
+    pk: str
+    created: bool
+    #: attribute values now, by attname: the instance's next snapshot (see :func:`kept`)
+    current: dict[str, Any]
+    #: the snapshot this save compares with ({} for a created row)
+    snapshot: dict[str, Any]
+    #: attnames that were deferred at save time (loaded by the save, not changed by it)
+    deferred: frozenset[str] | set[str]
+    socket_id: str | None = None
+    to_others: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    def change(self, instance: models.Model | None = None) -> Change:
+        """The change this save made (``instance``: for a serializer hook, many-to-many
+        data and fields read through ``value_from_object()``)."""
+        config, current, snapshot, created = self.config, self.current, self.snapshot, self.created
+        values: dict[str, Any] = {}
+        before: dict[str, Any] = {}
+        changed: list[str] = []
+        for f in config.captured_fields:
+            raw = current[f.attname]
+            if raw is None or type(raw) is f.normal:
+                value = raw
+            elif f.direct or instance is None:
+                value = normalize(f.field, raw)
+            else:
+                value = normalize(f.field, f.field.value_from_object(instance))
+            values[f.name] = value
+            if created:
+                continue
+            old = snapshot.get(f.attname, _MISSING)
+            if old is _MISSING:
+                if f.attname in self.deferred:
+                    # Still deferred at save time: this save did not touch it.
+                    before[f.name] = value
+                elif f.tracked:
+                    # Deferred at load time and assigned since: changed.
+                    changed.append(f.name)
+            elif old is raw or old == raw:
+                before[f.name] = value  # (the usual case: the very object loaded)
+            else:
+                old_value = before[f.name] = normalize(f.field, old)
+                if f.tracked and old_value != value:
+                    changed.append(f.name)
+        data = dict(values) if instance is None else serialize(config, instance, values)
+        op: Op = "created" if created else "updated"
+        return Change(
+            config,
+            self.pk,
+            op,
+            data,
+            values,
+            None if created else before,
+            socket_id=self.socket_id,
+            to_others=self.to_others,
+            _changed=None if created else changed,
+        )
+
+
+def resolved(item: Change | Saved) -> Change:
+    """``item`` as a :class:`Change` (a :class:`Saved` of a model that needs no instance)."""
+    return item.change() if isinstance(item, Saved) else item
 
 
 def merge(first: Change, later: Change) -> Change | None:

@@ -1,10 +1,11 @@
 """Hand committed changes to a background thread that publishes them to Redis.
 
-A ``save()`` only pays for building the event JSON and a ``put_nowait`` on a bounded
-queue: it never waits on Redis, so a Redis outage cannot make it fail or hang. One
-daemon thread per process drains the queue in batches and sends each batch in one
-pipelined round trip over a persistent connection (no event loop, no connection per
-event). Each event goes through a Lua script that appends it to the model's stream
+A ``save()`` only pays for copying the saved values and a ``put`` on a bounded queue:
+it never waits on Redis, so a Redis outage cannot make it fail or hang. One daemon
+thread per process drains the queue in batches, works out each event (for an
+autocommit save: what changed, dropping a save that changed nothing), encodes it, and
+sends each batch in one pipelined round trip over a persistent connection (no event
+loop, no connection per event). Each event goes through a Lua script that appends it to the model's stream
 (``XADD``: Redis assigns the id) and publishes it on the model's channel-layer group in
 the same atomic step, so ids increase in publish order across every publishing process.
 
@@ -32,7 +33,7 @@ from typing import Any
 import redis
 
 from .conf import conf
-from .events import Change, event_body, iso_time
+from .events import Change, Saved, event_body, iso_time, resolved
 from .failover import PublishedIds
 from .layer import Route, new_epoch, route
 from .redis_clients import make_client
@@ -108,9 +109,9 @@ return 1
 """
 )
 
-#: a queued event: its model label and the change with its ``time.time()`` (encoded by
-#: the publisher thread), or an already encoded body
-Queued = tuple[str, "tuple[Change, float] | str"]
+#: a queued event: its model label and the change (or save, compared by the thread) with
+#: its ``time.time()`` (encoded by the publisher thread), or an already encoded body
+Queued = tuple[str, "tuple[Change | Saved, float] | str"]
 
 _BATCH = 500
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
@@ -154,7 +155,7 @@ class Publisher:
 
     # -- called from saving threads -------------------------------------------------
 
-    def publish(self, changes: Iterable[Change], wait: bool = False) -> None:
+    def publish(self, changes: Iterable[Change | Saved], wait: bool = False) -> None:
         """Queue events for publication; never raises.
 
         Without ``wait`` it never blocks (a full queue drops and counts); bulk
@@ -166,10 +167,14 @@ class Publisher:
         held = False
         for change in changes:
             # Only rate-limited models go through the throttle (and its lock).
-            if change.config.max_rate and not self._throttle.admit(change, ts):
-                held = True
-            else:
-                ready.append((change.label, (change, ts)))
+            if change.config.max_rate:
+                change = resolved(change)
+                if not change.worth_publishing():
+                    continue
+                if not self._throttle.admit(change, ts):
+                    held = True
+                    continue
+            ready.append((change.label, (change, ts)))
         self._emit(ready, wait)
         if held:
             self._wake()
@@ -561,8 +566,11 @@ def _encoded(items: list[Queued]) -> list[Item]:
         if isinstance(payload, str):
             encoded.append((label, payload))
             continue
-        change, ts = payload
+        item, ts = payload
         try:
+            change = resolved(item)
+            if not change.worth_publishing():
+                continue  # a save that changed no broadcast field
             encoded.append((label, event_body(change, iso_time(ts), origin)))
         except Exception:
             stats.incr("capture_errors")

@@ -86,6 +86,9 @@ class ModelConfig:
     captured_fields: tuple[CapturedField, ...] = field(init=False, default=())
     #: attribute names of ``broadcast_fields``
     attnames: frozenset[str] = field(init=False, default=frozenset())
+    #: an event's data comes from attribute values alone (no serializer hook, no
+    #: many-to-many, no field read through its own ``value_from_object()``)
+    needs_no_instance: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         opts = self.model._meta
@@ -127,6 +130,14 @@ class ModelConfig:
             for f in chosen
         )
         self.attnames = frozenset(f.attname for f in chosen)
+        self.needs_no_instance = (
+            self.serializer is None
+            and not self.m2m_fields
+            # A file's value is its name, which its snapshot holds (see events.kept).
+            and all(
+                f.direct or isinstance(f.field, models.FileField) for f in self.captured_fields
+            )
+        )
 
     @property
     def view_permission(self) -> str:

@@ -27,7 +27,7 @@ from broadcast_app.publisher import Publisher, resp
 from broadcast_app.stats import stats
 from project.demo.models import Product
 from tests.conftest import Received, layers_for
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Attachment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -135,6 +135,40 @@ async def test_events_update_the_cache_in_place_and_send_the_signal(
     assert await database_sync_to_async(cache.fetch)(Product, event["pk"]) == cache.Lookup(
         None, True
     )
+
+
+@pytest.mark.asyncio
+async def test_the_publisher_thread_compares_autocommit_saves_as_they_were_saved(
+    running_listener: Any, received: Received
+) -> None:
+    """The values are copied in save(); comparing, dropping no-op saves and encoding
+    happen in the publisher thread, after the caller may have changed the instance."""
+    product = await database_sync_to_async(make)()
+    assert (await received.next())["op"] == "created"
+    attachment = await database_sync_to_async(Attachment.objects.create)(
+        article=await database_sync_to_async(Article.objects.create)(title="t"), meta={"n": 1}
+    )
+    await received.wait_for(3)  # the article and the attachment
+
+    def saves() -> None:
+        product.save()  # nothing changed
+        product.cost_price = Decimal("0.10")
+        product.save()  # only an excluded field changed
+        product.price = Decimal("3.00")
+        product.save()
+        product.price = Decimal("4.00")  # after the save: not in its event
+        attachment.meta["n"] = 2
+        attachment.save()
+        attachment.meta["n"] = 3  # changed in place after the save: not in its event
+
+    await database_sync_to_async(saves)()
+    price, meta = await received.next(), await received.next()
+    assert (price["changed"], price["data"]["price"]) == (["price"], "3.00")
+    assert (meta["changed"], meta["data"]["meta"]) == (["meta"], {"n": 2})
+    # Nothing came between: the next event is the next change.
+    await database_sync_to_async(product.save)()
+    following = await received.next()
+    assert (following["pk"], following["data"]["price"]) == (str(product.pk), "4.00")
 
 
 def test_cache_miss_loads_from_database_and_never_overwrites(db: None) -> None:

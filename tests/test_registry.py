@@ -5,7 +5,7 @@ import pytest
 import broadcast_app
 from broadcast_app.registry import AlreadyRegistered, NotRegistered, all_configs, get_config
 from project.demo.models import Product
-from tests.testapp.models import Attachment
+from tests.testapp.models import Article, Attachment
 
 
 def test_demo_product_is_registered_without_cost_price() -> None:
@@ -28,6 +28,9 @@ def test_capture_reads_plain_attributes_directly_and_the_rest_through_the_field(
     product = {f.name: f for f in get_config(Product).captured_fields}
     assert product["stock"].normal is int and product["price"].normal is None
     assert not product["updated_at"].tracked  # auto_now
+    # Compared off the saving thread unless the instance itself is needed for it.
+    assert get_config(Product).needs_no_instance and get_config(Attachment).needs_no_instance
+    assert not get_config(Article).needs_no_instance  # many-to-many data: a query
     assert [f.name for f in get_config(Product).captured_fields] == [
         f.name for f in get_config(Product).broadcast_fields
     ]
