@@ -11,6 +11,7 @@ import contextlib
 import copy
 import functools
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -402,6 +403,27 @@ _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 def frame_from_body(event_id: str, body: str) -> str:
     """Rebuild a full ``change`` frame from a stored body (mirrors the Lua script)."""
     return '{"type":"change","id":"' + event_id + '",' + body
+
+
+# The start of every change frame, as event_body() and the publish script write it.
+# Labels are lower-case identifiers; an id or a pk with a quote or a backslash in it does
+# not match (the whole frame is parsed then).
+_HEAD = re.compile(
+    r'\{"type":"change","id":"([^"\\]*)","op":"[a-z]+","model":"([a-z0-9_]+\.[a-z0-9_]+)",'
+    r'"pk":"([^"\\]*)",'
+)
+
+
+def frame_head(frame: str) -> dict[str, str] | None:
+    """``id``, ``model`` and ``pk`` of a change frame, read without parsing the rest: what
+    routing the frame to subscribers needs. None when that is not enough: the event names
+    the websocket it came from (``socket_id``), or its start is not as we write it."""
+    if '"socket_id":' in frame:
+        return None
+    match = _HEAD.match(frame)
+    if match is None:
+        return None
+    return {"id": match[1], "model": match[2], "pk": match[3]}
 
 
 def id_key(event_id: str) -> tuple[int, int]:

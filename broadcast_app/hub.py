@@ -13,7 +13,12 @@ class Subscriber(Protocol):
     """What the hub needs from a websocket connection."""
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
-        """Queue one event frame for this client (must not block)."""
+        """Queue one event frame for this client (must not block).
+
+        ``event`` holds at least the event's ``id``, ``model`` and ``pk``, and every key
+        when its model has an ``object_check`` or the event names the websocket it came
+        from (``socket_id``); ``frame`` is the whole event.
+        """
 
     def reset(self, label: str, pk: str | None, reason: str) -> None:
         """Tell this client its subscription missed events it cannot get back."""

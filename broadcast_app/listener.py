@@ -22,6 +22,7 @@ from channels.layers import channel_layers
 from . import cache, direct, quiet
 from .conf import conf
 from .continuity import Continuity, not_after
+from .events import frame_head
 from .feed import feed
 from .heartbeat import heartbeat
 from .hub import hub
@@ -227,19 +228,22 @@ class Listener:
             if message.get("type") != MESSAGE_TYPE:
                 return False
             frame, prev = message["frame"], message.get("prev")
-            event: dict[str, Any] = json.loads(frame)
+            # Clients only need the frame routed: the rest is parsed once they have it.
+            event: dict[str, Any] = frame_head(frame) or json.loads(frame)
             config = get_config(event["model"])
+            if config.object_check is not None and "data" not in event:
+                event = json.loads(frame)  # the check reads the data
         except Exception:
             return False  # the ordinary path deals with it (and counts it)
         if prev is None or prev != self.continuity.last.get(config.label):
             return False  # a first event, or a gap to repair: the ordinary path
         self._turn_taken = True
-        asyncio.get_running_loop().call_soon(self._next_turn)
-        stats.incr("received_direct")
         try:
             self._process_now(frame, event, config)
         except Exception:  # never into channels-redis' reader, which would pause
             logger.exception("broadcast_app listener failed on a %s event", config.label)
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        stats.incr("received_direct")
         return True
 
     def _next_turn(self) -> None:
@@ -270,13 +274,19 @@ class Listener:
         _recorded(event, hub.deliver(frame, event))
 
     def _process_now(self, frame: str, event: dict[str, Any], config: ModelConfig) -> None:
-        """``_process`` with an in-memory cache and no receivers: nothing waits."""
+        """``_process`` with an in-memory cache and no receivers: nothing waits.
+
+        ``event`` may be only the frame's head (see ``events.frame_head``): enough to
+        route it; the whole event is parsed after the clients have their frames.
+        """
         self.continuity.last[config.label] = event["id"]
         hub.last_ids[config.label] = event["id"]
         # Clients first (their frames are written as they are handed over), then the
         # cache: this loop runs nothing else until this method returns, so no request
         # can read the cache in between.
         delivered = hub.deliver(frame, event)
+        if "data" not in event:
+            event = json.loads(frame)
         _apply(config, event)
         _recorded(event, delivered)
 

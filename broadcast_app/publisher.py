@@ -5,9 +5,10 @@ it never waits on Redis, so a Redis outage cannot make it fail or hang. One daem
 thread per process drains the queue in batches, works out each event (for an
 autocommit save: what changed, dropping a save that changed nothing), encodes it, and
 sends each batch in one pipelined round trip over a persistent connection (no event
-loop, no connection per event). Each event goes through a Lua script that appends it to the model's stream
-(``XADD``: Redis assigns the id) and publishes it on the model's channel-layer group in
-the same atomic step, so ids increase in publish order across every publishing process.
+loop, no connection per event). Each event goes through a Lua script that appends it to
+the model's stream (``XADD``: Redis assigns the id) and publishes it on the model's
+channel-layer group in the same atomic step, so ids increase in publish order across
+every publishing process.
 
 Events that cannot be published (queue full, Redis down or slower than
 ``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code.

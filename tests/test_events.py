@@ -1,12 +1,21 @@
-"""events.py: value normalization and the event's timestamp."""
+"""events.py: value normalization, the event's timestamp, reading a frame's head."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from broadcast_app.events import iso_time, normalize
+from broadcast_app.events import (
+    Change,
+    event_body,
+    frame_from_body,
+    frame_head,
+    iso_time,
+    normalize,
+)
+from broadcast_app.registry import get_config
 from project.demo.models import Product
 
 
@@ -30,3 +39,31 @@ def test_normalize_keeps_loaded_decimals_and_quantizes_the_rest() -> None:
     assert str(normalize(price, "12.5")) == "12.50"
     assert str(normalize(price, 3)) == "3.00"
     assert normalize(price, Decimal("NaN")).is_nan()
+
+
+def _frame(pk: str, **extra: object) -> str:
+    config = get_config(Product)
+    values = {"id": 1, "name": 'a "quoted" name', "price": Decimal("1.00")}
+    change = Change(config, pk, "updated", dict(values), values, {}, _changed=["name"])
+    for name, value in extra.items():
+        setattr(change, name, value)
+    return frame_from_body("1700000000000-0:ab12cd34", event_body(change, "ts", "o:1"))
+
+
+def test_frame_head_reads_what_routing_needs_and_agrees_with_the_frame() -> None:
+    for pk in ["12", "a-b_c.d", "550e8400-e29b-41d4-a716-446655440000", ""]:
+        frame = _frame(pk)
+        head = frame_head(frame)
+        assert head is not None
+        parsed = json.loads(frame)
+        assert head == {key: parsed[key] for key in ("id", "model", "pk")}
+
+
+def test_frame_head_leaves_what_it_cannot_read_plainly_to_the_parser() -> None:
+    for pk in ['a"b', "a\\b", "é"]:  # escaped in the JSON (frames are ASCII)
+        assert frame_head(_frame(pk)) is None
+        assert json.loads(_frame(pk))["pk"] == pk
+    # An event from a websocket: consumers check socket_id/to_others, in the full event.
+    assert frame_head(_frame("12", socket_id="s1", to_others=True)) is None
+    assert frame_head('{"type":"reset","model":"demo.product"}') is None
+    assert frame_head('{"id":"1","type":"change","op":"updated","model":"demo.product",') is None

@@ -12,6 +12,7 @@ quotes them).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -82,7 +83,8 @@ class Recorder(Arrivals):
         self.ids: dict[int, str] = {}
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
-        number = int(event["data"]["sku"].removeprefix("F-"))
+        # ``event`` may be the frame's head only (id, model, pk): the data is in the frame.
+        number = int(json.loads(frame)["data"]["sku"].removeprefix("F-"))
         self.log.append(number)
         self.ids[number] = event["id"]
 
