@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from uuid import UUID
+
+from django.utils.translation import gettext_lazy
 
 from broadcast_app.events import (
     Change,
@@ -67,3 +70,17 @@ def test_frame_head_leaves_what_it_cannot_read_plainly_to_the_parser() -> None:
     assert frame_head(_frame("12", socket_id="s1", to_others=True)) is None
     assert frame_head('{"type":"reset","model":"demo.product"}') is None
     assert frame_head('{"id":"1","type":"change","op":"updated","model":"demo.product",') is None
+
+
+def test_the_reused_encoder_encodes_as_djangojsonencoder_does() -> None:
+    from broadcast_app.events import _ENCODER, _encode
+
+    values: list[object] = [
+        {"price": Decimal("12.50"), "big": Decimal("1E+3"), "nan": float("nan")},
+        [datetime(2026, 11, 24, 10, 0, 0, 123456, UTC), datetime(2026, 1, 1), date(2026, 2, 3)],
+        [time(10, 0, 0, 5000), timedelta(days=1, seconds=5), UUID(int=5)],
+        {"é": "ünï\u2028", 1: True, "n": None, "f": 1.5, "l": gettext_lazy("Name")},
+        "plain",
+    ]
+    for value in values:
+        assert _encode(value) == _ENCODER.encode(value)
