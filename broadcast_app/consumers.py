@@ -174,7 +174,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 allowed = False
             if not allowed:
                 return
-        self.enqueue(frame)
+        # enqueue(), for a change frame (run for every frame of every connection).
+        if not self.closing and not self.sender.put(frame):
+            self._overflow()
 
     # -- incoming ---------------------------------------------------------------------
 

@@ -228,6 +228,9 @@ def unregister(model: type[models.Model]) -> None:
 def get_config(model_or_label: type[models.Model] | str) -> ModelConfig:
     """Return the config of a registered model, by class or ``app_label.model`` label."""
     if isinstance(model_or_label, str):
+        found = _registry.get(model_or_label)  # labels on the wire are lower case already
+        if found is not None:
+            return found
         label = model_or_label.lower()
     else:
         label = model_or_label._meta.label_lower

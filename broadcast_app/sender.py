@@ -22,6 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
+from types import CoroutineType
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class Sender:
     """Writes one connection's frames in order; ``put`` never blocks and never raises."""
+
+    # Touched for every frame of every connection: compact, no instance dict.
+    __slots__ = (
+        "_on_stalled", "_send", "_task", "_timeout", "_waiting", "_wakeup", "limit", "open",
+        "queue",
+    )  # fmt: skip
 
     def __init__(
         self, send: Send, limit: int, timeout: float, on_stalled: Callable[[], Awaitable[None]]
@@ -78,7 +85,9 @@ class Sender:
     def _start(self, frame: str) -> None:
         """Run the server's ``send`` up to its first wait, in the caller's task."""
         sending = self._send({"type": "websocket.send", "text": frame})
-        coro = sending if isinstance(sending, Coroutine) else _awaiting(sending)
+        if type(sending) is not CoroutineType and not isinstance(sending, Coroutine):
+            sending = _awaiting(sending)  # a send returning some other awaitable
+        coro = sending
         try:
             # Driving the coroutine by hand, as an eagerly started task would: most
             # sends finish within this first step.
