@@ -20,7 +20,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_init, post_s
 from . import echo, outbox
 from .buffer import record
 from .conf import conf
-from .events import _MISSING, Change, Saved, field_values, kept, normalize, raw_values, serialize
+from .events import Change, Saved, field_values, normalize, raw_values, serialize
 from .registry import ModelConfig
 from .rows import RowSet
 from .stats import stats
@@ -100,10 +100,7 @@ def _read(config: ModelConfig, instance: models.Model, created: bool) -> Saved:
         deferred = config.attnames - loaded.keys()
         # One query for all of them, rather than one per field on first access.
         instance.refresh_from_db(fields=list(deferred))
-    current: dict[str, Any] = {}
-    for f in config.captured_fields:
-        raw = loaded.get(f.attname, _MISSING)
-        current[f.attname] = raw if raw is None or type(raw) is f.normal else kept(f.field, raw)
+    current = raw_values(config, instance)
     snapshot: dict[str, Any] = {} if created else loaded.get(SNAPSHOT) or {}
     loaded[SNAPSHOT] = current
     return Saved(config, str(instance.pk), created, current, snapshot, deferred)

@@ -174,9 +174,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 allowed = False
             if not allowed:
                 return
-        # enqueue(), for a change frame (run for every frame of every connection).
-        if not self.closing and not self.sender.put(frame):
-            self._overflow()
+        self.enqueue(frame)
 
     # -- incoming ---------------------------------------------------------------------
 

@@ -124,7 +124,11 @@ def raw_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
     """Attribute values of the broadcast fields as loaded, without touching deferred ones
     (the snapshot the next save compares with; see :func:`kept`)."""
     loaded = instance.__dict__
-    return {f.attname: kept(f, loaded.get(f.attname, _MISSING)) for f in config.broadcast_fields}
+    values: dict[str, Any] = {}
+    for f in config.captured_fields:
+        raw = loaded.get(f.attname, _MISSING)
+        values[f.attname] = raw if raw is None or type(raw) is f.normal else kept(f.field, raw)
+    return values
 
 
 def field_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:

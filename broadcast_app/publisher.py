@@ -382,9 +382,12 @@ class Publisher:
             try:
                 client = self._client(r)
                 calls = []
-                for r, body, seen in items:
-                    keys = [r.stream, r.meta]
-                    args = [maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age]
+                for event_route, body, seen in items:
+                    keys = [event_route.stream, event_route.meta]
+                    args = [
+                        maxlen, body, event_route.channel, event_route.serializer_format,
+                        new_epoch(), max_age,
+                    ]  # fmt: skip
                     if seen is not None:
                         keys.append(seen[0])
                         args += [seen[1], _ONCE_TTL_MS]
