@@ -36,10 +36,39 @@ def test_quick_benchmark_writes_results_with_nothing_lost(tmp_path: Path) -> Non
     assert results["save_overhead"]["median_on_ms"] > 0
     assert [row["clients"] for row in results["latency"]] == [1, 10]
     for row in results["latency"]:
-        assert row["ours"]["lost"] == 0
-        assert row["floor"]["lost"] == 0
+        for side in (row["ours"], row["floor"]):
+            # 1.5 s at 50 saves/s in 3 alternating chunks, every event to every client
+            assert (side["chunks"], side["saves"]) == (3, 75)
+            assert side["expected"] == side["received"] == 75 * row["clients"]
+            assert side["lost"] == 0
+            assert "latencies_ms" not in side
     assert results["bulk"]["lost"] == 0
     assert results["bulk"]["published"] == results["bulk"]["rows"]
     assert results["bulk_delete"]["lost"] == 0
     assert results["bulk_delete"]["published"] == results["bulk_delete"]["rows"]
     assert "broadcast_benchmark results" in done.stdout
+
+
+def test_pooled_chunks_summarize_every_latency_and_sum_the_counts() -> None:
+    from project.demo.benchmark.report import pooled
+
+    def chunk(latencies: list[float], lost: int, server_ms: int) -> dict[str, object]:
+        return {
+            "kind": "ours", "started_at": "t", "rate": 50.0, "clients": 2,
+            "saves": 2, "expected": 4, "received": len(latencies) - lost, "lost": lost,
+            "duplicates": 0, "closed": 0, "resets": 0, "publish_failures": 0,
+            "achieved_rate": 50.0 - lost, "kept_pace": lost == 0,
+            "latencies_ms": latencies, "save_durations_ms": [1.0, 3.0],
+            "cpu_ms": {"server": server_ms},
+        }  # fmt: skip
+
+    merged = pooled([chunk([1.0, 2.0, 3.0, 4.0], 0, 10), chunk([5.0, 6.0, 7.0, 8.0], 1, 20)])
+    assert merged["chunks"] == 2
+    assert (merged["saves"], merged["expected"], merged["lost"]) == (4, 8, 1)
+    # nearest rank over all 8: the 4th and the 8th
+    assert (merged["p50_ms"], merged["p99_ms"]) == (4.0, 8.0)
+    assert merged["achieved_rate"] == 49.0 and merged["kept_pace"] is False
+    assert merged["save_median_ms"] == 2.0
+    assert merged["cpu_ms"] == {"server": 30}
+    assert merged["server_cpu_us_per_frame"] == round(30 * 1000 / 7, 1)
+    assert "latencies_ms" not in merged and "save_durations_ms" not in merged

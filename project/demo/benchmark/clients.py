@@ -10,9 +10,10 @@ one JSON command per line and reads one JSON reply per line:
 ``{"cmd": "start", "marker": m, "group": g, "expected": n}``
     start recording: every text frame containing ``m`` is one event of the phase,
     and each client of group ``g`` should get ``n`` of them.
-``{"cmd": "stop", "settle": s}``
+``{"cmd": "stop", "settle": s, "raw": false}``
     wait (up to ``s`` seconds) until each client of the group has its events, stop
-    recording and reply with the phase's latency summary.
+    recording and reply with the phase's latency summary (with ``raw``, also every
+    latency, so that the driver can pool several phases).
 ``{"cmd": "quit"}``
     close every connection and exit (end of input does the same).
 
@@ -218,7 +219,7 @@ class Fleet:
         if not self.waiting:
             self.all_settled.set()
 
-    async def stop(self, settle: float) -> dict[str, Any]:
+    async def stop(self, settle: float, raw: bool = False) -> dict[str, Any]:
         try:
             async with asyncio.timeout(settle):
                 await self.all_settled.wait()
@@ -226,7 +227,7 @@ class Fleet:
             pass  # what has not arrived by now counts as lost
         self.marker = None
         clients = [c for c in self.clients if c.group == self.group]
-        return summarize(clients, self.expected)
+        return summarize(clients, self.expected, raw)
 
     async def close_all(self) -> dict[str, Any]:
         self.waiting = {c for c in self.clients if not c.closed}
@@ -246,8 +247,9 @@ class Fleet:
         return {"closed": len(self.clients)}
 
 
-def summarize(clients: list[Client], expected: int) -> dict[str, Any]:
-    """Latencies (ms) of every (client, event) pair, and events lost or duplicated."""
+def summarize(clients: list[Client], expected: int, raw: bool = False) -> dict[str, Any]:
+    """Latencies (ms) of every (client, event) pair, and events lost or duplicated;
+    with ``raw``, the latencies themselves too (``latencies_ms``)."""
     epoch: dict[bytes, float] = {}
     latencies: list[float] = []
     received = duplicates = 0
@@ -260,7 +262,7 @@ def summarize(clients: list[Client], expected: int) -> dict[str, Any]:
             if sent is None:
                 sent = epoch[key] = _epoch(key)
             latencies.append((seen - sent) * 1000)
-    return {
+    summary: dict[str, Any] = {
         "clients": len(clients),
         "expected": expected * len(clients),
         "received": received,
@@ -270,6 +272,9 @@ def summarize(clients: list[Client], expected: int) -> dict[str, Any]:
         "resets": sum(c.resets for c in clients),
         **latency_summary(latencies),
     }
+    if raw:
+        summary["latencies_ms"] = [round(value, 4) for value in latencies]
+    return summary
 
 
 def _epoch(ts: bytes) -> float:

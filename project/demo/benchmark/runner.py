@@ -63,7 +63,10 @@ class Plan:
     overhead_rate: float = 50.0
     latency_clients: tuple[int, ...] = (1, 50, 200)
     latency_rate: float = 50.0
-    latency_seconds: float = 5.0
+    #: seconds of saves per latency row and side, in chunks of ``latency_chunk_seconds``
+    #: alternating between ours and the floor
+    latency_seconds: float = 10.0
+    latency_chunk_seconds: float = 1.0
     step_clients: tuple[int, ...] = (50, 200)
     step_rates: tuple[float, ...] = (100, 150, 200, 250, 300, 400, 500, 600, 800, 1000)
     step_seconds: float = 3.0
@@ -87,6 +90,7 @@ QUICK = Plan(
     overhead_saves=50,
     latency_clients=(1, 10),
     latency_seconds=1.5,
+    latency_chunk_seconds=0.5,
     step_clients=(10,),
     step_rates=(100, 200),
     step_seconds=1.0,
@@ -250,10 +254,18 @@ class Measurements:
     # -- (b), (d), (e): latency at a fixed rate ---------------------------------------
 
     def latency_row(self, clients: int) -> dict[str, Any]:
+        """Ours and the floor in alternating chunks (ABBA), each side's pooled."""
         plan = self.plan
-        count = round(plan.latency_rate * plan.latency_seconds)
-        ours = self.phase("ours", plan.latency_rate, count)
-        floor = self.phase("floor", plan.latency_rate, count)
+        count = max(1, round(plan.latency_rate * plan.latency_chunk_seconds))
+        chunks = max(1, round(plan.latency_seconds / plan.latency_chunk_seconds))
+        # The machine drifts between fast and slow spells lasting seconds (its other
+        # work, the host's): alternating short chunks shares them between both sides,
+        # as (a) does, where one phase after the other put the drift into the ratio.
+        measured: dict[str, list[dict[str, Any]]] = {"ours": [], "floor": []}
+        for number in range(chunks):
+            for kind in ("ours", "floor") if number % 2 == 0 else ("floor", "ours"):
+                measured[kind].append(self.phase(kind, plan.latency_rate, count, raw=True))
+        ours, floor = report.pooled(measured["ours"]), report.pooled(measured["floor"])
         row = report.latency_row(clients, ours, floor, plan.targets["p50_ratio"])
         self.write(report.latency_line(row))
         return row
@@ -289,8 +301,9 @@ class Measurements:
 
     # -- one phase --------------------------------------------------------------------
 
-    def phase(self, kind: str, rate: float, count: int) -> dict[str, Any]:
-        """``count`` paced saves of a fresh product, and what the ``kind`` clients got."""
+    def phase(self, kind: str, rate: float, count: int, raw: bool = False) -> dict[str, Any]:
+        """``count`` paced saves of a fresh product, and what the ``kind`` clients got
+        (with ``raw``, every latency and save duration too, for ``report.pooled``)."""
         product = self.products.new()
         context: AbstractContextManager[Any]
         if kind == "ours":
@@ -308,7 +321,8 @@ class Measurements:
             pace = paced(rate, count, save)
             publisher.flush(5)
             settle = self.plan.settle_seconds
-            received = self.fleet.call({"cmd": "stop", "settle": settle}, settle + 30)
+            stop = {"cmd": "stop", "settle": settle, "raw": raw}
+            received = self.fleet.call(stop, settle + 30)
         after = stats.snapshot()
         cpu_ms = {}
         for name, end in self._cpu(kind).items():
@@ -316,6 +330,8 @@ class Measurements:
             if begin is not None and end is not None:
                 cpu_ms[name] = round((end - begin) * 1000)
         frames = received["received"] + received["duplicates"]
+        if raw:
+            received["save_durations_ms"] = [d * 1000 for d in pace.durations]
         return {
             "kind": kind,
             "started_at": started_at,
