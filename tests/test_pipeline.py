@@ -417,3 +417,47 @@ async def test_listener_still_receives_after_being_idle(
     assert running_listener.running
     await database_sync_to_async(make)(sku="IDLE-1")
     assert (await received.next())["data"]["sku"] == "IDLE-1"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_log_is_trimmed_by_age_at_most_once_a_second(redis_client: redis.Redis) -> None:
+    r = route("demo.product")
+    redis_client.delete(r.stream, r.meta)
+    # One entry per stream node: "~" trimming only drops whole nodes.
+    node_size = redis_client.config_get("stream-node-max-entries")["stream-node-max-entries"]
+    redis_client.config_set("stream-node-max-entries", 1)
+    try:
+        for ms in (1000, 1001, 1002):  # entries from 1970: far older than any max age
+            redis_client.xadd(r.stream, {"b": "{}", "p": ""}, id=f"{ms}-1")
+        with override_settings(BROADCAST_LOG_MAX_AGE=0):  # no age limit
+            product = make("AGE-1")
+            assert publisher.flush(TIMEOUT)
+        assert len(redis_client.xrange(r.stream, max="1002-1")) == 3
+        assert redis_client.hget(r.meta, "trimmed") is None
+
+        with override_settings(BROADCAST_LOG_MAX_AGE=3600):
+            product.stock = 2
+            product.save()
+            assert publisher.flush(TIMEOUT)
+            assert redis_client.xrange(r.stream, max="1002-1") == []  # trimmed
+            entries = redis_client.xrange(r.stream)
+            assert len(entries) == 2  # the created and the updated event
+            trimmed = redis_client.hget(r.meta, "trimmed")
+            assert trimmed is not None
+            last_ms = int(entries[-1][0].decode().split("-")[0])
+            assert int(trimmed) == last_ms  # the new entry's time: Redis's clock
+
+            # Within the same second, the next events do not trim again.
+            for stock in (3, 4):
+                product.stock = stock
+                product.save()
+            assert publisher.flush(TIMEOUT)
+            entries = redis_client.xrange(r.stream)
+            assert len(entries) == 4
+            later = redis_client.hget(r.meta, "trimmed")
+            if int(entries[-1][0].decode().split("-")[0]) - last_ms < 1000:
+                assert later == trimmed
+            else:  # a second passed on a slow machine: then it trimmed again
+                assert later is not None and int(later) > int(trimmed)
+    finally:
+        redis_client.config_set("stream-node-max-entries", node_size)
