@@ -20,6 +20,7 @@ In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same scrip
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -121,14 +122,13 @@ Queued = tuple[str, "tuple[Change | Saved, float] | str"]
 
 _BATCH = 500
 # Seconds the publisher thread waits, once a batch is written and nothing else is
-# queued, before it reads Redis's replies. The events are on their way by then; Redis
-# answers this process first, then writes them to the instances, and a thread that
-# reads the reply at once takes a core from the instance and its clients at the very
-# moment they handle the event: on a 2-core machine that cost about 35-75 us of
-# commit -> websocket latency per event (benchmark, 1 client). 0.5 ms covers an
-# instance's fan-out to tens of clients (50 clients, p50 over the floor: 1.37-1.41 with
-# 0.2 ms, 1.29-1.32 with 0.5, no better with 1). With work queued, the replies are read
-# at once (throughput is unchanged); an event queued during the wait waits for it.
+# queued, before it reads Redis's replies, unless an event is queued meanwhile. The
+# events are on their way by then; Redis answers this process first, then writes them
+# to the instances, and a thread that reads the reply at once takes a core from the
+# instance and its clients at the very moment they handle the event: on a 2-core
+# machine that cost about 35-75 us of commit -> websocket latency per event (benchmark,
+# 1 client). 0.5 ms covers an instance's fan-out to tens of clients (50 clients, p50
+# over the floor: 1.37-1.41 with 0.2 ms, 1.29-1.32 with 0.5, no better with 1).
 _REPLY_DELAY = 0.0005
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
@@ -306,6 +306,15 @@ class Publisher:
         # host that is down holds back its own models' events, not the others'.
         pending: dict[str, _Waiting] = {}
         flushes: list[_Flush] = []
+        #: an item taken while waiting to read replies (see _REPLY_DELAY)
+        early: list[Queued | _Flush] = []
+
+        def pause() -> None:
+            if early or not q.empty():
+                return  # more to send: read the replies at once
+            with contextlib.suppress(queue.Empty):
+                early.append(q.get(timeout=_REPLY_DELAY))
+
         while True:
             timeout = self._throttle.next_due()
             if pending:
@@ -314,10 +323,13 @@ class Publisher:
             # Between an event's commit and its write to Redis, this thread runs cold
             # (woken after milliseconds of idleness): what runs here is kept short.
             taken: list[Queued] = []
-            try:
-                item = q.get(timeout=timeout)
-            except queue.Empty:
-                item = _WAKE
+            if early:
+                item = early.pop()
+            else:
+                try:
+                    item = q.get(timeout=timeout)
+                except queue.Empty:
+                    item = _WAKE
             while True:
                 if isinstance(item, _Flush):
                     flushes.append(item)
@@ -345,7 +357,7 @@ class Publisher:
             now = time.monotonic()
             for key, waiting in list(pending.items()):
                 if waiting.retry_at <= now:  # not a host that failed a moment ago
-                    self._send_waiting(waiting)
+                    self._send_waiting(waiting, pause)
                 if not waiting.events and not waiting.lost:
                     del pending[key]
             stats.incr("queued", len(taken))
@@ -360,11 +372,11 @@ class Publisher:
                     marker.done.set()
                 flushes = []
 
-    def _send_waiting(self, waiting: _Waiting) -> None:
+    def _send_waiting(self, waiting: _Waiting, pause: Callable[[], None]) -> None:
         """Send what waits for one host, in order, then the resets it owes. After a
         failure the rest waits, with a growing delay."""
         try:
-            sent = self._send(list(waiting.events)) if waiting.events else 0
+            sent = self._send_runs(list(waiting.events), None, pause)[0] if waiting.events else 0
         except Exception:  # never let the thread die
             logger.exception("broadcast_app publisher failed on a batch")
             sent = 0
@@ -385,14 +397,15 @@ class Publisher:
         """
         return self._send_runs(batch, once)
 
-    def _send(self, batch: list[Item]) -> int:
-        """Publish ``batch`` in order; return how many of the first events went out."""
-        delay = _REPLY_DELAY if self._queue.empty() else 0.0
-        return self._send_runs(batch, None, delay)[0]
-
     def _send_runs(
-        self, batch: list[Item], once: list[Once] | None, reply_delay: float = 0.0
+        self,
+        batch: list[Item],
+        once: list[Once] | None,
+        pause: Callable[[], None] | None = None,
     ) -> tuple[int, int]:
+        """Publish ``batch`` in order: how many of the first events were dealt with, and
+        how many of those were skipped (outbox duplicates). ``pause`` runs between each
+        write and the read of its replies."""
         sent = skipped = 0
         maxlen = conf.BROADCAST_LOG_MAXLEN
         max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
@@ -414,7 +427,7 @@ class Publisher:
                     # A Redis that lost the script (restart) fails the batch with
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
                     calls.append(("EVALSHA", client.script, len(keys), *keys, *args))
-                results = client.call(calls, reply_delay)
+                results = client.call(calls, pause)
             except (redis.RedisError, OSError) as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
@@ -507,16 +520,18 @@ class _Client:
         self._connection = client.connection_pool.get_connection()
         self._lock = threading.Lock()
 
-    def call(self, commands: list[tuple[Any, ...]], reply_delay: float = 0.0) -> list[Any]:
-        """Send ``commands`` in one write and return their replies, in order (read
-        ``reply_delay`` seconds after the write); raises on the first error (the caller
-        then closes this client)."""
+    def call(
+        self, commands: list[tuple[Any, ...]], pause: Callable[[], None] | None = None
+    ) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, in order (``pause``
+        runs in between); raises on the first error (the caller then closes this
+        client)."""
         connection = self._connection
         packed = resp(commands)
         with self._lock:
             connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
-            if reply_delay:
-                time.sleep(reply_delay)
+            if pause is not None:
+                pause()
             return [connection.read_response() for _ in commands]
 
     def close(self) -> None:

@@ -461,3 +461,35 @@ def test_the_log_is_trimmed_by_age_at_most_once_a_second(redis_client: redis.Red
                 assert later is not None and int(later) > int(trimmed)
     finally:
         redis_client.config_set("stream-node-max-entries", node_size)
+
+
+def test_an_event_queued_while_the_thread_waits_for_replies_goes_out_at_once(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an idle write the thread waits before reading replies (_REPLY_DELAY); an
+    event (or a flush) queued meanwhile ends the wait instead of waiting it out."""
+    from broadcast_app.events import Change
+    from broadcast_app.registry import get_config
+
+    monkeypatch.setattr(publisher, "_REPLY_DELAY", 30.0)  # far beyond any timeout here
+    config = get_config(Product)
+    r = route("demo.product")
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(r.channel)
+    assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
+    own = Publisher()
+    try:
+        for pk in ("901", "902"):
+            values = {"id": int(pk)}
+            own.publish([Change(config, pk, "created", values, values, confirmed=True)])
+            # The first arrives while the thread waits after writing it; the second
+            # was written once the wait ended: each is in Redis long before 30 s.
+            message = pubsub.get_message(timeout=TIMEOUT)
+            assert message is not None, f"event {pk} waited for the reply delay"
+            assert f'"pk":"{pk}"' in message["data"].decode(errors="replace")
+        assert own.flush(TIMEOUT)  # the marker, too, ends the wait
+    finally:
+        monkeypatch.setattr(publisher, "_REPLY_DELAY", 0.0)
+        assert own.flush(TIMEOUT)
+        own.close()
+        pubsub.close()
