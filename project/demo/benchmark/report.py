@@ -91,10 +91,13 @@ def pooled(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ms": cpu_ms,
     }
     frames = merged["received"] + merged["duplicates"]
-    merged["server_cpu_us_per_frame"] = (
-        round(cpu_ms["server"] * 1000 / frames, 1) if "server" in cpu_ms and frames else None
-    )
+    merged["server_cpu_us_per_frame"] = server_cpu_per_frame(cpu_ms, frames)
     return merged
+
+
+def server_cpu_per_frame(cpu_ms: dict[str, int], frames: int) -> float | None:
+    """The server's CPU time (µs) per websocket frame it sent, if both are known."""
+    return round(cpu_ms["server"] * 1000 / frames, 1) if "server" in cpu_ms and frames else None
 
 
 def latency_row(

@@ -347,9 +347,7 @@ class Measurements:
             # CPU time each process used during the phase (Linux), and the server's
             # per frame it sent: where the time goes, ours against the floor.
             "cpu_ms": cpu_ms,
-            "server_cpu_us_per_frame": round(cpu_ms["server"] * 1000 / frames, 1)
-            if "server" in cpu_ms and frames
-            else None,
+            "server_cpu_us_per_frame": report.server_cpu_per_frame(cpu_ms, frames),
         }
 
     def _cpu(self, kind: str) -> dict[str, float | None]:
