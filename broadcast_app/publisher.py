@@ -355,11 +355,13 @@ class Publisher:
                     waiting = pending[key] = _Waiting()
                 waiting.events.append(event)
             now = time.monotonic()
-            for key, waiting in list(pending.items()):
-                if waiting.retry_at <= now:  # not a host that failed a moment ago
-                    self._send_waiting(waiting, pause)
-                if not waiting.events and not waiting.lost:
-                    del pending[key]
+            # Not a host that failed a moment ago. Only the last write pauses before its
+            # replies: another host's events must not wait for that pause.
+            ready = [waiting for waiting in pending.values() if waiting.retry_at <= now]
+            for index, waiting in enumerate(ready):
+                self._send_waiting(waiting, pause if index == len(ready) - 1 else None)
+            for key in [k for k, w in pending.items() if not w.events and not w.lost]:
+                del pending[key]
             stats.incr("queued", len(taken))
             overflow = sum(len(w.events) for w in pending.values()) - conf.BROADCAST_OUTAGE_BUFFER
             for _ in range(max(0, overflow)):
@@ -372,7 +374,7 @@ class Publisher:
                     marker.done.set()
                 flushes = []
 
-    def _send_waiting(self, waiting: _Waiting, pause: Callable[[], None]) -> None:
+    def _send_waiting(self, waiting: _Waiting, pause: Callable[[], None] | None) -> None:
         """Send what waits for one host, in order, then the resets it owes. After a
         failure the rest waits, with a growing delay."""
         try:

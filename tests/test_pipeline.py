@@ -493,3 +493,49 @@ def test_an_event_queued_while_the_thread_waits_for_replies_goes_out_at_once(
         assert own.flush(TIMEOUT)
         own.close()
         pubsub.close()
+
+
+def test_only_the_last_host_written_waits_before_reading_replies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With two hosts, the first host's write must not hold back the second's events for
+    the reply wait: only the last write of a round pauses."""
+    from broadcast_app.events import Change
+    from broadcast_app.registry import get_config
+
+    monkeypatch.setattr(publisher, "_REPLY_DELAY", 30.0)  # far beyond any timeout here
+    with EmbeddedRedis() as first, EmbeddedRedis() as second:
+        layers = layers_for(first.url)
+        layers["default"]["CONFIG"]["hosts"] = [first.url, second.url]
+        with override_settings(CHANNEL_LAYERS=layers):
+            products, articles = route("demo.product"), route("testapp.article")
+            assert (products.host["address"], articles.host["address"]) == (first.url, second.url)
+            clients = [redis.Redis.from_url(url) for url in (first.url, second.url)]
+            subscriptions = []
+            for client, r in zip(clients, (products, articles), strict=True):
+                pubsub = client.pubsub()
+                pubsub.subscribe(r.channel)
+                assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
+                subscriptions.append(pubsub)
+            own = Publisher()
+            try:
+                one = {"id": 1}
+                own.publish(
+                    [
+                        Change(get_config(Product), "1", "created", one, one, confirmed=True),
+                        Change(get_config(Article), "1", "created", one, one, confirmed=True),
+                    ]
+                )
+                labels = ("demo.product", "testapp.article")
+                for pubsub, label in zip(subscriptions, labels, strict=True):
+                    message = pubsub.get_message(timeout=TIMEOUT)
+                    assert message is not None, f"the {label} event waited for the reply delay"
+                    assert f'"model":"{label}"' in message["data"].decode(errors="replace")
+            finally:
+                monkeypatch.setattr(publisher, "_REPLY_DELAY", 0.0)
+                assert own.flush(TIMEOUT)
+                own.close()
+                for pubsub in subscriptions:
+                    pubsub.close()
+                for client in clients:
+                    client.close()
