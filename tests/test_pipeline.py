@@ -21,7 +21,7 @@ from broadcast_app import cache, publisher
 from broadcast_app.embedded_redis import EmbeddedRedis, free_port
 from broadcast_app.events import id_key
 from broadcast_app.hub import hub
-from broadcast_app.layer import route
+from broadcast_app.layer import Route, route
 from broadcast_app.listener import listener
 from broadcast_app.publisher import Publisher, resp
 from broadcast_app.stats import stats
@@ -38,6 +38,19 @@ def make(sku: str = "P-1", **fields: Any) -> Product:
     values: dict[str, Any] = {"name": sku, "price": Decimal("2.00"), "stock": 1}
     values.update(fields)
     return Product.objects.create(sku=sku, cost_price=Decimal("0.99"), **values)
+
+
+@contextmanager
+def two_hosts() -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis, Route, Route]]:
+    """Two Redis servers as channels-redis shards: the products' log and group on the
+    first, the articles' on the second."""
+    with EmbeddedRedis() as first, EmbeddedRedis() as second:
+        layers = layers_for(first.url)
+        layers["default"]["CONFIG"]["hosts"] = [first.url, second.url]
+        with override_settings(CHANNEL_LAYERS=layers):
+            products, articles = route("demo.product"), route("testapp.article")
+            assert (products.host["address"], articles.host["address"]) == (first.url, second.url)
+            yield first, second, products, articles
 
 
 @pytest.mark.django_db(transaction=False)
@@ -362,49 +375,44 @@ async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone
             self.resets.append(label)
 
     subscriber = Subscriber()
-    with EmbeddedRedis() as first, EmbeddedRedis() as second:
-        layers = layers_for(first.url)
-        layers["default"]["CONFIG"]["hosts"] = [first.url, second.url]
-        with override_settings(CHANNEL_LAYERS=layers):
-            products, articles = route("demo.product"), route("testapp.article")
-            assert (products.host["address"], articles.host["address"]) == (first.url, second.url)
-            listener.continuity.last.clear()  # nothing remembered of the session's Redis
-            await listener.start()
-            for label in ("demo.product", "testapp.article"):
-                hub.add(subscriber, label, None)
-            try:
-                await database_sync_to_async(make)(sku="H-1")
-                article = await database_sync_to_async(Article.objects.create)(title="A-1")
-                arrived = {(await received.next())["model"] for _ in range(2)}
-                assert arrived == {"demo.product", "testapp.article"}
-                with (
-                    redis.Redis.from_url(first.url) as one,
-                    redis.Redis.from_url(second.url) as two,
-                ):
-                    assert [one.exists(products.stream), one.exists(articles.stream)] == [1, 0]
-                    assert [two.exists(products.stream), two.exists(articles.stream)] == [0, 1]
+    with two_hosts() as (first, second, products, articles):
+        listener.continuity.last.clear()  # nothing remembered of the session's Redis
+        await listener.start()
+        for label in ("demo.product", "testapp.article"):
+            hub.add(subscriber, label, None)
+        try:
+            await database_sync_to_async(make)(sku="H-1")
+            article = await database_sync_to_async(Article.objects.create)(title="A-1")
+            arrived = {(await received.next())["model"] for _ in range(2)}
+            assert arrived == {"demo.product", "testapp.article"}
+            with (
+                redis.Redis.from_url(first.url) as one,
+                redis.Redis.from_url(second.url) as two,
+            ):
+                assert [one.exists(products.stream), one.exists(articles.stream)] == [1, 0]
+                assert [two.exists(products.stream), two.exists(articles.stream)] == [0, 1]
 
-                second.kill()
-                await database_sync_to_async(make)(sku="H-2")
-                assert (await received.next())["data"]["sku"] == "H-2"
-                article.title = "A-2"
-                await database_sync_to_async(article.save)()  # held: its host is down
-                # Held for the down host only: the other host's models go on.
-                await database_sync_to_async(make)(sku="H-2b")
-                assert (await received.next())["data"]["sku"] == "H-2b"
-                second.start()  # empty: the article log starts a new epoch
-                await database_sync_to_async(make)(sku="H-3")
-                while (await received.next())["data"].get("sku") != "H-3":
-                    pass  # A-2, if the listener had resubscribed when it went out
-                for _ in range(int(TIMEOUT / 0.05)):
-                    if subscriber.resets:
-                        break
-                    await asyncio.sleep(0.05)
-                assert subscriber.resets == ["testapp.article"]
-            finally:
-                for label in ("demo.product", "testapp.article"):
-                    hub.remove(subscriber, label, None)
-                await listener.stop()
+            second.kill()
+            await database_sync_to_async(make)(sku="H-2")
+            assert (await received.next())["data"]["sku"] == "H-2"
+            article.title = "A-2"
+            await database_sync_to_async(article.save)()  # held: its host is down
+            # Held for the down host only: the other host's models go on.
+            await database_sync_to_async(make)(sku="H-2b")
+            assert (await received.next())["data"]["sku"] == "H-2b"
+            second.start()  # empty: the article log starts a new epoch
+            await database_sync_to_async(make)(sku="H-3")
+            while (await received.next())["data"].get("sku") != "H-3":
+                pass  # A-2, if the listener had resubscribed when it went out
+            for _ in range(int(TIMEOUT / 0.05)):
+                if subscriber.resets:
+                    break
+                await asyncio.sleep(0.05)
+            assert subscriber.resets == ["testapp.article"]
+        finally:
+            for label in ("demo.product", "testapp.article"):
+                hub.remove(subscriber, label, None)
+            await listener.stop()
 
 
 @pytest.mark.asyncio
@@ -504,38 +512,33 @@ def test_only_the_last_host_written_waits_before_reading_replies(
     from broadcast_app.registry import get_config
 
     monkeypatch.setattr(publisher, "_REPLY_DELAY", 30.0)  # far beyond any timeout here
-    with EmbeddedRedis() as first, EmbeddedRedis() as second:
-        layers = layers_for(first.url)
-        layers["default"]["CONFIG"]["hosts"] = [first.url, second.url]
-        with override_settings(CHANNEL_LAYERS=layers):
-            products, articles = route("demo.product"), route("testapp.article")
-            assert (products.host["address"], articles.host["address"]) == (first.url, second.url)
-            clients = [redis.Redis.from_url(url) for url in (first.url, second.url)]
-            subscriptions = []
-            for client, r in zip(clients, (products, articles), strict=True):
-                pubsub = client.pubsub()
-                pubsub.subscribe(r.channel)
-                assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
-                subscriptions.append(pubsub)
-            own = Publisher()
-            try:
-                one = {"id": 1}
-                own.publish(
-                    [
-                        Change(get_config(Product), "1", "created", one, one, confirmed=True),
-                        Change(get_config(Article), "1", "created", one, one, confirmed=True),
-                    ]
-                )
-                labels = ("demo.product", "testapp.article")
-                for pubsub, label in zip(subscriptions, labels, strict=True):
-                    message = pubsub.get_message(timeout=TIMEOUT)
-                    assert message is not None, f"the {label} event waited for the reply delay"
-                    assert f'"model":"{label}"' in message["data"].decode(errors="replace")
-            finally:
-                monkeypatch.setattr(publisher, "_REPLY_DELAY", 0.0)
-                assert own.flush(TIMEOUT)
-                own.close()
-                for pubsub in subscriptions:
-                    pubsub.close()
-                for client in clients:
-                    client.close()
+    with two_hosts() as (first, second, products, articles):
+        clients = [redis.Redis.from_url(url) for url in (first.url, second.url)]
+        subscriptions = []
+        for client, r in zip(clients, (products, articles), strict=True):
+            pubsub = client.pubsub()
+            pubsub.subscribe(r.channel)
+            assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
+            subscriptions.append(pubsub)
+        own = Publisher()
+        try:
+            one = {"id": 1}
+            own.publish(
+                [
+                    Change(get_config(Product), "1", "created", one, one, confirmed=True),
+                    Change(get_config(Article), "1", "created", one, one, confirmed=True),
+                ]
+            )
+            labels = ("demo.product", "testapp.article")
+            for pubsub, label in zip(subscriptions, labels, strict=True):
+                message = pubsub.get_message(timeout=TIMEOUT)
+                assert message is not None, f"the {label} event waited for the reply delay"
+                assert f'"model":"{label}"' in message["data"].decode(errors="replace")
+        finally:
+            monkeypatch.setattr(publisher, "_REPLY_DELAY", 0.0)
+            assert own.flush(TIMEOUT)
+            own.close()
+            for pubsub in subscriptions:
+                pubsub.close()
+            for client in clients:
+                client.close()
