@@ -68,7 +68,7 @@ end
 # failover.py).
 # The age trim runs at most once a second per log, against the new entry's time (the
 # stream's clock, which is Redis's): each Redis call a script makes costs it a few
-# microseconds on the way of every event (5 calls now, 8 before).
+# microseconds on the way of every event, so it makes as few as it can.
 # Outbox events add KEYS[3], the hash of their transaction's events already published,
 # and ARGV[7] (this event's field in it) and ARGV[8] (its ttl in ms): an event relayed
 # again after a relay died before deleting its rows is skipped here, in the same atomic
@@ -126,7 +126,7 @@ _BATCH = 500
 # events are on their way by then; Redis answers this process first, then writes them
 # to the instances, and a thread that reads the reply at once takes a core from the
 # instance and its clients at the very moment they handle the event: on a 2-core
-# machine that cost about 35-75 us of commit -> websocket latency per event (benchmark,
+# machine that cost about 35-125 us of commit -> websocket latency per event (benchmark,
 # 1 client). 0.5 ms covers an instance's fan-out to tens of clients (50 clients, p50
 # over the floor: 1.37-1.41 with 0.2 ms, 1.29-1.32 with 0.5, no better with 1).
 _REPLY_DELAY = 0.0005
