@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -27,9 +28,14 @@ def _setting(name: str, default: Any) -> Any:
     try:
         return _read[name]
     except KeyError:
-        with _lock:
-            value = _read[name] = getattr(settings, name, default)
-        return value
+        return _remember(name, lambda: getattr(settings, name, default))
+
+
+def _remember(key: str, compute: Callable[[], Any]) -> Any:
+    """Work out a value on a miss and remember it, under the lock (see ``_lock``)."""
+    with _lock:
+        value = _read[key] = compute()
+    return value
 
 
 def forget() -> None:
@@ -48,14 +54,14 @@ def _instance_id() -> str:
     try:
         return str(_read[_INSTANCE_ID])
     except KeyError:
-        with _lock:
-            value = getattr(settings, "BROADCAST_INSTANCE_ID", None) or os.environ.get(
-                "BROADCAST_INSTANCE_ID"
-            )
-            resolved = _read[_INSTANCE_ID] = (
-                str(value) if value else f"{socket.gethostname()}:{os.getpid()}"
-            )
-        return resolved
+        return str(_remember(_INSTANCE_ID, _resolve_instance_id))
+
+
+def _resolve_instance_id() -> str:
+    value = getattr(settings, "BROADCAST_INSTANCE_ID", None) or os.environ.get(
+        "BROADCAST_INSTANCE_ID"
+    )
+    return str(value) if value else f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _after_fork() -> None:
