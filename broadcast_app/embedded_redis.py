@@ -9,6 +9,7 @@ layer's ``hosts``) at a Redis they run themselves.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -44,11 +45,25 @@ def find_redis_server() -> str:
     return str(candidate)
 
 
+#: ports free_port() handed out in this process
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now and that this
+    process was not given before.
+
+    Callers often take several ports before binding any (a Sentinel setup, the
+    benchmark's two servers), and the OS may offer a port it offered a moment ago.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            break
+    _handed_out.add(port)
+    return port
 
 
 class EmbeddedRedis:
@@ -91,8 +106,13 @@ class EmbeddedRedis:
                 raise RuntimeError(
                     f"redis-server exited with {self.process.returncode} on port {self.port}"
                 )
-            if self._ping():
+            owner = self._answering_pid()
+            if owner == self.process.pid:
                 return self
+            if owner is not None:
+                # Ours could not bind: the port was taken after it was chosen.
+                self.stop()
+                raise RuntimeError(f"another redis-server (pid {owner}) has port {self.port}")
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
@@ -111,13 +131,23 @@ class EmbeddedRedis:
             *self.extra_args,
         ]  # fmt: skip
 
-    def _ping(self) -> bool:
+    def _answering_pid(self) -> int | None:
+        """The process id of the server answering on this port (None: none answers)."""
+        reply = b""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(b"INFO server\r\n")
+                while not reply.startswith(b"-") and (
+                    b"\r\nprocess_id:" not in reply or not reply.endswith(b"\r\n")
+                ):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
         except OSError:
-            return False
+            return None
+        match = re.search(rb"\r\nprocess_id:(\d+)\r\n", reply)
+        return int(match[1]) if match else None
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""

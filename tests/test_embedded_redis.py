@@ -1,0 +1,24 @@
+"""The throwaway redis-server: its ports, and that the server it reports is its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from broadcast_app.embedded_redis import EmbeddedRedis, free_port
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # Several are taken before any is bound (a Sentinel setup takes five).
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_port_another_server_holds_is_an_error_not_a_server_of_ours() -> None:
+    with EmbeddedRedis() as first:
+        second = EmbeddedRedis(first.port)
+        # Before, a PONG from the first made the second look started.
+        with pytest.raises(RuntimeError, match=f"port {first.port}"):
+            second.start()
+        assert second.process is None  # stopped, nothing left running
+        assert first.process is not None  # the first one still serves its port
+        assert first._answering_pid() == first.process.pid
