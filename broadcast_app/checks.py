@@ -13,7 +13,7 @@ from .conf import conf
 from .layer import PUBSUB_BACKEND, layer_config
 from .registry import all_configs
 
-_POSITIVE_INTS = (
+_POSITIVE_INTS: tuple[str, ...] = (
     "BROADCAST_QUEUE_SIZE",
     "BROADCAST_OUTAGE_BUFFER",
     "BROADCAST_LOG_MAXLEN",
@@ -22,7 +22,7 @@ _POSITIVE_INTS = (
     "BROADCAST_SEND_QUEUE_SIZE",
     "BROADCAST_FEED_SIZE",
 )
-_POSITIVE_FLOATS = (
+_POSITIVE_FLOATS: tuple[str, ...] = (
     "BROADCAST_REDIS_TIMEOUT",
     "BROADCAST_FLUSH_TIMEOUT",
     "BROADCAST_SEND_TIMEOUT",
@@ -31,6 +31,13 @@ _POSITIVE_FLOATS = (
     "BROADCAST_DASHBOARD_REFRESH",
     "BROADCAST_OUTBOX_INTERVAL",
 )
+# The resume budget (per connection and per instance): a 0 would refuse every resume.
+_POSITIVE_INTS += (
+    "BROADCAST_RESUME_MAX_EVENTS",
+    "BROADCAST_RESUME_RATE",
+    "BROADCAST_RESUME_CONCURRENCY",
+)
+_POSITIVE_FLOATS += ("BROADCAST_RESUME_WINDOW",)
 DELIVERY_MODES = ("best_effort", "outbox")
 
 

@@ -172,6 +172,26 @@ class Settings:
         return int(_setting("BROADCAST_MAX_SUBSCRIPTIONS", 100))
 
     @property
+    def BROADCAST_RESUME_MAX_EVENTS(self) -> int:
+        """Most events one resume (``since``) replays; more after ``since`` is a ``reset``."""
+        return int(_setting("BROADCAST_RESUME_MAX_EVENTS", 1000))
+
+    @property
+    def BROADCAST_RESUME_RATE(self) -> int:
+        """Resumes a connection may start per ``BROADCAST_RESUME_WINDOW``; more are ``reset``."""
+        return int(_setting("BROADCAST_RESUME_RATE", 20))
+
+    @property
+    def BROADCAST_RESUME_WINDOW(self) -> float:
+        """Seconds in which a connection's ``BROADCAST_RESUME_RATE`` resumes come back."""
+        return float(_setting("BROADCAST_RESUME_WINDOW", 10.0))
+
+    @property
+    def BROADCAST_RESUME_CONCURRENCY(self) -> int:
+        """Log reads for resumes one instance runs at once; a resume waits for a turn."""
+        return int(_setting("BROADCAST_RESUME_CONCURRENCY", 2))
+
+    @property
     def BROADCAST_SEND_QUEUE_SIZE(self) -> int:
         """Frames queued per websocket connection; past it, its events become ``reset``s."""
         return int(_setting("BROADCAST_SEND_QUEUE_SIZE", 1000))

@@ -1,7 +1,10 @@
 """The websocket endpoint (``/ws/broadcast/``) speaking the protocol of docs/protocol.md.
 
 Every frame a client sends gets an answer or an ``error`` frame; a bad frame never
-closes the connection and never logs a traceback. All outgoing frames, replies and
+closes the connection and never logs a traceback. Whatever ends a connection (a close,
+an exception, a cancellation), it is forgotten everywhere: hub, send queue, counters.
+Resumes are bounded per connection and per instance (see :mod:`.limits`). All outgoing
+frames, replies and
 events alike, go through one :class:`~.sender.Sender` per connection, so they keep
 their order and a client that falls behind cannot hold up the listener or grow this
 process's memory: when ``BROADCAST_SEND_QUEUE_SIZE`` frames are waiting, its queued
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,9 +33,11 @@ from redis.exceptions import RedisError
 from . import cache
 from .conf import conf
 from .echo import valid_socket_id
+from .events import frame_head
 from .hub import hub
+from .limits import ResumeBucket, read_gate
 from .listener import listener
-from .log import Replay, event_log
+from .log import Replay, event_log, parse_since
 from .registry import ModelConfig, NotRegistered, get_config
 from .sender import Sender
 from .stats import stats
@@ -43,6 +49,8 @@ CLOSE_SLOW_CLIENT = 4008
 #: how every event frame starts (the publish script writes it so)
 _CHANGE_PREFIX = '{"type":"change"'
 _RESET_PREFIX = '{"type":"reset"'
+#: deepest nesting of arrays and objects a client frame may have
+MAX_DEPTH = 32
 
 
 def _server_send(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
@@ -68,6 +76,57 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 would be echoed as Infinity, which is not JSON
+        raise ValueError("out of range")
+    return value
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels (without
+    recursion: the value may nest as deep as the parser allowed)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_frame(text: str) -> dict[str, Any]:
+    """A client's text frame as a JSON object, or a :class:`ProtocolError`."""
+    try:
+        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_request", "A frame must be a JSON object.")
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nested_deeper(message, MAX_DEPTH):
+        raise ProtocolError("bad_request", f"Frames nest at most {MAX_DEPTH} levels deep.")
+    return message
+
+
+def _text(value: str, name: str) -> str:
+    # A lone surrogate (sent escaped, "\ud800") cannot be encoded for Redis or a database.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_request", f"{name!r} is not valid Unicode text.") from None
+    return value
+
+
 class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """One browser connection: its subscriptions, permission checks and send queue."""
 
@@ -77,6 +136,23 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     subscriptions: set[tuple[str, str | None]]
     sender: Sender
+    #: this connection's resume allowance (made at its first resume)
+    resumes: ResumeBucket | None = None
+    #: counted in ``connections_opened`` and not yet in ``connections_closed``
+    counted = False
+    #: an unexpected exception was logged with its traceback (once per connection)
+    failed = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Run the connection; however it ends, forget it everywhere.
+
+        channels calls ``disconnect`` only for a ``websocket.disconnect`` message, not
+        when a handler raises or the task is cancelled: this covers those ways out too.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
 
     async def connect(self) -> None:
         await listener.ensure_started()
@@ -101,13 +177,22 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self._stopped_reading,
         )
         stats.incr("connections_opened")
+        self.counted = True
 
     async def disconnect(self, code: int) -> None:
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """Unregister this connection (idempotent: a close and ``__call__`` both call it)."""
+        self.closing = True
         self._unsubscribe_all()
+        self.resuming = {}
+        if self.counted:
+            self.counted = False
+            stats.incr("connections_closed")
         sender = getattr(self, "sender", None)
         if sender is not None:
             await sender.close()
-        stats.incr("connections_closed")
 
     # -- outgoing ---------------------------------------------------------------------
 
@@ -142,7 +227,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.reset(label, pk, "overflow")
 
     def reply(self, message: dict[str, Any]) -> None:
-        self.enqueue(json.dumps(message, separators=(",", ":")))
+        # allow_nan=False: parse_frame refuses what would need it (a ``ref`` of NaN).
+        self.enqueue(json.dumps(message, separators=(",", ":"), allow_nan=False))
 
     def reset(self, label: str, pk: str | None, reason: str) -> None:
         """Tell the client its subscription missed events it cannot get back."""
@@ -178,22 +264,24 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     # -- incoming ---------------------------------------------------------------------
 
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Pass a frame to ``receive`` (one without text is a binary frame, whatever
+        else the message holds)."""
+        await self.receive(text_data=message.get("text"), bytes_data=message.get("bytes"))
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one frame; every way it can fail ends in an ``error`` frame."""
         ref = None
         try:
-            if text_data is None:
+            if not isinstance(text_data, str):
                 raise ProtocolError("bad_request", "Only JSON text frames are accepted.")
             limit = conf.BROADCAST_MAX_FRAME_BYTES
-            if len(text_data) > limit or len(text_data.encode()) > limit:
+            if len(text_data) > limit or len(text_data.encode(errors="surrogatepass")) > limit:
                 raise ProtocolError("too_large", f"Frames are limited to {limit} bytes.")
-            try:
-                message = json.loads(text_data)
-            except ValueError:
-                raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
-            if not isinstance(message, dict):
-                raise ProtocolError("bad_request", "A frame must be a JSON object.")
+            message = parse_frame(text_data)
             ref = message.get("ref")
-            handler = self.handlers.get(message.get("type"))  # type: ignore[arg-type]
+            kind = message.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise ProtocolError(
                     "bad_request", "Unknown 'type'; expected subscribe, unsubscribe or ping."
@@ -202,6 +290,15 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         except ProtocolError as error:
             stats.incr("client_errors")
             self.reply({"type": "error", "code": error.code, "detail": error.detail, "ref": ref})
+        except Exception:
+            # A bug (ours, or a hook's such as object_check): the client is told no more,
+            # and keeps its connection; a traceback per connection is enough to find it.
+            stats.incr("internal_errors")
+            if not self.failed:
+                self.failed = True
+                logger.exception("broadcast_app failed on a websocket frame")
+            detail = "The server failed on this frame."
+            self.reply({"type": "error", "code": "internal", "detail": detail, "ref": ref})
 
     async def on_ping(self, message: dict[str, Any]) -> None:
         """``ping`` → ``pong`` (keepalive)."""
@@ -234,6 +331,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             replay, last_id = await self._read_log(config.label, since)
         finally:
             held = self.resuming.pop(key, [])
+        if self.closing:
+            return
         self.reply(
             {
                 "type": "subscribed",
@@ -249,33 +348,70 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         sent: set[str] = set()
         if replay is not None and replay.complete:
-            decoded = ((event_id, frame, json.loads(frame)) for event_id, frame in replay.frames)
-            events = [item for item in decoded if pk is None or item[2]["pk"] == pk]
-            # A replay longer than the room left in the send queue would overflow it and
-            # end in a reset after part of it went out: cheaper to reset at once.
-            if len(events) > self.sender.room - 1:
+            # The read was limited to the room left in the send queue, but replies to
+            # other frames may have taken some of it meanwhile: a replay that would
+            # overflow it would end in a reset after part of it went out.
+            if len(replay.frames) > self.sender.room - 1:
                 replay = Replay(False, "too_many")
             else:
-                for event_id, frame, event in events:
-                    self._send_event(frame, event)
-                    sent.add(event_id)
+                sent = self._replay(config, pk, replay.frames)
         if replay is not None and not replay.complete:
             self.reset(config.label, pk, replay.reason)
         for frame, event in held:
             if event["id"] not in sent:
                 self._send_event(frame, event)
 
+    def _replay(
+        self, config: ModelConfig, pk: str | None, frames: list[tuple[str, str]]
+    ) -> set[str]:
+        """Send the replayed events of the subscription; returns their ids."""
+        sent: set[str] = set()
+        for event_id, frame in frames:
+            # Routing needs the frame's head only; the whole event when a check reads it.
+            event: dict[str, Any] = frame_head(frame) or json.loads(frame)
+            if pk is not None and event["pk"] != pk:
+                continue
+            if config.object_check is not None and "data" not in event:
+                event = json.loads(frame)
+            self._send_event(frame, event)
+            sent.add(event_id)
+        return sent
+
     async def _read_log(self, label: str, since: object) -> tuple[Replay | None, str | None]:
+        fallback = hub.last_ids.get(label)
+        if since is not None:
+            # Refused before any work: a since we never issued, an exhausted allowance.
+            if parse_since(since) is None:
+                return Replay(False, "malformed"), fallback
+            if self.resumes is None:
+                self.resumes = ResumeBucket()
+            if not self.resumes.take():
+                stats.incr("resumes_refused")
+                return Replay(False, "rate_limited"), fallback
         try:
             async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
                 if since is None:
                     return None, await event_log.last_id(label)
-                replay = await event_log.read_after(label, since)
-                return replay, replay.last_id
+                replay = await self._resume(label, since)
+                return replay, replay.last_id or fallback
         except (RedisError, OSError, TimeoutError):
             stats.incr("log_errors")
-            fallback = hub.last_ids.get(label)
             return (None if since is None else Replay(False, "unavailable")), fallback
+
+    async def _resume(self, label: str, since: object) -> Replay:
+        """Read the log after ``since`` in one of the instance's turns for log reads."""
+        gate = read_gate()
+        try:
+            async with asyncio.timeout(conf.BROADCAST_REDIS_TIMEOUT):
+                await gate.acquire()
+        except TimeoutError:
+            stats.incr("resumes_refused")
+            return Replay(False, "busy")
+        try:
+            limit = min(conf.BROADCAST_RESUME_MAX_EVENTS, self.sender.room - 1)
+            return await event_log.read_after(label, since, max(0, limit))
+        finally:
+            gate.release()
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""
@@ -295,6 +431,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         label = message.get("model")
         if not isinstance(label, str) or not label:
             raise ProtocolError("bad_request", "'model' must be a string like 'app_label.model'.")
+        _text(label, "model")
         try:
             config = get_config(label)
         except NotRegistered:
@@ -306,8 +443,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return config, None
         if isinstance(pk, bool) or not isinstance(pk, str | int):
             raise ProtocolError("bad_request", "'pk' must be a string.")
+        if isinstance(pk, str):
+            _text(pk, "pk")
         try:
-            value = config.model._meta.pk.to_python(pk)
+            field = config.model._meta.pk
+            value = field.to_python(pk)
+            field.run_validators(value)  # the field's range and length, as a form would
         except ValidationError:
             raise ProtocolError("bad_request", f"{str(pk)[:100]!r} is not a valid pk.") from None
         return config, str(value)
