@@ -97,6 +97,19 @@ async def test_ping_pong(anon_ws: WebsocketCommunicator) -> None:
         ({"type": "unsubscribe", "model": "nope"}, "unknown_model"),
         ("x" * 5000, "too_large"),
         ({"type": "ping", "pad": "é" * 3000}, "too_large"),
+        # Each of these raised out of the consumer once (issue 12).
+        ('{"type":[]}', "bad_request"),
+        ('{"type":{}}', "bad_request"),
+        ('{"type":"subscribe","model":["demo.product"]}', "bad_request"),
+        ("[" * 2000 + "]" * 2000, "bad_json"),  # deeper than the parser goes
+        ('{"type":"ping","ref":' + "[" * 40 + "]" * 40 + "}", "bad_request"),
+        ('{"type":"ping","ref":NaN}', "bad_json"),
+        ('{"type":"ping","ref":-Infinity}', "bad_json"),
+        ('{"type":"ping","ref":1e999}', "bad_json"),
+        ('{"type":"subscribe","model":"demo.\\ud800"}', "bad_request"),
+        ('{"type":"subscribe","model":"demo.product","pk":"\\udfff"}', "bad_request"),
+        ({"type": "subscribe", "model": "demo.product", "pk": 10**30}, "bad_request"),
+        ({"type": "subscribe", "model": "demo.product", "pk": "9" * 40}, "bad_request"),
     ],
 )
 async def test_bad_frames_get_error_frames_and_the_connection_stays_usable(
@@ -353,3 +366,94 @@ async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
     assert [f["type"] for f in frames] == ["subscribed", "reset"], frames
     assert (frames[1]["pk"], frames[1]["reason"]) == (None, "overflow")
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+
+
+async def test_ref_is_echoed_only_as_valid_json(anon_ws: WebsocketCommunicator) -> None:
+    big = 10**300
+    reply = await ask(anon_ws, {"type": "dance", "ref": [big, "\ud800", {"n": None}]})
+    assert reply["ref"] == [big, "\ud800", {"n": None}]  # escaped: "\\ud800"
+    await anon_ws.send_to(text_data='{"type":"dance","ref":NaN}')
+    text = await anon_ws.receive_from(timeout=TIMEOUT)
+    # What the server writes is JSON as the RFC has it: no NaN, Infinity or 1e999.
+    reply = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+    assert (reply["code"], reply["ref"]) == ("bad_json", None)
+
+
+async def test_a_message_with_neither_text_nor_bytes_is_a_binary_frame(
+    anon_ws: WebsocketCommunicator,
+) -> None:
+    await anon_ws.send_input({"type": "websocket.receive", "bytes": None, "text": None})
+    reply = await anon_ws.receive_json_from(timeout=TIMEOUT)
+    assert (reply["type"], reply["code"]) == ("error", "bad_request")
+    assert await ask(anon_ws, {"type": "ping"}) == {"type": "pong"}
+
+
+def sender_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "Sender._run"
+    ]
+
+
+def open_connections() -> int:
+    from broadcast_app.stats import stats
+
+    return stats.get("connections_opened") - stats.get("connections_closed")
+
+
+async def test_a_failing_object_check_is_an_internal_error_logged_once(
+    running_listener: Any, reregister: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from broadcast_app.hub import hub
+
+    def broken(user: Any, data: dict[str, Any]) -> bool:
+        raise RuntimeError("object_check bug")
+
+    reregister(exclude=["cost_price"], object_check=broken)
+    product = await database_sync_to_async(make_quietly)("OC-1")
+    before = (hub.count(), open_connections())
+    ws = await connect(await database_sync_to_async(viewer)())
+    frame = {"type": "subscribe", "model": "demo.product", "pk": product.pk, "ref": 3}
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            reply = await ask(ws, frame)
+            assert (reply["type"], reply["code"], reply["ref"]) == ("error", "internal", 3)
+        assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+    # One traceback for the connection, not one per frame.
+    assert [r.exc_info is not None for r in caplog.records] == [True]
+    await ws.disconnect()
+    assert (hub.count(), open_connections()) == before
+    assert sender_tasks() == []
+
+
+@pytest.mark.parametrize("way_out", ["exception", "cancelled"])
+async def test_a_connection_ended_by_an_exception_or_cancellation_leaves_nothing_behind(
+    running_listener: Any, monkeypatch: pytest.MonkeyPatch, way_out: str
+) -> None:
+    from broadcast_app import consumers
+    from broadcast_app.hub import hub
+
+    before = (hub.count(), open_connections())
+    ws = await connect(await database_sync_to_async(viewer)())
+    for pk in (None, "5"):
+        reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": pk})
+        assert reply["type"] == "subscribed"
+    assert hub.count() == before[0] + 2
+    assert len(sender_tasks()) == 1
+    if way_out == "exception":
+        # A fault outside receive()'s own handling: channels ends the consumer without
+        # calling disconnect().
+        async def failing(self: Any, message: dict[str, Any]) -> None:
+            raise RuntimeError("injected fault")
+
+        monkeypatch.setattr(consumers.BroadcastConsumer, "websocket_receive", failing)
+        await ws.send_json_to({"type": "ping"})
+        with pytest.raises(RuntimeError, match="injected fault"):
+            await ws.wait(TIMEOUT)
+    else:
+        ws.future.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ws.future
+    assert (hub.count(), open_connections()) == before
+    assert sender_tasks() == []

@@ -186,7 +186,7 @@ async def throw(ws: WebsocketCommunicator, batch: list[str | bytes], marker: str
         await ws.send_input({"type": "websocket.receive", key: frame})
     await ws.send_input({"type": "websocket.receive", "text": json.dumps(
         {"type": "marker", "ref": marker})})  # fmt: skip
-    replies = []
+    replies: list[Any] = []
     while True:
         reply = json.loads(await ws.receive_from(TIMEOUT))
         if reply.get("ref") == marker and reply.get("type") == "error":
