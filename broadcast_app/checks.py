@@ -30,6 +30,7 @@ _POSITIVE_FLOATS: tuple[str, ...] = (
     "BROADCAST_HEARTBEAT_TTL",
     "BROADCAST_DASHBOARD_REFRESH",
     "BROADCAST_OUTBOX_INTERVAL",
+    "BROADCAST_REVALIDATE_INTERVAL",
 )
 # The resume budget (per connection and per instance): a 0 would refuse every resume.
 _POSITIVE_INTS += (

@@ -221,5 +221,11 @@ class Settings:
         """Seconds between two refreshes of the staff dashboard (it polls status.json)."""
         return float(_setting("BROADCAST_DASHBOARD_REFRESH", 2.0))
 
+    @property
+    def BROADCAST_REVALIDATE_INTERVAL(self) -> float:
+        """Seconds between two checks that each open websocket's user is still logged in,
+        active and allowed to see its subscriptions (the bound on revocation)."""
+        return float(_setting("BROADCAST_REVALIDATE_INTERVAL", 5.0))
+
 
 conf = Settings()

@@ -30,9 +30,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
-from . import cache
+from . import access, cache
+from .access import revalidator, session_key
 from .conf import conf
-from .echo import valid_socket_id
+from .echo import bind
 from .events import frame_head
 from .hub import hub
 from .limits import ResumeBucket, read_gate
@@ -158,9 +159,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await listener.ensure_started()
         self.user = self.scope.get("user") or AnonymousUser()
         # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
-        # its HTTP requests repeat in X-Socket-ID to be spared their own echo.
+        # its HTTP requests repeat in X-Socket-ID to be spared their own echo; bound to
+        # the session, as SocketIdMiddleware binds the header (see echo.py).
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        self.socket_id = valid_socket_id((query.get("socket_id") or [None])[0])
+        self.socket_id = bind(session_key(self.scope), (query.get("socket_id") or [None])[0])
+        self.checked_at = access.now()  # the handshake read the user (see access.py)
+        self.forbidden: set[str] = set()
         self.subscriptions = set()
         #: subscriptions whose log is being read, with the live events held meanwhile
         #: (None once more arrived than the send queue holds: a reset replaces them)
@@ -251,15 +255,14 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def _send_event(self, frame: str, event: dict[str, Any]) -> None:
         if event.get("to_others") and self.socket_id and event.get("socket_id") == self.socket_id:
             return
+        if self.forbidden and event["model"] in self.forbidden:
+            return  # (a replay or held events of a subscription revoked meanwhile)
         config = get_config(event["model"])
         if config.object_check is not None:
-            try:
-                allowed = config.object_check(self.user, event["data"])
-            except Exception:
-                logger.exception("object_check of %s failed", config.label)
-                allowed = False
-            if not allowed:
+            checked = access.visible_frame(config, self.user, frame, event)
+            if checked is None:
                 return
+            frame = checked
         self.enqueue(frame)
 
     # -- incoming ---------------------------------------------------------------------
@@ -454,6 +457,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         return config, str(value)
 
     async def _authorize(self, config: ModelConfig, pk: str | None) -> None:
+        # The user loaded at the handshake may be out of date (see access.py).
+        await access.refresh(self)
+        if self.closing:
+            return
         perm = config.view_permission
         if perm not in self.permissions:
             self.permissions[perm] = await database_sync_to_async(self.user.has_perm)(perm)
@@ -461,8 +468,34 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
         if pk is not None and config.object_check is not None:
             data = await database_sync_to_async(cache.get)(config.model, pk)
-            if data is None or not config.object_check(self.user, data):
+            if data is None or not access.allows(config, self.user, data):
                 raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
+        self.forbidden.discard(config.label)
+        revalidator.watch(self)
+
+    # -- revocation (see access.py) ---------------------------------------------------
+
+    async def revoke(self) -> None:
+        """Close the connection: its user is no longer authenticated."""
+        self.closing = True
+        self._unsubscribe_all()
+        await self.close(code=access.CLOSE_REVOKED)
+
+    def forbid(self, label: str, pk: str | None) -> None:
+        """Drop a subscription whose permission the user lost, telling the client."""
+        self.forbidden.add(label)
+        self.subscriptions.discard((label, pk))
+        hub.remove(self, label, pk)
+        self.reply(
+            {
+                "type": "error",
+                "code": "forbidden",
+                "detail": f"You may no longer see {label}.",
+                "model": label,
+                "pk": pk,
+                "ref": None,
+            }
+        )
 
     def _unsubscribe_all(self) -> None:
         for label, pk in getattr(self, "subscriptions", ()):

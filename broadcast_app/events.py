@@ -20,9 +20,11 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils.crypto import salted_hmac
 
 if TYPE_CHECKING:
     from .registry import ModelConfig
@@ -256,9 +258,15 @@ class Change:
         return self.op != "updated" or bool(self.changed())
 
     def previous(self, changed: list[str]) -> dict[str, Any]:
-        """Old values of the changed fields that are known (not many-to-many)."""
+        """Old values of the changed fields that are known (not many-to-many), only of
+        fields ``data`` carries: what a serializer hook leaves out, ``previous`` does too."""
         before = self.before or {}
-        return {name: before[name] for name in changed if name in before}
+        data, private = self.data, self.config.private_names
+        return {
+            name: before[name]
+            for name in changed
+            if name in before and name in data and name not in private
+        }
 
 
 @dataclass(slots=True)
@@ -380,8 +388,32 @@ def _combined(
     )
 
 
-def event_body(change: Change, ts: str, origin: str) -> str:
-    """The event JSON without its opening ``{`` and without ``type`` and ``id``.
+def origin_id(instance_id: str, secret: str | None = None) -> str:
+    """The ``origin`` of the events of the process ``instance_id``: opaque to clients.
+
+    Every subscriber reads ``origin``; the instance id (by default ``host:pid``) is for
+    staff, whose dashboard maps one to the other. Keyed with ``SECRET_KEY`` (or
+    ``secret``), so that it cannot be worked back by trying hosts and pids.
+    """
+    key = (secret if secret is not None else settings.SECRET_KEY, instance_id)
+    try:
+        return _origins[key]
+    except KeyError:
+        pass
+    digest = salted_hmac("broadcast_app.origin", instance_id, secret=key[0], algorithm="sha256")
+    if len(_origins) > 1000:
+        _origins.clear()  # (relayed events name other processes: keep this bounded)
+    value = _origins[key] = digest.hexdigest()[:16]
+    return value
+
+
+# Read for every published event.
+_origins: dict[tuple[str, str], str] = {}
+
+
+def event_body(change: Change, ts: str, instance_id: str) -> str:
+    """The event JSON without its opening ``{`` and without ``type`` and ``id``
+    (``instance_id``: the saving process's, given as ``origin_id()``).
 
     Redis prepends ``{"type":"change","id":"<id>",`` when it assigns the id.
     """
@@ -393,7 +425,7 @@ def event_body(change: Change, ts: str, origin: str) -> str:
         "data": change.data,
         "changed": changed,
         "ts": ts,
-        "origin": origin,
+        "origin": origin_id(instance_id),
     }
     if change.config.previous and change.op == "updated":
         event["previous"] = change.previous(changed)

@@ -1,7 +1,7 @@
 """What this instance received lately, for the dashboard: a bounded feed and a rate.
 
 The listener records each event it receives. Only metadata is kept — id, model, pk,
-op, the names of the changed fields, origin and times — never ``data``: nothing here
+op, the names of the changed fields, the opaque origin and times — never ``data``: nothing here
 holds a field value, so nothing here can leak an excluded one. Memory is bounded by
 ``BROADCAST_FEED_SIZE`` receipts plus one counter per second of the rate window.
 """

@@ -20,6 +20,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 
 from . import cache, direct, quiet
+from .access import revalidator
 from .conf import conf
 from .continuity import Continuity, not_after
 from .events import frame_head
@@ -92,6 +93,7 @@ class Listener:
     async def stop(self) -> None:
         """Cancel the listener task and wait for it to close its connections."""
         await heartbeat.stop()
+        await revalidator.stop()
         from .relay import in_process
 
         if in_process.running:

@@ -3,7 +3,9 @@
 This instance's figures are read live; the other instances' come from their last
 heartbeat in Redis (see :mod:`broadcast_app.heartbeat`). Nothing here reads event
 data: counters, names of registered fields, and the metadata kept by
-:mod:`broadcast_app.feed`.
+:mod:`broadcast_app.feed`. Being staff is not enough to see a model: its feed entries
+and its row are shown only to users with its view permission, and the names of
+excluded fields are never shown.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from django.core.cache.backends.locmem import LocMemCache
 
 from . import __version__
 from .conf import conf
+from .events import origin_id
 from .feed import feed, iso
 from .hub import hub
 from .registry import all_configs
@@ -83,19 +86,24 @@ def instance_figures() -> dict[str, Any]:
     }
 
 
-def models() -> list[dict[str, Any]]:
-    """The registered models and how they broadcast."""
+def visible_labels(user: Any) -> set[str]:
+    """Labels of the registered models ``user`` may see (their view permission)."""
+    return {config.label for config in all_configs() if user.has_perm(config.view_permission)}
+
+
+def models(visible: set[str]) -> list[dict[str, Any]]:
+    """How the registered models among ``visible`` broadcast."""
     return [
         {
             "label": config.label,
             "fields": [f.name for f in config.broadcast_fields],
-            "exclude": list(config.exclude),
             "permission": config.view_permission,
             "serializer": _name(config.serializer),
             "object_check": _name(config.object_check),
             "last_id": hub.last_ids.get(config.label),
         }
         for config in all_configs()
+        if config.label in visible
     ]
 
 
@@ -127,8 +135,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def gather() -> dict[str, Any]:
-    """Everything ``status.json`` returns: this instance, the live ones, models, Redis."""
+async def gather(visible: set[str]) -> dict[str, Any]:
+    """Everything ``status.json`` returns: this instance, the live ones, Redis, and the
+    models in ``visible`` (see :func:`visible_labels`) with their latest events."""
     from .heartbeat import connect, live_instances
 
     this = instance_figures()
@@ -143,13 +152,21 @@ async def gather() -> dict[str, Any]:
     instances = [dict(peer, self=False) for peer in peers if peer.get("id") != this["id"]]
     instances.append(dict(this, self=True))
     instances.sort(key=lambda figures: str(figures.get("id")))
+    # Events carry an opaque origin (events.origin_id); staff see whose it is.
+    origins = {}
+    for figures in instances:
+        figures["origin"] = origin_id(str(figures.get("id")))
+        origins[figures["origin"]] = figures.get("id")
+    receipts = [receipt.as_dict() for receipt in feed.latest() if receipt.model in visible]
+    for receipt in receipts:
+        receipt["origin_instance"] = origins.get(receipt["origin"])
     return {
         "generated_at": iso(time.time()),
         "instance": this,
         "instances": instances,
         "rate": {"step_s": 5, "window_s": 300, "per_second": feed.rate(step=5, window=300)},
-        "feed": [receipt.as_dict() for receipt in feed.latest()],
-        "models": models(),
+        "feed": receipts,
+        "models": models(visible),
         "redis": redis_info,
         "settings": {
             "heartbeat_interval_s": conf.BROADCAST_HEARTBEAT_INTERVAL,

@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client, override_settings
 
 from broadcast_app import echo, publisher
@@ -89,8 +90,11 @@ def test_x_socket_id_header_reaches_the_event(broadcast_events: CapturedEvents) 
     )
     assert response.status_code == 302
     event = broadcast_events.assert_one(op="updated")
+    # The id as bound to the request's session: what that session's socket compares.
+    bound = echo.bind(client.session.session_key, "tab-9")
+    assert bound is not None and bound != "tab-9"
     assert (event["socket_id"], event["to_others"], event["changed"]) == (
-        "tab-9",
+        bound,
         True,
         ["name", "stock"],
     )
@@ -99,12 +103,14 @@ def test_x_socket_id_header_reaches_the_event(broadcast_events: CapturedEvents) 
 @pytest.mark.asyncio
 async def test_to_others_skips_only_the_originating_socket(running_listener: Any) -> None:
     user = await database_sync_to_async(User.objects.create_superuser)("su", password="pw")
+    session = SessionStore()
+    await database_sync_to_async(session.create)()
     sockets = []
     for socket_id in ("me", "you"):
         ws = WebsocketCommunicator(
             URLRouter(websocket_urlpatterns), f"/ws/broadcast/?socket_id={socket_id}"
         )
-        ws.scope["user"] = user
+        ws.scope["user"], ws.scope["session"] = user, session
         assert (await ws.connect(TIMEOUT))[0]
         await ws.send_json_to({"type": "subscribe", "model": "demo.product"})
         assert (await ws.receive_json_from(TIMEOUT))["type"] == "subscribed"
@@ -112,7 +118,7 @@ async def test_to_others_skips_only_the_originating_socket(running_listener: Any
     me, you = sockets
 
     def save_from_me() -> None:
-        with echo.from_socket("me", to_others=True):
+        with echo.from_socket(echo.bind(session.session_key, "me"), to_others=True):
             make("MINE")
         make("THEIRS")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 
 from broadcast_app.conf import conf
+from broadcast_app.events import origin_id
 from broadcast_app.feed import feed
 from tests.conftest import layers_for
 
@@ -20,8 +22,28 @@ DASHBOARD = "/broadcast/"
 
 @pytest.fixture
 def staff(client: Client) -> Client:
-    client.force_login(User.objects.create_user("staff", password="x", is_staff=True))
+    """Staff allowed to see demo.product."""
+    user = User.objects.create_user("staff", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    client.force_login(user)
     return client
+
+
+@pytest.fixture
+def staff_without_perm(client: Client) -> Client:
+    """Staff without demo.product's view permission."""
+    client.force_login(User.objects.create_user("blind", password="x", is_staff=True))
+    return client
+
+
+def record_event(**extra: Any) -> None:
+    feed.record(
+        {
+            "id": "1-0", "op": "updated", "model": "demo.product", "pk": "7",
+            "data": {"id": 7, "price": "99.99"}, "changed": ["price"],
+            "ts": "2026-01-01T00:00:00.000000Z", "origin": "elsewhere", **extra,
+        }
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -45,13 +67,7 @@ def test_status_json_is_for_staff_only(client: Client) -> None:
 
 @pytest.mark.usefixtures("_fresh_feed")
 def test_status_json_shape(staff: Client) -> None:
-    feed.record(
-        {
-            "id": "1-0", "op": "updated", "model": "demo.product", "pk": "7",
-            "data": {"id": 7, "price": "99.99"}, "changed": ["price"],
-            "ts": "2026-01-01T00:00:00.000000Z", "origin": "elsewhere",
-        }
-    )  # fmt: skip
+    record_event()
     response = staff.get(STATUS)
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
@@ -71,13 +87,41 @@ def test_status_json_shape(staff: Client) -> None:
     (receipt,) = status["feed"]
     assert receipt["pk"] == "7" and receipt["changed"] == ["price"]
     assert receipt["origin"] == "elsewhere" and receipt["lag_ms"] > 0
+    assert receipt["origin_instance"] is None  # no live instance has that origin
     (product,) = [m for m in status["models"] if m["label"] == "demo.product"]
-    assert product["exclude"] == ["cost_price"]
-    assert "cost_price" not in product["fields"] and "price" in product["fields"]
+    assert "price" in product["fields"]
+    # Excluded fields are not named, not even to staff who may see the model.
+    assert "exclude" not in product and "cost_price" not in response.content.decode()
     assert product["permission"] == "demo.view_product"
     # Metadata only: no event data, so no value of any field, reaches the dashboard.
     assert "99.99" not in response.content.decode()
     assert '"data"' not in response.content.decode()
+
+
+@pytest.mark.usefixtures("_fresh_feed")
+def test_status_json_maps_origins_to_instances_for_staff(staff: Client) -> None:
+    record_event(origin=origin_id(conf.BROADCAST_INSTANCE_ID))
+    status = staff.get(STATUS).json()
+    (this,) = [i for i in status["instances"] if i["self"]]
+    assert this["origin"] == origin_id(conf.BROADCAST_INSTANCE_ID) != this["id"]
+    (receipt,) = status["feed"]
+    assert receipt["origin_instance"] == this["id"] == conf.BROADCAST_INSTANCE_ID
+
+
+@pytest.mark.usefixtures("_fresh_feed")
+def test_staff_without_the_view_permission_see_nothing_of_the_model(
+    staff_without_perm: Client,
+) -> None:
+    record_event()
+    response = staff_without_perm.get(STATUS)
+    assert response.status_code == 200
+    status = response.json()
+    assert status["feed"] == [] and status["models"] == []
+    body = response.content.decode()
+    assert "demo.product" not in body and "cost_price" not in body and '"7"' not in body
+    page = staff_without_perm.get(DASHBOARD)
+    assert page.status_code == 200
+    assert "cost_price" not in page.content.decode()
 
 
 def test_status_json_answers_without_redis(staff: Client) -> None:

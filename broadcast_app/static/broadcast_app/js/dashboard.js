@@ -161,7 +161,8 @@ function renderFeed(table, empty, feed) {
       cell(receipt.pk),
       cell(receipt.op, `bd-op bd-op-${receipt.op}`),
       cell(receipt.changed.join(", ") || "—"),
-      cell(receipt.origin),
+      // Events carry an opaque origin; status.json names its instance when it is live.
+      cell(receipt.origin_instance ?? receipt.origin),
       cell(receipt.lag_ms === null ? "—" : `${formatNumber(receipt.lag_ms)} ms`, "bd-num"),
     );
     return row;
@@ -176,7 +177,6 @@ function renderModels(table, models) {
     row.append(
       cell(model.label),
       cell(model.fields.join(", ")),
-      cell(model.exclude.join(", ") || "—"),
       cell(model.permission),
       cell(model.serializer ?? "default"),
       cell(model.object_check ?? "—"),
