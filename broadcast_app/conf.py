@@ -201,5 +201,11 @@ class Settings:
         """Seconds between two refreshes of the staff dashboard (it polls status.json)."""
         return float(_setting("BROADCAST_DASHBOARD_REFRESH", 2.0))
 
+    @property
+    def BROADCAST_CONFIRM_TIMEOUT(self) -> float:
+        """Seconds an instance may go without confirming that it still receives from
+        Redis; past it, it serves no cache hits and sends ``reset`` (``disconnected``)."""
+        return float(_setting("BROADCAST_CONFIRM_TIMEOUT", 5.0))
+
 
 conf = Settings()
