@@ -107,7 +107,9 @@ class Listener:
                 self._task = loop.create_task(self._run(), name="broadcast-listener")
         # The dashboard lists instances by their heartbeats: one beside each listener.
         await heartbeat.start()
-        if conf.BROADCAST_DELIVERY == "outbox" and conf.BROADCAST_OUTBOX_RELAY:
+        # In best_effort mode too: processes that exited while Redis was unreachable
+        # left their events in the outbox table.
+        if conf.BROADCAST_OUTBOX_RELAY:
             from .relay import in_process
 
             in_process.start()

@@ -92,8 +92,9 @@ async def test_a_failure_that_is_not_redis_is_logged_and_the_task_goes_on(
             assert "heartbeat failed" in caplog.text
         try:
             beats = stats.get("heartbeats")
-            while stats.get("heartbeats") == beats:  # the backoff is 0.1 s here
-                await asyncio.sleep(0.05)
+            beat.sent.clear()  # the next beat starts after the fix (the backoff: 0.1 s)
+            await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
+            assert stats.get("heartbeats") == beats + 1
             assert [i["id"] for i in await hb.live_instances(client)] == ["failing"]
         finally:
             await beat.stop()
