@@ -6,11 +6,18 @@ raced with an incoming event cannot put stale data over the event's. ``created``
 ``updated`` events overwrite the entry; ``deleted`` replaces it with a short-lived
 tombstone so a racing miss cannot bring the row back. Entries hold broadcast data only,
 exactly as in events (after a JSON round trip): never an excluded field.
+
+Entries are only as current as the events that reached this instance. So where a
+listener runs, hits are served only while it keeps confirming that it receives from
+Redis (see ``Listener``: a probe through its own subscription at least every
+``BROADCAST_CONFIRM_TIMEOUT`` seconds); otherwise reads go to the database. A process
+without a listener (a management command) serves hits as they are.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +29,14 @@ from django.db import models
 from .conf import conf
 from .events import field_values, serialize, to_json_data
 from .registry import ModelConfig, get_config
+from .stats import stats
 
 __all__ = ["Lookup", "apply_event", "delete", "fetch", "get"]
 
 _TOMBSTONE_TIMEOUT = 60
+# Until when (time.monotonic()) hits may be served; the listener moves it forward each
+# time it confirms that it still receives from Redis. None: no listener runs here.
+_hits_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,19 @@ def is_in_memory() -> bool:
     return isinstance(_cache(), (LocMemCache, DummyCache))
 
 
+def serve_hits_until(deadline: float | None) -> None:
+    """Serve hits until ``deadline`` (``time.monotonic()``), then read the database;
+    None: serve hits (no listener in this process)."""
+    global _hits_until
+    _hits_until = deadline
+
+
+def serving_hits() -> bool:
+    """Whether :func:`fetch` may answer from the cache now."""
+    deadline = _hits_until
+    return deadline is None or time.monotonic() < deadline
+
+
 def load(config: ModelConfig, pk: Any) -> dict[str, Any] | None:
     """Read one object's broadcast data from the database (None when it does not exist)."""
     instance = config.model._default_manager.filter(pk=pk).first()
@@ -77,6 +101,11 @@ def load(config: ModelConfig, pk: Any) -> dict[str, Any] | None:
 def fetch(model: type[models.Model] | str, pk: Any) -> Lookup:
     """Return an object's broadcast data from this instance's cache, loading it on a miss."""
     config = get_config(model)
+    if not serving_hits():
+        # Events may not be reaching this instance: its entries may be stale. Nothing is
+        # stored either; the events replayed once it receives again bring entries up to date.
+        stats.incr("cache_bypassed")
+        return Lookup(load(config, pk), False)
     cache = _cache()
     key = cache_key(config.label, str(pk), cache)
     entry = cache.get(key)

@@ -40,6 +40,14 @@ _POSITIVE_INTS += (
 )
 _POSITIVE_FLOATS += ("BROADCAST_RESUME_WINDOW",)
 DELIVERY_MODES = ("best_effort", "outbox")
+# Delivery guarantees: gap repair and the liveness probe. Zero would spin the listener's
+# loops; a negative age or cache timeout would keep nothing.
+_DELIVERY_FLOATS = ("BROADCAST_RECOVERY_INTERVAL", "BROADCAST_CONFIRM_TIMEOUT")
+#: settings where 0 (or None) has a documented meaning, and only a negative is wrong
+_NON_NEGATIVE = {
+    "BROADCAST_LOG_MAX_AGE": "0 means no age limit",
+    "BROADCAST_CACHE_TIMEOUT": "None keeps entries until evicted",
+}
 
 
 @register(Tags.compatibility)
@@ -129,7 +137,7 @@ def check_registry(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
 @register()
 def check_numbers(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    for name in _POSITIVE_INTS + _POSITIVE_FLOATS:
+    for name in _POSITIVE_INTS + _POSITIVE_FLOATS + _DELIVERY_FLOATS:
         try:
             value = getattr(conf, name)
             ok = value > 0
@@ -160,3 +168,23 @@ def check_delivery(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
             id="broadcast_app.E007",
         )
     ]
+
+
+@register()
+def check_limits(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for name, meaning in _NON_NEGATIVE.items():
+        try:
+            value = getattr(conf, name)
+            ok = value is None or value > 0 or (value == 0 and name == "BROADCAST_LOG_MAX_AGE")
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(
+                Error(
+                    f"{name} must be a positive number ({meaning}).",
+                    hint=f"Remove {name} to use its default, or give a number above 0.",
+                    id="broadcast_app.E010",
+                )
+            )
+    return errors

@@ -227,5 +227,11 @@ class Settings:
         active and allowed to see its subscriptions (the bound on revocation)."""
         return float(_setting("BROADCAST_REVALIDATE_INTERVAL", 5.0))
 
+    @property
+    def BROADCAST_CONFIRM_TIMEOUT(self) -> float:
+        """Seconds an instance may go without confirming that it still receives from
+        Redis; past it, it serves no cache hits and sends ``reset`` (``disconnected``)."""
+        return float(_setting("BROADCAST_CONFIRM_TIMEOUT", 5.0))
+
 
 conf = Settings()

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _WARN_EVERY = 30.0  # seconds between two warnings about failed heartbeats
 _STOP_WAIT = 5.0  # seconds stop() waits for the task to withdraw the heartbeat
+_BACKOFF_MAX = 60.0  # seconds between two heartbeats at most while they keep failing
 
 
 def instance_key(instance_id: str) -> str:
@@ -116,6 +117,7 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_warning = -_WARN_EVERY
+        self._last_failure = -_WARN_EVERY
         #: set once the first heartbeat was sent (or failed) since the last start
         self.sent = asyncio.Event()
 
@@ -157,18 +159,30 @@ class Heartbeat:
     async def _run(self) -> None:
         client = make_client()
         instance_id = conf.BROADCAST_INSTANCE_ID
+        failures = 0
         try:
             while True:
                 try:
                     await beat(client, instance_figures())
                     stats.incr("heartbeats")
+                    failures = 0
                 except (redis.RedisError, OSError) as exc:
                     if _cancelling():
                         raise asyncio.CancelledError from exc  # the race above: stop now
                     stats.incr("heartbeat_errors")
                     self._warn(exc)
+                except Exception:
+                    # Not Redis: a bug or a setting (a figure that fails). The dashboard
+                    # would lose this instance for good if the task died, so it goes on,
+                    # less often while the failure lasts.
+                    stats.incr("heartbeat_errors")
+                    failures += 1
+                    self._warn_failure()
                 self.sent.set()
-                await asyncio.sleep(conf.BROADCAST_HEARTBEAT_INTERVAL)
+                interval = conf.BROADCAST_HEARTBEAT_INTERVAL
+                await asyncio.sleep(
+                    min(interval * 2 ** min(failures, 16), max(interval, _BACKOFF_MAX))
+                )
         finally:
             # Stopping cleanly: leave the dashboard now rather than when the key expires.
             # Runs after cancellation; the client's own timeouts bound it.
@@ -178,6 +192,12 @@ class Heartbeat:
                 logger.debug("broadcast_app heartbeat: could not withdraw", exc_info=True)
             finally:
                 await client.aclose()
+
+    def _warn_failure(self) -> None:
+        now = time.monotonic()
+        if now - self._last_failure >= _WARN_EVERY:
+            self._last_failure = now
+            logger.exception("broadcast_app heartbeat failed; retrying with backoff")
 
     def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()

@@ -292,8 +292,18 @@ class Publisher:
 
     def _at_exit(self) -> None:
         # Short-lived processes (manage.py shell, commands, workers) save and exit at once.
-        if self._pid == os.getpid() and not self.flush(conf.BROADCAST_FLUSH_TIMEOUT):
-            logger.warning("broadcast_app exited with events still queued (flush timed out)")
+        if self._pid != os.getpid() or self.flush(conf.BROADCAST_FLUSH_TIMEOUT):
+            return
+        # Redis did not take them in time (down, hung, cut off): rather than lose them in
+        # silence, the thread writes what it holds to the outbox table, and a relay
+        # publishes it once Redis answers. Bounded too: a second BROADCAST_FLUSH_TIMEOUT.
+        spill = _Spill()
+        self._queue.put(spill)
+        if not spill.done.wait(conf.BROADCAST_FLUSH_TIMEOUT):
+            logger.error(
+                "broadcast_app exited with events it could neither publish to Redis nor "
+                "write to the outbox table within BROADCAST_FLUSH_TIMEOUT: they are lost"
+            )
 
     # -- the publisher thread ---------------------------------------------------------
 
@@ -323,6 +333,7 @@ class Publisher:
             # Between an event's commit and its write to Redis, this thread runs cold
             # (woken after milliseconds of idleness): what runs here is kept short.
             taken: list[Queued] = []
+            spill: _Spill | None = None
             if early:
                 item = early.pop()
             else:
@@ -331,7 +342,9 @@ class Publisher:
                 except queue.Empty:
                     item = _WAKE
             while True:
-                if isinstance(item, _Flush):
+                if isinstance(item, _Spill):
+                    spill = item
+                elif isinstance(item, _Flush):
                     flushes.append(item)
                 elif item is not _WAKE:
                     taken.append(item)
@@ -354,6 +367,11 @@ class Publisher:
                 if waiting is None:
                     waiting = pending[key] = _Waiting()
                 waiting.events.append(event)
+            if spill is not None:
+                self._spill(pending, q, spill)
+                for marker in flushes:
+                    marker.done.set()
+                return  # the process is exiting: nothing is sent after this
             now = time.monotonic()
             # Not a host that failed a moment ago. Only the last write pauses before its
             # replies: another host's events must not wait for that pause.
@@ -373,6 +391,32 @@ class Publisher:
                 for marker in flushes:
                     marker.done.set()
                 flushes = []
+
+    def _spill(
+        self, pending: dict[str, _Waiting], q: queue.SimpleQueue[Queued | _Flush], spill: _Spill
+    ) -> None:
+        """Write every event still held, and every reset still owed, to the outbox."""
+        from .outbox import spill_events  # outbox imports this module
+
+        rest: list[Queued] = []
+        with contextlib.suppress(queue.Empty):
+            while True:  # saved by a daemon thread after the exit began
+                item = q.get_nowait()
+                if not isinstance(item, _Flush) and item is not _WAKE:
+                    rest.append(item)
+        events = [event for waiting in pending.values() for event in waiting.events]
+        events += _encoded(rest)
+        lost = set(self._published.lost).union(*(waiting.lost for waiting in pending.values()))
+        try:
+            if events or lost:
+                spill.written = spill_events(events, lost)
+        except Exception:
+            logger.exception(
+                "broadcast_app could not write %d unpublished event(s) to the outbox: lost",
+                len(events),
+            )
+        finally:
+            spill.done.set()
 
     def _send_waiting(self, waiting: _Waiting, pause: Callable[[], None] | None) -> None:
         """Send what waits for one host, in order, then the resets it owes. After a
@@ -467,6 +511,11 @@ class Publisher:
                 self._client(r).redis.delete(*names)
             except (redis.RedisError, OSError):
                 self._drop_client(r)  # they expire by themselves
+
+    def send_resets(self, labels: set[str], why: str) -> set[str]:
+        """Tell every instance that events of ``labels`` were lost (the outbox relay, for
+        resets a process owed when it exited); return those told. Never raises."""
+        return self._send_resets(labels, why)
 
     def _send_resets(
         self, labels: set[str], why: str = "were dropped during an outage"
@@ -581,6 +630,16 @@ class _Flush:
 
     def __init__(self) -> None:
         self.done = threading.Event()
+
+
+class _Spill(_Flush):
+    """A queue item put at exit: the thread writes what it holds to the outbox and stops
+    (``done`` once written, or once that failed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: events and resets written
+        self.written = 0
 
 
 class _Waiting:

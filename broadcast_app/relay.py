@@ -40,7 +40,7 @@ from .conf import conf
 from .events import event_body
 from .layer import once_key
 from .models import OutboxEvent, OutboxLock
-from .outbox import Item, from_payload
+from .outbox import Item, LostEvents, from_payload
 from .publisher import Publisher
 from .rows import RowSet
 from .stats import stats
@@ -145,7 +145,14 @@ class Relay:
 
     def _publish(self, token: str, rows: list[OutboxEvent]) -> tuple[int, int, bool]:
         """Publish one transaction's rows: (events out, duplicates skipped, all done)."""
-        items = list(_items(rows, self.using))
+        items: list[Item] = []
+        for item in _items(rows, self.using):
+            if not isinstance(item, LostEvents):
+                items.append(item)
+            elif not self.publisher.send_resets(
+                {item.label}, "were lost by a process that exited"
+            ):
+                return 0, 0, False  # Redis down: kept, in order, for the next pass
         # The event's ts is when the transaction wrote its last change, not relay time:
         # the dashboard's commit → receipt lag includes the time spent in the outbox.
         ts = _iso(max(row.created for row in rows))
@@ -198,7 +205,7 @@ def _by_token(rows: Iterable[OutboxEvent]) -> dict[str, list[OutboxEvent]]:
     return dict(sorted(groups.items(), key=lambda item: item[1][-1].id))
 
 
-def _items(rows: list[OutboxEvent], using: str) -> Iterable[Item]:
+def _items(rows: list[OutboxEvent], using: str) -> Iterable[Item | LostEvents]:
     for row in rows:
         try:
             item = from_payload(row.label, row.payload)

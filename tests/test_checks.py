@@ -21,6 +21,7 @@ def test_project_settings_pass() -> None:
     assert checks.check_registry(None) == []
     assert checks.check_numbers(None) == []
     assert checks.check_delivery(None) == []
+    assert checks.check_limits(None) == []
 
 
 @override_settings(BROADCAST_CHANNEL_LAYER="missing")
@@ -73,6 +74,8 @@ def test_unknown_registered_field_is_e005(reregister: Any) -> None:
         ("BROADCAST_RESUME_RATE", -1),
         ("BROADCAST_RESUME_WINDOW", 0),
         ("BROADCAST_RESUME_CONCURRENCY", 0),
+        ("BROADCAST_RECOVERY_INTERVAL", 0),
+        ("BROADCAST_CONFIRM_TIMEOUT", -1),
     ],
 )
 def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
@@ -80,6 +83,29 @@ def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
         messages = checks.check_numbers(None)
     assert ids(messages) == ["broadcast_app.E006"]
     assert name in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BROADCAST_CACHE_TIMEOUT", 0),
+        ("BROADCAST_LOG_MAX_AGE", -1),
+        ("BROADCAST_LOG_MAX_AGE", "x"),
+    ],
+)
+def test_negative_limits_are_e010(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        messages = checks.check_limits(None)
+    assert ids(messages) == ["broadcast_app.E010"]
+    assert name in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("BROADCAST_CACHE_TIMEOUT", None), ("BROADCAST_LOG_MAX_AGE", 0)]
+)
+def test_documented_zero_and_none_pass(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        assert checks.check_limits(None) == []
 
 
 @pytest.mark.parametrize("mode", ["outbox", "best_effort"])

@@ -76,6 +76,30 @@ async def test_redis_down_is_counted_not_raised() -> None:
     assert stats.get("heartbeat_errors") == errors + 1
 
 
+async def test_a_failure_that_is_not_redis_is_logged_and_the_task_goes_on(
+    client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A figure that cannot be read (here: the cache alias names no cache) used to kill
+    the task for good; it is logged, counted, and heartbeats resume once it is fixed."""
+    beat = hb.Heartbeat()
+    errors = stats.get("heartbeat_errors")
+    with override_settings(BROADCAST_INSTANCE_ID="failing", BROADCAST_HEARTBEAT_INTERVAL=0.05):
+        with override_settings(BROADCAST_CACHE_ALIAS="no-such-cache"):
+            await beat.start()
+            await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
+            assert beat.running
+            assert stats.get("heartbeat_errors") == errors + 1
+            assert "heartbeat failed" in caplog.text
+        try:
+            beats = stats.get("heartbeats")
+            beat.sent.clear()  # the next beat starts after the fix (the backoff: 0.1 s)
+            await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
+            assert stats.get("heartbeats") == beats + 1
+            assert [i["id"] for i in await hb.live_instances(client)] == ["failing"]
+        finally:
+            await beat.stop()
+
+
 async def test_the_listener_runs_a_heartbeat(running_listener: Any) -> None:
     assert hb.heartbeat.running
     await running_listener.stop()

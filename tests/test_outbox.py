@@ -46,6 +46,13 @@ def relay() -> Iterator[Relay]:
     relay.publisher.close()
 
 
+@pytest.fixture
+def no_relay_thread() -> Iterator[None]:
+    # The test runs the relay itself; the listener's thread would race it.
+    with override_settings(BROADCAST_OUTBOX_RELAY=False):
+        yield
+
+
 def skus_in_log(client: redis.Redis) -> list[str | None]:
     """The ``sku`` of every event in the product log (None: an event without one)."""
     bodies = [f[b"b"].decode() for _, f in client.xrange(route("demo.product").stream)]
@@ -261,3 +268,47 @@ def test_capture_events_sees_outbox_events_at_commit(outbox_mode: None) -> None:
         events.assert_one(op="deleted", pk=pk)
     assert len(events) == 2
     assert not OutboxEvent.objects.exists()
+
+
+@pytest.mark.asyncio
+async def test_events_spilled_at_exit_are_read_back_and_lost_ones_become_a_reset(
+    relay: Relay, no_relay_thread: None, running_listener: Any, received: Received
+) -> None:
+    """What a best_effort process could not publish before it exited (spill_events): an
+    update goes out with the row as it is at relay time, never the older state it was
+    saved with; a delete keeps its data; a model whose events were dropped gets a reset."""
+    from broadcast_app.outbox import spill_events
+    from broadcast_app.stats import stats
+
+    def spill() -> int:
+        kept, gone = make("SPILL-KEPT", stock=1), make("SPILL-GONE", stock=1)
+        publisher.flush(TIMEOUT)
+        with override_settings(BROADCAST_ENABLED=False):
+            # Saved by the exiting process with stock 2, then by another one with 9
+            # (whose event is not in this test); and a row deleted by the exiting one.
+            Product.objects.filter(pk=kept.pk).update(stock=9)
+            Product.objects.filter(pk=gone.pk).delete()
+        common = {"model": "demo.product", "ts": "2026-12-01T10:00:00.000000Z", "origin": "x"}
+        updated = {**common, "op": "updated", "pk": str(kept.pk), "changed": ["stock"]}
+        deleted = {**common, "op": "deleted", "pk": str(gone.pk), "changed": []}
+        bodies = [
+            {**updated, "data": {"id": kept.pk, "sku": "SPILL-KEPT", "stock": 2}},
+            {**deleted, "data": {"id": gone.pk, "sku": "SPILL-GONE", "stock": 1}},
+        ]
+        events = [("demo.product", json.dumps(body)[1:]) for body in bodies]
+        return spill_events(events, {"testapp.article"})
+
+    resets = stats.get("instance_resets")
+    written = await database_sync_to_async(spill)()
+    assert written == 3
+    await received.wait_for(2)  # the two creations
+    outcome = await database_sync_to_async(relay.drain)()
+    assert (outcome.rows, outcome.failed) == (3, False)
+    late = (await received.wait_for(4))[2:]
+    assert [(e["op"], e["data"]["sku"], e["data"]["stock"]) for e in late] == [
+        ("updated", "SPILL-KEPT", 9),
+        ("deleted", "SPILL-GONE", 1),
+    ]
+    assert late[0]["changed"] == ["stock"] and late[0]["ts"] == "2026-12-01T10:00:00.000000Z"
+    assert stats.get("instance_resets") == resets + 1  # testapp.article, on the listener
+    assert not await database_sync_to_async(OutboxEvent.objects.exists)()

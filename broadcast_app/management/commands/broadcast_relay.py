@@ -49,8 +49,8 @@ class Command(BaseCommand):
             raise CommandError("--interval must be a positive number of seconds.")
         if conf.BROADCAST_DELIVERY != "outbox":
             self.stderr.write(
-                f"BROADCAST_DELIVERY is {conf.BROADCAST_DELIVERY!r}: saves write no outbox "
-                "rows; relaying whatever is left."
+                f"BROADCAST_DELIVERY is {conf.BROADCAST_DELIVERY!r}: only processes that "
+                "exited while Redis was unreachable write outbox rows; relaying those."
             )
         loop = RelayLoop(aliases, interval)
         if options["once"]:
