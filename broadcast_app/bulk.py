@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from functools import wraps
 from typing import Any
@@ -31,10 +31,10 @@ from django.db import connections, router, transaction
 from django.db.models import Model, QuerySet
 from django.db.models.deletion import Collector
 
-from .capture import SNAPSHOT, collect_deleted, record_item
+from .capture import collect_deleted, record_item, snapshot_key
 from .conf import conf
 from .events import _MISSING, Op, normalize, raw_values
-from .registry import ModelConfig, NotRegistered, get_config
+from .registry import ModelConfig, configs_for, get_config
 from .rows import DeletedRows, RowSet
 from .stats import stats
 
@@ -91,33 +91,43 @@ def install() -> None:
         setattr(QuerySet, name, wraps(original)(wrapper))
 
 
-def _config(qs: QuerySet[Any]) -> ModelConfig | None:
+def _configs(qs: QuerySet[Any]) -> tuple[ModelConfig, ...]:
+    """The registered models whose rows a write through ``qs`` changes (none: not ours)."""
     if _inside.get() or not conf.BROADCAST_ENABLED:
-        return None
-    try:
-        return get_config(qs.model)
-    except NotRegistered:
-        return None
+        return ()
+    return configs_for(qs.model)
+
+
+def _chunks(qs: QuerySet[Any], pks: list[str]) -> Iterator[QuerySet[Any]]:
+    """``qs``'s rows by pk, a chunk at a time, each a queryset of ``qs``'s own class (a
+    custom QuerySet's overrides stay in the path), without its filters or ordering."""
+    base = type(qs)(model=qs.model, using=qs.db)
+    for start in range(0, len(pks), _CHUNK):
+        yield base.filter(pk__in=pks[start : start + _CHUNK])
 
 
 def _update(self: QuerySet[Any], **kwargs: Any) -> int:
-    config = _config(self)
-    fields = [] if config is None else _broadcast_fields(config, kwargs)
-    if config is None or not fields or self.query.is_sliced or self.query.combinator:
+    configs = _configs(self)
+    chosen = [(c, _broadcast_fields(c, kwargs)) for c in configs]
+    chosen = [(c, fields) for c, fields in chosen if fields]
+    if not chosen or self.query.is_sliced or self.query.combinator:
         # Nothing broadcast is set (or Django will refuse the update itself).
         return int(_original["update"](self, **kwargs))
+    # One read for every config: a child's fields include its parents'.
+    read = list({f.attname: f for _, fields in chosen for f in fields}.values())
     self._for_write = True  # type: ignore[attr-defined]  # as update() does: the write db
     token = _inside.set(True)
     try:
         with transaction.atomic(using=self.db, savepoint=False):
-            pks, before = _lock_and_read(self, fields)
-            base: QuerySet[Any] = QuerySet(self.model, using=self.db)
+            pks, before = _lock_and_read(self, read)
             count = 0
-            for start in range(0, len(pks), _CHUNK):
-                chunk = base.filter(pk__in=pks[start : start + _CHUNK])
+            for chunk in _chunks(self, pks):
                 count += _original["update"](chunk, **kwargs)
             if pks:
-                record_item(RowSet(config, "updated", pks, before=before), self.db)
+                for config, fields in chosen:
+                    names = [f.name for f in fields]
+                    mine = {pk: {n: values[n] for n in names} for pk, values in before.items()}
+                    record_item(RowSet(config, "updated", pks, before=mine), self.db)
     finally:
         _inside.reset(token)
     return count
@@ -153,9 +163,9 @@ def _lock_and_read(qs: QuerySet[Any], fields: list[Any]) -> tuple[list[str], dic
 
 
 def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
-    config = _config(self)
+    configs = _configs(self)
     if (
-        config is None
+        not configs
         or self.query.combinator
         or self.query.is_sliced
         or self.query.distinct_fields
@@ -170,26 +180,26 @@ def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
     per_model: Counter[str] = Counter()
     with transaction.atomic(using=qs.db, savepoint=False):
         pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
-        base: QuerySet[Any] = QuerySet(self.model, using=qs.db)
-        for start in range(0, len(pks), _CHUNK):
-            # Not base.filter().delete(): its origin would be the chunk, not this queryset.
+        for chunk in _chunks(qs, pks):
+            # Not chunk.delete(): its origin would be the chunk, not this queryset.
             collector = Collector(using=qs.db, origin=self)
-            collector.collect(base.filter(pk__in=pks[start : start + _CHUNK]))
+            collector.collect(chunk)
             # _inside stays unset: receivers run in there, and their bulk writes (or the
             # collector's own update() for on_delete=SET_NULL) must broadcast.
-            with collect_deleted(config) as changes:
+            with collect_deleted(configs) as deleted:
                 count, counts = collector.delete()
             total += count
             per_model.update(counts)
-            if changes:
-                record_item(DeletedRows.pack(config, changes), qs.db)
+            for config, changes in deleted.items():
+                if changes:
+                    record_item(DeletedRows.pack(config, changes), qs.db)
     self._result_cache = None
     return total, dict(per_model)
 
 
 def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwargs: Any) -> Any:
-    config = _config(self)
-    if config is None:
+    configs = _configs(self)
+    if not configs:
         created = _original["bulk_create"](self, objs, *args, **kwargs)
         _refresh_snapshots(self, created)
         return created
@@ -205,14 +215,15 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
                 logger.warning(
                     "broadcast_app: bulk_create() of %s returned no pk for %d row(s); "
                     "broadcast them with publish_changes()",
-                    config.label,
+                    configs[0].label,
                     len(created) - len(pks),
                 )
             upsert = bool(kwargs.get("update_conflicts"))
             forced = frozenset(kwargs.get("update_fields") or ()) if upsert else frozenset()
             if pks:
                 op: Op = "updated" if upsert else "created"
-                record_item(RowSet(config, op, pks, forced=forced), self.db)
+                for config in configs:
+                    record_item(RowSet(config, op, pks, forced=forced), self.db)
     finally:
         _inside.reset(token)
     _refresh_snapshots(self, created)
@@ -221,37 +232,48 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
 
 def _refresh_snapshots(qs: QuerySet[Any], objs: Iterable[Model]) -> None:
     """The saved values are the "before" of these instances' next save."""
-    try:
-        config = get_config(qs.model)
-    except NotRegistered:
+    configs = configs_for(qs.model)
+    if not configs:
         return
     for obj in objs:
-        obj.__dict__[SNAPSHOT] = raw_values(config, obj)
+        for config in configs:
+            obj.__dict__[snapshot_key(config, type(obj))] = raw_values(config, obj)
 
 
 def _bulk_update(
     self: QuerySet[Any], objs: Iterable[Model], fields: Sequence[str], *args: Any, **kwargs: Any
 ) -> Any:
-    config = _config(self)
-    chosen = [] if config is None else _broadcast_fields(config, dict.fromkeys(fields))
-    if config is None or not chosen:
+    configs = _configs(self)
+    chosen = [(c, _broadcast_fields(c, dict.fromkeys(fields))) for c in configs]
+    chosen = [(c, names) for c, names in chosen if names]
+    if not chosen:
         return _original["bulk_update"](self, objs, fields, *args, **kwargs)
     objs = list(objs)
-    before: dict[str, dict[str, Any]] = {}
-    for obj in objs:
-        snapshot = obj.__dict__.get(SNAPSHOT) or {}
-        old = {f.name: snapshot.get(f.attname, _MISSING) for f in chosen}
-        before[str(obj.pk)] = {n: normalize(config.model._meta.get_field(n), v)  # type: ignore[arg-type]
-                               for n, v in old.items() if v is not _MISSING}  # fmt: skip
+    befores = [(config, _before(config, fields, objs)) for config, fields in chosen]
     self._for_write = True  # type: ignore[attr-defined]  # as bulk_update() does
     token = _inside.set(True)
     try:
         with transaction.atomic(using=self.db, savepoint=False):
             count = _original["bulk_update"](self, objs, fields, *args, **kwargs)
-            if objs:
-                pks = list(before)
-                record_item(RowSet(config, "updated", pks, before=before), self.db)
+            for config, before in befores:
+                if before:
+                    pks = list(before)
+                    record_item(RowSet(config, "updated", pks, before=before), self.db)
     finally:
         _inside.reset(token)
     _refresh_snapshots(self, objs)
     return count
+
+
+def _before(
+    config: ModelConfig, fields: list[Any], objs: list[Model]
+) -> dict[str, dict[str, Any]]:
+    """The old values of ``fields`` of each object, as its snapshot knows them."""
+    before: dict[str, dict[str, Any]] = {}
+    for obj in objs:
+        snapshot = obj.__dict__.get(snapshot_key(config, type(obj))) or {}
+        old = {f: snapshot.get(f.attname, _MISSING) for f in fields}
+        before[str(obj.pk)] = {
+            f.name: normalize(f, v) for f, v in old.items() if v is not _MISSING
+        }
+    return before

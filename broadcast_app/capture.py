@@ -8,14 +8,20 @@ taken when the instance was loaded (``post_init``), so ``changed`` costs no quer
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
 from django.db import models
-from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
+from django.db.models.signals import (
+    class_prepared,
+    m2m_changed,
+    post_delete,
+    post_init,
+    post_save,
+)
 
 from . import echo, outbox
 from .buffer import record
@@ -29,48 +35,95 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT = "_broadcast_snapshot"
 
-# Set while a chunked QuerySet.delete() of this model runs (see bulk.py): its deleted
-# rows are handed over in one list per chunk, to be packed, not buffered one by one.
-_deleting: ContextVar[tuple[ModelConfig, list[Change]] | None] = ContextVar(
+# Set while a chunked QuerySet.delete() runs (see bulk.py): the deleted rows of its
+# models are handed over in one list per model and chunk, to be packed, not buffered
+# one by one.
+_deleting: ContextVar[dict[ModelConfig, list[Change]] | None] = ContextVar(
     "broadcast_deleting", default=None
 )
+# The classes each registered model's receivers are connected for, by label.
+_senders: dict[str, list[type[models.Model]]] = {}
 
 
 def connect(config: ModelConfig) -> None:
-    """Connect the capture receivers for one registered model."""
-    uid = f"broadcast_app:{config.label}"
+    """Connect the capture receivers for one registered model, its proxies and its
+    multi-table descendants (Django sends a write's signals for the class written
+    through only: a proxy's save, or a child's save of its parent's row, would go
+    unseen)."""
     model = config.model
-    post_init.connect(partial(_on_post_init, config), sender=model, weak=False, dispatch_uid=uid)
-    post_save.connect(partial(_on_post_save, config), sender=model, weak=False, dispatch_uid=uid)
-    post_delete.connect(
-        partial(_on_post_delete, config), sender=model, weak=False, dispatch_uid=uid
-    )
+    _connect_sender(config, model)
+    pending = list(model.__subclasses__())
+    while pending:
+        subclass = pending.pop()
+        pending.extend(subclass.__subclasses__())
+        if not subclass._meta.abstract:
+            _connect_sender(config, subclass)
+    # Subclasses defined later (after register()) connect when Django prepares them.
+    class_prepared.connect(_on_class_prepared, weak=False, dispatch_uid="broadcast_app")
 
-    for f in config.m2m_fields:
-        m2m_changed.connect(
-            partial(_on_m2m_changed, config, f.name),
-            sender=f.remote_field.through,
-            weak=False,
-            dispatch_uid=f"{uid}:{f.name}",
+
+def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
+    from .registry import all_configs
+
+    for config in all_configs():
+        if sender is not config.model and issubclass(sender, config.model):
+            _connect_sender(config, sender)
+
+
+def _connect_sender(config: ModelConfig, sender: type[models.Model]) -> None:
+    uid = f"broadcast_app:{config.label}"
+    key = snapshot_key(config, sender)
+    senders = _senders.setdefault(config.label, [])
+    if sender not in senders:
+        senders.append(sender)
+    post_init.connect(
+        partial(_on_post_init, config, key), sender=sender, weak=False, dispatch_uid=uid
+    )
+    post_save.connect(
+        partial(_on_post_save, config, key), sender=sender, weak=False, dispatch_uid=uid
+    )
+    if sender._meta.concrete_model is config.model:
+        # A descendant's delete deletes its parents' rows with their own signals.
+        post_delete.connect(
+            partial(_on_post_delete, config), sender=sender, weak=False, dispatch_uid=uid
         )
+    if sender is config.model:
+        for f in config.m2m_fields:
+            m2m_changed.connect(
+                partial(_on_m2m_changed, config, f.name),
+                sender=f.remote_field.through,
+                weak=False,
+                dispatch_uid=f"{uid}:{f.name}",
+            )
 
 
 def disconnect(config: ModelConfig) -> None:
     """Undo :func:`connect`."""
     uid = f"broadcast_app:{config.label}"
-    for signal in (post_init, post_save, post_delete):
-        signal.disconnect(sender=config.model, dispatch_uid=uid)
+    for sender in _senders.pop(config.label, [config.model]):
+        for signal in (post_init, post_save, post_delete):
+            signal.disconnect(sender=sender, dispatch_uid=uid)
     for f in config.m2m_fields:
         m2m_changed.disconnect(sender=f.remote_field.through, dispatch_uid=f"{uid}:{f.name}")
 
 
-def _on_post_init(config: ModelConfig, instance: models.Model, **kwargs: Any) -> None:
+def snapshot_key(config: ModelConfig, model: type[models.Model]) -> str:
+    """Where an instance of ``model`` keeps its snapshot of ``config``'s fields: one key
+    for its own model's (or a proxy's concrete model's) config, another per registered
+    multi-table ancestor, whose config may choose other fields."""
+    if model._meta.concrete_model is config.model:
+        return SNAPSHOT
+    return f"{SNAPSHOT}:{config.label}"
+
+
+def _on_post_init(config: ModelConfig, key: str, instance: models.Model, **kwargs: Any) -> None:
     # The values as loaded are the "before" of the next save: no query needed later.
-    instance.__dict__[SNAPSHOT] = raw_values(config, instance)
+    instance.__dict__[key] = raw_values(config, instance)
 
 
 def _on_post_save(
     config: ModelConfig,
+    key: str,
     instance: models.Model,
     created: bool,
     using: str,
@@ -79,7 +132,7 @@ def _on_post_save(
     if not conf.BROADCAST_ENABLED:
         return
     try:
-        saved = _read(config, instance, created)
+        saved = _read(config, key, instance, created)
         # Compared later (by the publisher thread after an autocommit save) when no
         # instance is needed for it.
         item = saved if config.needs_no_instance else saved.change(instance)
@@ -91,7 +144,7 @@ def _on_post_save(
     record_item(item, using)
 
 
-def _read(config: ModelConfig, instance: models.Model, created: bool) -> Saved:
+def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) -> Saved:
     """What ``save()`` must read of the instance now: its attribute values, copied where
     they could change in place, which become its snapshot."""
     loaded = instance.__dict__
@@ -101,8 +154,8 @@ def _read(config: ModelConfig, instance: models.Model, created: bool) -> Saved:
         # One query for all of them, rather than one per field on first access.
         instance.refresh_from_db(fields=list(deferred))
     current = raw_values(config, instance)
-    snapshot: dict[str, Any] = {} if created else loaded.get(SNAPSHOT) or {}
-    loaded[SNAPSHOT] = current
+    snapshot: dict[str, Any] = {} if created else loaded.get(key) or {}
+    loaded[key] = current
     return Saved(config, str(instance.pk), created, current, snapshot, deferred)
 
 
@@ -128,21 +181,23 @@ def _on_post_delete(
         logger.exception("broadcast_app could not capture a delete of %s", config.label)
         return
     deleting = _deleting.get()
-    if deleting is not None and deleting[0] is config:
-        deleting[1].append(change)
+    if deleting is not None and config in deleting:
+        deleting[config].append(change)
         return
     record_item(change, using)
 
 
 @contextmanager
-def collect_deleted(config: ModelConfig) -> Iterator[list[Change]]:
-    """Gather the ``deleted`` changes of ``config``'s rows in the block, unbuffered.
+def collect_deleted(
+    configs: Iterable[ModelConfig],
+) -> Iterator[dict[ModelConfig, list[Change]]]:
+    """Gather the ``deleted`` changes of these models' rows in the block, unbuffered.
 
     The caller records them itself; deletes of other models (cascades) are captured as
     usual.
     """
-    changes: list[Change] = []
-    token = _deleting.set((config, changes))
+    changes: dict[ModelConfig, list[Change]] = {config: [] for config in configs}
+    token = _deleting.set(changes)
     try:
         yield changes
     finally:
@@ -177,8 +232,13 @@ def _on_m2m_changed(
     if not conf.BROADCAST_ENABLED:
         return
     forced = frozenset({field_name})
-    if not reverse and isinstance(instance, config.model):
-        if action in {"post_add", "post_remove", "post_clear"}:
+    if not reverse:
+        # Not ours when the field is inherited and the instance is of the parent model.
+        if isinstance(instance, config.model) and action in {
+            "post_add",
+            "post_remove",
+            "post_clear",
+        }:
             values = field_values(config, instance)
             data = serialize(config, instance, values)
             record_item(

@@ -167,6 +167,8 @@ def _plain_attribute(model: type[models.Model], f: models.Field[Any, Any]) -> bo
 
 
 _registry: dict[str, ModelConfig] = {}
+#: configs_for()'s answers, forgotten whenever the registry changes
+_by_model: dict[type[models.Model], tuple[ModelConfig, ...]] = {}
 
 
 def register(
@@ -210,6 +212,7 @@ def register(
     if config.label in _registry:
         raise AlreadyRegistered(f"{config.label} is already registered for broadcasting.")
     _registry[config.label] = config
+    _by_model.clear()
     capture.connect(config)
     bulk.install()
     return config
@@ -222,22 +225,45 @@ def unregister(model: type[models.Model]) -> None:
     config = _registry.pop(model._meta.label_lower, None)
     if config is None:
         raise NotRegistered(model._meta.label_lower)
+    _by_model.clear()
     capture.disconnect(config)
 
 
 def get_config(model_or_label: type[models.Model] | str) -> ModelConfig:
-    """Return the config of a registered model, by class or ``app_label.model`` label."""
+    """Return the config of a registered model, by class or ``app_label.model`` label.
+
+    A proxy class gives its concrete model's config: its rows are that model's.
+    """
     if isinstance(model_or_label, str):
         found = _registry.get(model_or_label)  # labels on the wire are lower case already
         if found is not None:
             return found
         label = model_or_label.lower()
     else:
-        label = model_or_label._meta.label_lower
+        label = _concrete(model_or_label)._meta.label_lower
     try:
         return _registry[label]
     except KeyError:
         raise NotRegistered(label) from None
+
+
+def configs_for(model: type[models.Model]) -> tuple[ModelConfig, ...]:
+    """The configs a write through ``model`` publishes under, nearest first: its own (a
+    proxy's is its concrete model's) and those of its registered multi-table ancestors,
+    whose rows a write through a child writes too. Empty: nothing to publish."""
+    found = _by_model.get(model)
+    if found is None:
+        concrete = _concrete(model)
+        labels = dict.fromkeys(
+            m._meta.label_lower for m in (concrete, *concrete._meta.get_parent_list())
+        )
+        found = _by_model[model] = tuple(_registry[n] for n in labels if n in _registry)
+    return found
+
+
+def _concrete(model: type[models.Model]) -> type[models.Model]:
+    # None only while Django builds the class, before any write can go through it.
+    return model._meta.concrete_model or model
 
 
 def all_configs() -> list[ModelConfig]:

@@ -68,7 +68,11 @@ class RowSet:
             return [self._pk_only(pk) for pk in pks]
         model = self.config.model
         manager = model._base_manager.db_manager(self.using or router.db_for_write(model))
-        by_pk = {str(obj.pk): obj for obj in manager.filter(pk__in=pks)}
+        rows = manager.filter(pk__in=pks)
+        if self.config.m2m_fields:
+            # One query per field for the whole chunk, not one per row.
+            rows = rows.prefetch_related(*(f.name for f in self.config.m2m_fields))
+        by_pk = {str(obj.pk): obj for obj in rows}
         result = []
         for pk in pks:
             instance = by_pk.get(pk)

@@ -116,6 +116,16 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+elif _database["ENGINE"] == "django.db.backends.mysql":
+    # MySQL/MariaDB: 4-byte UTF-8 (utf8 is 3 bytes there), and READ COMMITTED said out
+    # loud (Django's default too): the server's own default, REPEATABLE READ, would keep
+    # a transaction reading its first snapshot while other instances commit.
+    _database["OPTIONS"] = {
+        "charset": "utf8mb4",
+        "isolation_level": "read committed",
+        **_database.get("OPTIONS", {}),
+    }
+    _database["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 DATABASES = {"default": _database}
 
 CHANNEL_LAYERS = {

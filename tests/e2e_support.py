@@ -1,9 +1,10 @@
 """Process and protocol helpers for the end-to-end tests (tests/test_e2e.py).
 
-A throwaway database (SQLite file, or a uniquely named PostgreSQL database), the demo's
-``manage.py`` run in subprocesses, real uvicorn instances whose output goes to files,
-and thin HTTP (admin forms) and websocket clients. Every process started here is
-stopped by the context manager or method that started it.
+A throwaway database (SQLite file, or a uniquely named PostgreSQL or MySQL/MariaDB
+database), the demo's ``manage.py`` run in subprocesses, real server instances (uvicorn,
+or daphne, hypercorn, granian) whose output goes to files, and thin HTTP (admin forms)
+and websocket clients. Every process started here is stopped by the context manager or
+method that started it.
 """
 
 from __future__ import annotations
@@ -54,12 +55,16 @@ FRAME_TIMEOUT = 10.0
 def fresh_database(env_url: str | None, directory: Path) -> Iterator[str]:
     """Yield the ``DATABASE_URL`` of an empty database, removed afterwards.
 
-    A PostgreSQL ``env_url`` gives a uniquely named database on that server (created and
-    dropped through its ``postgres`` database); anything else a SQLite file in
-    ``directory``.
+    A PostgreSQL or MySQL/MariaDB ``env_url`` gives a uniquely named database on that
+    server (created and dropped through a connection to the server); anything else a
+    SQLite file in ``directory``.
     """
-    if env_url and urlsplit(env_url).scheme in {"postgres", "postgresql", "pgsql"}:
+    scheme = urlsplit(env_url).scheme if env_url else ""
+    if env_url and scheme in {"postgres", "postgresql", "pgsql"}:
         with _postgres_database(env_url) as url:
+            yield url
+    elif env_url and scheme in {"mysql", "mysql2", "mariadb"}:
+        with _mysql_database(env_url) as url:
             yield url
     else:
         yield f"sqlite:///{directory / 'e2e.sqlite3'}"
@@ -89,6 +94,34 @@ def _postgres_database(env_url: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@contextmanager
+def _mysql_database(env_url: str) -> Iterator[str]:
+    import MySQLdb
+
+    parts = urlsplit(env_url)
+    name = f"broadcast_e2e_{uuid.uuid4().hex[:12]}"
+    options: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": parts.username or "root",
+        "password": parts.password or "",
+    }
+    # The name is ours (hex), so quoting it with backticks is enough.
+    conn = MySQLdb.connect(**options)
+    try:
+        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        conn = MySQLdb.connect(**options)
+        try:
+            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
 
 
 # -- manage.py ------------------------------------------------------------------------
@@ -147,12 +180,38 @@ def last_json_line(output: str) -> Any:
     return json.loads(lines[-1])
 
 
-# -- uvicorn instances ----------------------------------------------------------------
+# -- server instances (uvicorn by default) --------------------------------------------
+
+#: the ASGI servers an instance can run under
+SERVERS = ("uvicorn", "daphne", "hypercorn", "granian")
+
+
+def server_command(server: str, port: int, fd: int | None = None) -> list[str]:
+    """The command that serves the demo with ``server`` on 127.0.0.1:``port`` (uvicorn:
+    or on the listening socket ``fd`` it inherits)."""
+    app = "project.asgi:application"
+    if server == "uvicorn":
+        address = ["--host", "127.0.0.1", "--port", str(port)] if fd is None else ["--fd", str(fd)]
+        return [
+            sys.executable, "-m", "uvicorn", app, *address,
+            "--ws-per-message-deflate", "false", "--lifespan", "on",
+        ]  # fmt: skip
+    if server == "daphne":
+        # No lifespan: the listener starts with the first request (see asgi.py).
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    if server == "hypercorn":
+        return [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", app]
+    if server == "granian":
+        return [
+            sys.executable, "-m", "granian", "--interface", "asgi",
+            "--host", "127.0.0.1", "--port", str(port), app,
+        ]  # fmt: skip
+    raise ValueError(f"unknown server {server!r}; known: {SERVERS}")
 
 
 @dataclass
 class Instance:
-    """One uvicorn process of the demo project, its port and its captured output."""
+    """One server process of the demo project, its port and its captured output."""
 
     name: str
     env: dict[str, str]
@@ -164,6 +223,11 @@ class Instance:
     #: SO_SNDBUF of the connections it accepts (0: the kernel's autotuning, up to MiBs);
     #: a small one makes a client that stops reading back up into the server at once
     send_buffer: int = 0
+    #: one of SERVERS (``uvicorn_args`` and ``send_buffer`` are uvicorn's only)
+    server: str = "uvicorn"
+    #: how the last stop went: the exit code, and whether SIGTERM sufficed
+    exit_code: int | None = None
+    stopped_cleanly: bool = False
     _files: list[Any] = field(default_factory=list)
 
     @property
@@ -224,8 +288,10 @@ class Instance:
             ) from None
 
     def _spawn(self) -> None:
+        if self.server != "uvicorn":
+            self._popen(server_command(self.server, self.port), None)
+            return
         listen: socket.socket | None = None
-        address = ["--host", "127.0.0.1", "--port", str(self.port)]
         if self.send_buffer:
             # Accepted sockets inherit SO_SNDBUF from the listening one, which uvicorn
             # then takes over (--fd).
@@ -234,14 +300,11 @@ class Instance:
             listen.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
             listen.bind(("127.0.0.1", self.port))
             listen.listen(128)
-            address = ["--fd", str(listen.fileno())]
-        command = [
-            sys.executable, "-m", "uvicorn", "project.asgi:application",
-            *address,
-            "--ws-per-message-deflate", "false",
-            "--lifespan", "on",
-            *self.uvicorn_args,
-        ]  # fmt: skip
+        fd = None if listen is None else listen.fileno()
+        command = [*server_command("uvicorn", self.port, fd), *self.uvicorn_args]
+        self._popen(command, listen)
+
+    def _popen(self, command: list[str], listen: socket.socket | None) -> None:
         stdout = self.stdout_path.open("ab")
         stderr = self.stderr_path.open("ab")
         self._files = [stdout, stderr]
@@ -259,8 +322,9 @@ class Instance:
                 listen.close()  # the child has its own copy
 
     def _wait_ready(self, timeout: float) -> None:
-        # The lifespan startup subscribes the listener before uvicorn accepts
-        # connections, so an HTTP answer also means events will be received.
+        # The lifespan startup subscribes the listener before uvicorn (hypercorn,
+        # granian) accepts connections, so an HTTP answer also means events will be
+        # received; daphne has no lifespan: its first request starts the listener.
         assert self.process is not None
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0, trust_env=False) as client:
@@ -287,9 +351,12 @@ class Instance:
             process.terminate()
             try:
                 process.wait(STOP_TIMEOUT)
+                self.stopped_cleanly = True
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(STOP_TIMEOUT)
+                self.stopped_cleanly = False
+            self.exit_code = process.returncode
         for file in self._files:
             file.close()
         self._files = []
@@ -304,16 +371,20 @@ class Instance:
 
 
 class _ExitedEarly(Exception):
-    """The uvicorn process exited before answering HTTP."""
+    """The server process exited before answering HTTP."""
 
 
 @contextmanager
 def running_instances(
-    envs: Mapping[str, dict[str, str]], log_dir: Path, uvicorn_args: tuple[str, ...] = ()
+    envs: Mapping[str, dict[str, str]],
+    log_dir: Path,
+    uvicorn_args: tuple[str, ...] = (),
+    server: str = "uvicorn",
 ) -> Iterator[list[Instance]]:
     """Start one instance per ``{name: env}``, ready to serve; always stop them all."""
     instances = [
-        Instance(name, env, log_dir, uvicorn_args=uvicorn_args) for name, env in envs.items()
+        Instance(name, env, log_dir, uvicorn_args=uvicorn_args, server=server)
+        for name, env in envs.items()
     ]
     try:
         for instance in instances:
@@ -522,12 +593,14 @@ def demo_stack(
     password: str,
     setup_id: str,
     settings_module: str = "project.settings",
+    server: str = "uvicorn",
     **env_overrides: str,
 ) -> Iterator[DemoStack]:
     """Migrate a fresh database, run ``setup_script`` (``manage.py shell -c``, with
     ``E2E_PASSWORD`` set), start instances A and B, and check on the way out that
     neither logged a traceback (stopping included: that covers the listener's shutdown).
     ``redis_url`` None: the Redis comes from ``env_overrides`` (``REDIS_SENTINELS``).
+    ``server``: one of SERVERS, for both instances.
     """
     with fresh_database(os.environ.get("DATABASE_URL"), directory) as database_url:
         env = subprocess_env(
@@ -544,7 +617,7 @@ def demo_stack(
         manage("migrate", "--noinput", env=env)
         setup = manage("shell", "-c", setup_script, env={**env, "E2E_PASSWORD": password})
         envs = {name: {**env, "BROADCAST_INSTANCE_ID": f"e2e-{name}"} for name in "AB"}
-        with running_instances(envs, directory) as (a, b):
+        with running_instances(envs, directory, server=server) as (a, b):
             yield DemoStack(a, b, env, last_json_line(setup.stdout))
         for instance in (a, b):
             assert "Traceback" not in instance.log_text(), instance.log_text()

@@ -1,4 +1,5 @@
-"""A test-only app with the relations the demo lacks (many-to-many, foreign keys)."""
+"""A test-only app with the relations the demo lacks (many-to-many, foreign keys), a
+proxy, multi-table inheritance and custom QuerySet/manager classes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,13 @@ class TestAppConfig(AppConfig):
     def ready(self) -> None:
         import broadcast_app
 
-        from .models import Article, Attachment, Comment
+        from .models import Article, Attachment, Comment, Note, Place, Restaurant
 
         broadcast_app.register(Article, exclude=["secret"], previous=True)
         broadcast_app.register(Comment)
         broadcast_app.register(Attachment)
+        broadcast_app.register(Note)
+        # Multi-table inheritance: a registered parent and one of its children (the
+        # other child, Bar, is not registered: its writes publish the parent's rows).
+        broadcast_app.register(Place)
+        broadcast_app.register(Restaurant)

@@ -46,3 +46,67 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return self.file.name or "attachment"
+
+
+class ArticleProxy(Article):
+    """Writes through a proxy publish as the concrete model (``testapp.article``)."""
+
+    class Meta:
+        proxy = True
+
+
+class Place(models.Model):
+    """A registered multi-table parent; ``Restaurant`` is registered too, ``Bar`` not."""
+
+    name = models.CharField(max_length=50)
+    city = models.CharField(max_length=50, default="")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Restaurant(Place):
+    seats = models.IntegerField(default=0)
+
+
+class Bar(Place):
+    happy_hour = models.BooleanField(default=False)
+
+
+class NoteQuerySet(models.QuerySet["Note"]):
+    """Overrides that must keep working with the bulk methods wrapped: each write stamps
+    ``by`` with the queryset's class name, and ``open()`` is a custom filter."""
+
+    def open(self) -> NoteQuerySet:
+        return self.filter(closed=False)
+
+    def update(self, **kwargs: object) -> int:
+        kwargs.setdefault("by", type(self).__name__)
+        return super().update(**kwargs)
+
+    def bulk_create(self, objs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        objs = list(objs)
+        for obj in objs:
+            obj.by = type(self).__name__
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        # A soft delete, as many projects do: an update, never a DELETE.
+        return self.update(closed=True), {}
+
+
+class NoteManager(models.Manager["Note"]):
+    def get_queryset(self) -> NoteQuerySet:
+        return super().get_queryset().exclude(text="hidden")  # type: ignore[return-value]
+
+
+class Note(models.Model):
+    text = models.CharField(max_length=50)
+    closed = models.BooleanField(default=False)
+    by = models.CharField(max_length=50, default="")
+
+    objects = NoteQuerySet.as_manager()
+    visible = NoteManager.from_queryset(NoteQuerySet)()
+
+    def __str__(self) -> str:
+        return self.text
