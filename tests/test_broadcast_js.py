@@ -218,7 +218,8 @@ async def test_after_a_refused_resume_the_next_reconnection_resumes_from_the_liv
                                 ref: frame.ref, last_id: "40-0:e" });
           }
           second.serverSend(change("41-0:e", "3"));
-          second.serverSend({ type: "reset", model: "demo.product", pk: null, reason: "overflow" });
+          second.serverSend({ type: "reset", model: "demo.product", pk: null,
+                              reason: "overflow" });
           second.serverClose();
           await until(() => sockets.length === 3);
           sockets[2].serverOpen();
