@@ -1,10 +1,10 @@
 """ASGI glue: run the instance's listener for the lifetime of the server.
 
-``with_broadcast(app)`` answers the ASGI ``lifespan`` protocol itself (uvicorn,
-hypercorn): the listener starts before the first request and is stopped cleanly on
-shutdown. Servers without lifespan (daphne) get it started lazily by the first HTTP
-request or websocket connection. Either way the server's websocket frame limit is
-checked once (see broadcast_app.server_limits).
+``with_broadcast(app)`` answers the ASGI ``lifespan`` protocol itself (uvicorn, and any
+server that speaks it): the listener starts before the first request and is stopped
+cleanly on shutdown. Servers without lifespan (daphne, its ``runserver``) get it
+started lazily by the first HTTP request or websocket connection. Either way the
+server's websocket frame limit is checked once (see broadcast_app.server_limits).
 """
 
 from __future__ import annotations
