@@ -8,10 +8,10 @@ in README.md is applied here verbatim —
 - ``file <path>``: the whole content of that file of the project;
 - ``append <path> [<phase>]``: appended to that file (in that phase only, if named).
 
-What the test adds is only what a person does by hand: the path of this repository in
-the install command, a free port for each server, ``--noinput`` (with Django's
-``DJANGO_SUPERUSER_*`` variables) for ``createsuperuser``, logging in, and a change made
-through the admin. Pins come from requirements.txt through ``PIP_CONSTRAINT``, so
+What the test adds is only what a person does by hand: the path of a clone in the
+install command (a copy of this checkout), a free port for each server, ``--noinput``
+(with Django's ``DJANGO_SUPERUSER_*`` variables) for ``createsuperuser``, logging in,
+and a change made through the admin. Pins come from requirements.txt through ``PIP_CONSTRAINT``, so
 the install is the README's command at the versions CI tests.
 
 Then, with two instances and one Redis (started here), a page built from the documented
@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,21 @@ class Environment:
                 process.wait()
 
 
+def clone(root: Path) -> Path:
+    """This repository as a fresh clone would have it: no build leftovers, no venv (a
+    stale ``build/`` directory would otherwise end up in the wheel)."""
+    target = root / "broadcast_app"
+    shutil.copytree(
+        BASE_DIR,
+        target,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+            "db.sqlite3*", "staticfiles",
+        ),
+    )  # fmt: skip
+    return target
+
+
 @pytest.fixture(scope="module")
 def project_redis() -> Iterator[EmbeddedRedis]:
     """The Redis the project's instances share (its own: the test reads its streams)."""
@@ -191,8 +207,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory, project_redis: EmbeddedR
     project.mkdir()
     environment = Environment(venv, project, env)
     blocks = readme_blocks()
+    source = clone(root)
     for line in commands(blocks, "install"):
-        environment.run(line.replace(CLONE_PLACEHOLDER, str(BASE_DIR)))
+        environment.run(line.replace(CLONE_PLACEHOLDER, str(source)))
     environment.run("django-admin startproject mysite .")
     environment.run("python manage.py startapp shop")
     apply_files(blocks, project, None)
