@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
-from .hub import hub
+from .positions import render_since
 from .registry import NotRegistered, get_config
 
 __all__ = ["LiveAdminMixin"]
@@ -91,7 +91,7 @@ class LiveAdminMixin(_Base):
         }
         if pk is not None:
             attributes["data-pk"] = pk
-        since = hub.last_ids.get(label)
+        since = render_since(label)
         if since is not None:
             # The page shows the state as of this event: a resuming server can replay
             # whatever happens between this render and the subscription.

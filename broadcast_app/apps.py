@@ -22,9 +22,10 @@ def _settings_changed(setting: str, **kwargs: Any) -> None:
 
         forget_routes()
     if setting in _CONNECTIONS:
-        from . import publisher
+        from . import positions, publisher
 
         publisher.reset()
+        positions.forget()
     if setting in {"CACHES", "BROADCAST_CACHE_ALIAS"}:
         from .cache import is_in_memory
 

@@ -1,9 +1,10 @@
 """ASGI glue: run the instance's listener for the lifetime of the server.
 
-``with_broadcast(app)`` answers the ASGI ``lifespan`` protocol itself (uvicorn,
-hypercorn): the listener starts before the first request and is stopped cleanly on
-shutdown. Servers without lifespan (daphne) get it started lazily by the first HTTP
-request or websocket connection.
+``with_broadcast(app)`` answers the ASGI ``lifespan`` protocol itself (uvicorn, and any
+server that speaks it): the listener starts before the first request and is stopped
+cleanly on shutdown. Servers without lifespan (daphne, its ``runserver``) get it
+started lazily by the first HTTP request or websocket connection. Either way the
+server's websocket frame limit is checked once (see broadcast_app.server_limits).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from typing import Any
 
 from .listener import listener
+from .server_limits import check_server
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            check_server()
             try:
                 await listener.start()
             except Exception as exc:  # report it the way ASGI servers expect
@@ -44,6 +47,7 @@ def with_broadcast(app: Any) -> Any:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
+        check_server()  # once per process; a flag test afterwards
         await listener.ensure_started()
         await app(scope, receive, send)
 

@@ -110,6 +110,11 @@ class Settings:
         return _instance_id()
 
     @property
+    def BROADCAST_PUBLISH_IN_TESTS(self) -> bool:
+        """Whether events reach Redis while Django's test environment is set up."""
+        return bool(_setting("BROADCAST_PUBLISH_IN_TESTS", False))
+
+    @property
     def BROADCAST_REDIS_TIMEOUT(self) -> float:
         """Seconds the publisher waits on Redis (connect and reply) before giving up."""
         return float(_setting("BROADCAST_REDIS_TIMEOUT", 0.5))

@@ -181,8 +181,56 @@ async def test_reset_frames_reach_on_reset_of_matching_subscriptions(page: Any) 
         }"""
     )
     assert result["resets"] == [["model", "too old"], ["pk3", "too old"], ["model", "gone"]]
-    # After a reset, resuming from the old position would only be refused again.
-    assert [frame.get("since") for frame in result["resubscribed"]] == [None, None, None]
+    # A reset keeps the position (the last event seen): never a resume without since.
+    assert [frame.get("since") for frame in result["resubscribed"]] == ["30-0", "30-0", None]
+
+
+async def test_after_a_refused_resume_the_next_reconnection_resumes_from_the_live_start(
+    page: Any,
+) -> None:
+    """The server refuses ``since`` (reset after ``subscribed``): the page reloads, and
+    a later reconnection resumes from ``subscribed``'s ``last_id``, after which every
+    event arrived live — not without ``since``, which would skip what changes while
+    the connection is down, in silence."""
+    result = await page.evaluate(
+        """async () => {
+          const resets = [];
+          const client = broadcast.connect({ minDelay: 1, maxDelay: 1 });
+          client.subscribe("demo.product", {
+            since: "5-0:e", onChange() {}, onReset: (f) => resets.push(f.reason),
+          });
+          client.subscribe("demo.product", { pk: 3, since: "6-0:e", onChange() {} });
+          const ws = sockets[0];
+          ws.serverOpen();
+          for (const frame of ws.sent) {
+            ws.serverSend({ type: "subscribed", model: "demo.product", pk: frame.pk ?? null,
+                            ref: frame.ref, last_id: "40-0:e" });
+            ws.serverSend({ type: "reset", model: "demo.product", pk: frame.pk ?? null,
+                            reason: "too_old" });
+          }
+          ws.serverClose();
+          await until(() => sockets.length === 2);
+          const second = sockets[1];
+          second.serverOpen();
+          // On this connection, events arrive, then the client falls behind (overflow).
+          for (const frame of second.sent) {
+            second.serverSend({ type: "subscribed", model: "demo.product", pk: frame.pk ?? null,
+                                ref: frame.ref, last_id: "40-0:e" });
+          }
+          second.serverSend(change("41-0:e", "3"));
+          second.serverSend({ type: "reset", model: "demo.product", pk: null,
+                              reason: "overflow" });
+          second.serverClose();
+          await until(() => sockets.length === 3);
+          sockets[2].serverOpen();
+          return { resets, first: second.sent, then: sockets[2].sent };
+        }"""
+    )
+    # The model-wide subscription also hears the reset of its object pk 3.
+    assert result["resets"] == ["too_old", "too_old", "overflow"]
+    assert [frame.get("since") for frame in result["first"]] == ["40-0:e", "40-0:e"]
+    # After the overflow, resuming from the last event seen replays what was dropped.
+    assert [frame.get("since") for frame in result["then"]] == ["41-0:e", "41-0:e"]
 
 
 async def test_keepalive_pings_and_gives_up_on_a_silent_connection(page: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -11,8 +13,12 @@ from django.contrib.auth.models import User
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import Client, override_settings
 
+from broadcast_app import publisher
+from broadcast_app.hub import hub
+from broadcast_app.layer import route
 from broadcast_app.templatetags.broadcast import NotBroadcastField
 from project.demo.models import Product
+from tests.conftest import layers_for
 
 pytestmark = pytest.mark.django_db
 
@@ -147,3 +153,61 @@ def test_the_demo_page_is_tags_only(client: Client, product: Product) -> None:
     assert SECRET not in page
     anonymous = Client().get("/").content.decode()
     assert "data-broadcast" not in anonymous and "page.js" not in anonymous
+
+
+# -- the first render's since ---------------------------------------------------------
+
+SINCE = re.compile(r'data-(?:broadcast-)?since="([^"]*)"')
+
+
+@pytest.fixture
+def no_event_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This instance's listener has received no event yet (a freshly started instance)."""
+    monkeypatch.setattr(hub, "last_ids", {})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_first_render_since_is_read_from_the_log_on_an_instance_that_saw_no_event(
+    no_event_seen: None, redis_client: Any, client: Client
+) -> None:
+    product = Product.objects.create(
+        name="Anvil", sku="AN-9", price=Decimal("1.00"), stock=1, cost_price=Decimal("0.5")
+    )
+    publisher.flush(5)
+    last = redis_client.hget(route("demo.product").meta, "last").decode()
+    field = render('{% live_field product "name" %}', product=product)
+    table = render("{% live_table products %}", products=Product.objects.all())
+    assert SINCE.findall(field) == [last]
+    assert SINCE.findall(table) == [last]
+    # The live admin too.
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "x"))
+    page = client.get("/admin/demo/product/").content.decode()
+    assert SINCE.findall(page) == [last]
+    # What the instance received itself, when it has, is used without asking Redis.
+    hub.last_ids["demo.product"] = "1-0:seen"
+    assert SINCE.findall(render('{% live_field product "name" %}', product=product)) == [
+        "1-0:seen"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_first_render_since_is_bounded_when_redis_does_not_answer(
+    no_event_seen: None, product: Product
+) -> None:
+    # A Redis that accepts connections and never answers (a blackhole).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        layers = layers_for(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        with override_settings(CHANNEL_LAYERS=layers, BROADCAST_REDIS_TIMEOUT=0.2):
+            started = time.monotonic()
+            first = render('{% live_field product "name" %}', product=product)
+            waited = time.monotonic() - started
+            started = time.monotonic()
+            second = render('{% live_field product "name" %}', product=product)
+            again = time.monotonic() - started
+    # No since (the subscription starts from the server's position), after one bounded
+    # wait; the next pages do not wait at all.
+    assert SINCE.findall(first) == SINCE.findall(second) == [""]
+    assert 0.2 <= waited < 1.0
+    assert again < 0.1

@@ -38,7 +38,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from ..events import field_values, serialize, to_json_data
-from ..hub import hub
+from ..positions import render_since
 from ..registry import ModelConfig, NotRegistered, get_config
 
 register = template.Library()
@@ -145,9 +145,9 @@ def render_value(value: Any, kind: str) -> SafeString:
 
 
 def _since(config: ModelConfig) -> str:
-    # The page shows the state as of this instance's last event: a resuming server can
-    # replay what happens between this render and the subscription.
-    return hub.last_ids.get(config.label) or ""
+    # An event the page's state includes: a resuming server can replay whatever happens
+    # between this render and the subscription (see broadcast_app.positions).
+    return render_since(config.label) or ""
 
 
 # -- tags -----------------------------------------------------------------------------
@@ -225,6 +225,9 @@ def live_table(
             f"live_table: order must be one of {', '.join(_ORDERS)}, not {order!r}."
         )
     config = _config(model)
+    # Read before the rows are (a queryset is evaluated below): an event published
+    # after this id and before the rows were read is replayed, never skipped.
+    since = _since(config)
     pk_name = config.model._meta.pk.name
     names = [_field_name(config, name) for name in fields] or [
         f.name for f in config.broadcast_fields if not f.primary_key
@@ -253,5 +256,5 @@ def live_table(
         "empty": empty,
         "table_id": table_id,
         "css_class": css_class,
-        "since": _since(config),
+        "since": since,
     }

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from types import FrameType
 from typing import Any
 
@@ -27,6 +27,7 @@ from django.urls import reverse
 
 from broadcast_app.conf import conf
 from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.server_limits import ws_max_size
 
 from . import seed
 from .children import stop_processes
@@ -48,7 +49,12 @@ class LaunchError(Exception):
 
 
 class Stopped(Exception):
-    """SIGINT or SIGTERM arrived: time to shut everything down."""
+    """SIGINT, SIGTERM or SIGHUP (the terminal closed) arrived: time to shut down."""
+
+
+#: what stops the demo: Ctrl-C, a kill, and the terminal closing (SIGHUP reaches the
+#: demo alone: the instances and Redis run in process groups of their own)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def parse_ports(text: str) -> list[int]:
@@ -69,7 +75,11 @@ def parse_ports(text: str) -> list[int]:
         ports.append(port)
     for port in ports:
         if not _port_is_free(port):
-            raise ValueError(f"Port {port} is already in use on 127.0.0.1.")
+            others = ",".join(str(p + 10) for p in ports)
+            raise ValueError(
+                f"Port {port} is already in use on 127.0.0.1 (a demo still running, or "
+                f"another server). Stop it, or choose other ports: --ports {others}"
+            )
     return ports
 
 
@@ -98,7 +108,9 @@ def run_demo(ports: list[int], write: Write) -> None:
                 _print_urls(ports, write)
                 instances.wait()
     except Stopped:
-        write("Stopped.")
+        # After SIGHUP the terminal may be gone: everything is stopped, say so if we can.
+        with suppress(OSError):
+            write("Stopped.")
 
 
 @contextmanager
@@ -164,6 +176,20 @@ def _print_urls(ports: list[int], write: Write) -> None:
         write(line)
 
 
+def instance_command(port: int) -> list[str]:
+    """One instance's command line: the README's run command, on 127.0.0.1:``port``."""
+    return [
+        sys.executable, "-m", "uvicorn", "project.asgi:application",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--ws-per-message-deflate", "false",
+        # Frames too large for the protocol are closed (1009) while being read,
+        # instead of being buffered whole (uvicorn's default allows 16 MiB).
+        "--ws-max-size", str(ws_max_size()),
+        "--lifespan", "on",
+    ]  # fmt: skip
+
+
 class _Instances:
     """The uvicorn processes, one per port; stopped (and reaped) on exit."""
 
@@ -188,15 +214,8 @@ class _Instances:
                 "REDIS_URL": self.redis_url,
                 "BROADCAST_INSTANCE_ID": f"instance-{port}",
             }
-            command = [
-                sys.executable, "-m", "uvicorn", "project.asgi:application",
-                "--host", "127.0.0.1",
-                "--port", str(port),
-                "--ws-per-message-deflate", "false",
-                "--lifespan", "on",
-            ]  # fmt: skip
             self.processes[port] = subprocess.Popen(
-                command,
+                instance_command(port),
                 cwd=settings.BASE_DIR,
                 env=env,
                 # Their own process group: Ctrl-C reaches only this process, which then
@@ -256,7 +275,7 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
 
 
 def _stop_on_signals() -> AbstractContextManager[None]:
-    """Turn SIGINT and SIGTERM into :class:`Stopped`, so ``finally`` blocks clean up."""
+    """Turn the stop signals into :class:`Stopped`, so ``finally`` blocks clean up."""
     return _handling_signals(_raise_stopped)
 
 
@@ -269,8 +288,7 @@ def _ignoring_signals() -> AbstractContextManager[None]:
 def _handling_signals(
     handler: Callable[[int, FrameType | None], None] | signal.Handlers,
 ) -> Iterator[None]:
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from broadcast_app.server_limits import ws_max_size
+
 from ..children import stop_processes
 
 #: seconds a child may take to stop after SIGTERM before it is killed
@@ -107,6 +109,7 @@ def uvicorn_command(app: str, port: int) -> list[str]:
         "--host", "127.0.0.1",
         "--port", str(port),
         "--ws-per-message-deflate", "false",
+        "--ws-max-size", str(ws_max_size()),
         "--lifespan", "on",
         "--log-level", "warning",
         "--no-access-log",

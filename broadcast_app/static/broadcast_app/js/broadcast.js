@@ -14,7 +14,9 @@
  * with `since`, the last event id each subscription saw, so the server can replay what
  * was missed meanwhile. An event id seen twice (a replay overlapping live events) is
  * delivered once. When the server cannot replay (it sends a `reset` frame), the
- * subscription's `onReset` is called: reload what the page shows.
+ * subscription's `onReset` is called: reload what the page shows. The subscription
+ * keeps a position after a reset (the id live events followed from, or the last event
+ * seen), so a reconnection later still resumes rather than skipping what it missed.
  *
  * Status changes go to `onStatus` and, as `broadcast:status` events (`detail` is the
  * status), to `document`, so a page can show a connection badge without a reference
@@ -58,8 +60,8 @@
  * @property {"reset"} type
  * @property {string} model
  * @property {string | null} pk  `null`: every object of the model.
- * @property {string} reason  Human-readable.
- * @property {string | null} [last_id]  Where the subscription continues from.
+ * @property {string} reason  Why: `too_old`, `epoch`, `unknown`, `malformed`,
+ *   `unavailable`, `too_many`, `overflow`, `lost` (see docs/protocol.md).
  */
 
 /**
@@ -209,9 +211,14 @@ export function connect(options = {}) {
     if (frame.type === "change") {
       deliver(frame);
     } else if (frame.type === "subscribed") {
-      // Without events of its own yet, a subscription resumes from where it started.
       const sub = byRef(frame.ref);
-      if (sub && sub.lastId === null && frame.last_id) sub.lastId = frame.last_id;
+      if (sub) {
+        // Every event after `last_id` reaches this connection live (or replayed first).
+        sub.subscribedAt = frame.last_id ?? null;
+        sub.changedSinceSubscribed = false;
+        // Without events of its own yet, a subscription resumes from where it started.
+        if (sub.lastId === null && frame.last_id) sub.lastId = frame.last_id;
+      }
     } else if (frame.type === "reset") {
       reset(frame);
     } else if (frame.type === "error") {
@@ -230,6 +237,7 @@ export function connect(options = {}) {
     for (const sub of subscriptions.values()) {
       if (sub.model !== event.model || (sub.pk !== null && sub.pk !== pk)) continue;
       sub.lastId = event.id;
+      sub.changedSinceSubscribed = true;
       for (const listener of [...sub.listeners]) call(listener.onChange, event);
     }
   }
@@ -238,8 +246,13 @@ export function connect(options = {}) {
     const pk = frame.pk === null || frame.pk === undefined ? null : String(frame.pk);
     for (const sub of subscriptions.values()) {
       if (sub.model !== frame.model || (pk !== null && sub.pk !== null && sub.pk !== pk)) continue;
-      // Resuming from the old id would only be refused again.
-      sub.lastId = frame.last_id ?? null;
+      // A reset never drops the position: resuming without `since` would skip, in
+      // silence, whatever changes while the connection is down. A reset right after
+      // `subscribed` refused the resume: the old id would be refused again, so resume
+      // from the subscription's start, after which every event arrived live. A later
+      // reset (overflow, lost) keeps the last event seen: resuming from it replays
+      // what was dropped, or is answered with another reset.
+      if (!sub.changedSinceSubscribed && sub.subscribedAt) sub.lastId = sub.subscribedAt;
       for (const listener of [...sub.listeners]) if (listener.onReset) call(listener.onReset, frame);
     }
   }
@@ -256,6 +269,8 @@ export function connect(options = {}) {
     let sub = subscriptions.get(key);
     if (!sub) {
       sub = { model, pk: pk === null ? null : String(pk), ref: `s${++refs}`, lastId: since || null };
+      sub.subscribedAt = null;
+      sub.changedSinceSubscribed = false;
       sub.listeners = new Set();
       subscriptions.set(key, sub);
       send(subscribeFrame(sub));
