@@ -69,6 +69,7 @@ def test_unknown_registered_field_is_e005(reregister: Any) -> None:
         ("BROADCAST_REDIS_TIMEOUT", -1),
         ("BROADCAST_MAX_FRAME_BYTES", "x"),
         ("BROADCAST_OUTBOX_INTERVAL", 0),
+        ("BROADCAST_REVALIDATE_INTERVAL", 0),
     ],
 )
 def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
