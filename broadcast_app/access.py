@@ -203,7 +203,8 @@ async def apply(connection: Watched, verdict: Verdict, checked_at: float) -> Non
             perm = get_config(label).view_permission
         except NotRegistered:
             continue
-        if not connection.permissions.get(perm, False):
+        # (A subscription made while this check ran was just checked on its own.)
+        if verdict.permissions.get(perm) is False:
             stats.incr("revoked_subscriptions")
             connection.forbid(label, pk)
 

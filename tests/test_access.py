@@ -98,7 +98,7 @@ async def test_previous_is_withheld_from_whoever_could_not_see_the_object_before
         exclude=["cost_price"], previous=True, object_check=lambda user, data: data["stock"] >= 10
     )
     product = await database_sync_to_async(make)("PREV", 5)
-    user, key = await database_sync_to_async(viewer)()
+    _user, key = await database_sync_to_async(viewer)()
     ws = await open_socket(key)
     assert (await subscribe(ws))["type"] == "subscribed"
     try:
