@@ -7,6 +7,7 @@ the test client, against the instance listener on the test Redis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -207,3 +208,27 @@ def test_fresh_user_refuses_a_changed_hash_and_another_user() -> None:
     user.save()
     assert access.fresh_user(key, user) is None  # the session's hash no longer matches
     assert access.fresh_user("no-such-session-key", user) is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("listening")
+@override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+async def test_the_periodic_check_ends_with_the_last_subscription_and_on_stop() -> None:
+    _user, key = await database_sync_to_async(viewer)()
+    ws = await open_socket(key)
+    assert not revalidator.running  # a connection without subscriptions costs nothing
+    assert (await subscribe(ws))["type"] == "subscribed"
+    task = revalidator._task
+    assert task is not None and revalidator.running
+    await ws.disconnect()
+    # Nothing left to check: the task ends by itself at its next pass.
+    await asyncio.wait_for(asyncio.shield(task), TIMEOUT)
+    assert not revalidator.running and not task.cancelled()
+
+    ws = await open_socket(key)
+    assert (await subscribe(ws))["type"] == "subscribed"
+    task = revalidator._task
+    assert task is not None and not task.done()
+    await revalidator.stop()  # (what the listener's stop does at shutdown)
+    assert task.cancelled()
+    await ws.disconnect()
