@@ -232,3 +232,26 @@ async def test_the_periodic_check_ends_with_the_last_subscription_and_on_stop() 
     await revalidator.stop()  # (what the listener's stop does at shutdown)
     assert task.cancelled()
     await ws.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("listening")
+async def test_a_check_that_fails_keeps_the_connection_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    users = [await database_sync_to_async(viewer)(f"v{i}") for i in range(3)]
+    sockets = [await open_socket(key) for _user, key in users]
+    for ws in sockets:
+        assert (await subscribe(ws))["type"] == "subscribed"
+    try:
+        # Sessions that cannot be read (here: an engine that does not import).
+        with override_settings(SESSION_ENGINE="broadcast_app.no_such_engine"):
+            await access.check([c for c in list(revalidator._watched)])
+        warnings = [r for r in caplog.records if "could not check" in r.getMessage()]
+        assert len(warnings) == 1 and "3 websocket user(s)" in warnings[0].getMessage()
+        for ws in sockets:
+            await ws.send_json_to({"type": "ping"})
+            assert await ws.receive_json_from(TIMEOUT) == {"type": "pong"}  # still open
+    finally:
+        for ws in sockets:
+            await ws.disconnect()
