@@ -116,8 +116,10 @@ def fresh_user(key: str | None, user: Any) -> Any:
     by pk: deactivation and permissions apply to it, logout is up to that scheme.
     """
     if key is None:
-        model = type(user)
-        fresh = model._default_manager.filter(pk=user.pk).first()
+        manager = getattr(type(user), "_default_manager", None)
+        if manager is None:
+            return user  # not a model instance: nothing to reload it from
+        fresh = manager.filter(pk=user.pk).first()
         if fresh is None or not getattr(fresh, "is_active", True):
             return None
         return fresh
@@ -171,13 +173,19 @@ def _needed(connection: Watched) -> set[str]:
 def _verify_all(work: list[tuple[str | None, Any, set[str]]]) -> list[Verdict | None]:
     """``verify`` each entry (None for one whose check failed: it waits for the next)."""
     verdicts: list[Verdict | None] = []
+    failed: Exception | None = None
     for key, user, perms in work:
         try:
             verdicts.append(verify(key, user, perms))
-        except Exception:
+        except Exception as exc:
             stats.incr("revalidation_errors")
-            logger.warning("broadcast_app could not check a websocket's user", exc_info=True)
+            failed = exc
             verdicts.append(None)
+    if failed is not None:
+        # Once per batch: a database outage fails them all. The connections keep
+        # what they had until a check succeeds (a revocation needs the database too).
+        count = sum(verdict is None for verdict in verdicts)
+        logger.warning("broadcast_app could not check %d websocket user(s): %r", count, failed)
     return verdicts
 
 
@@ -203,7 +211,8 @@ async def apply(connection: Watched, verdict: Verdict, checked_at: float) -> Non
             perm = get_config(label).view_permission
         except NotRegistered:
             continue
-        if not connection.permissions.get(perm, False):
+        # (A subscription made while this check ran was just checked on its own.)
+        if verdict.permissions.get(perm) is False:
             stats.incr("revoked_subscriptions")
             connection.forbid(label, pk)
 

@@ -76,6 +76,7 @@ def test_unknown_registered_field_is_e005(reregister: Any) -> None:
         ("BROADCAST_RESUME_CONCURRENCY", 0),
         ("BROADCAST_RECOVERY_INTERVAL", 0),
         ("BROADCAST_CONFIRM_TIMEOUT", -1),
+        ("BROADCAST_REVALIDATE_INTERVAL", 0),
     ],
 )
 def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:

@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.events import id_key
+from broadcast_app.events import id_key, origin_id
 from tests.e2e_support import (
     Instance,
     admin_change,
@@ -134,7 +134,7 @@ async def test_admin_change_on_a_reaches_b_and_its_cache(stack: Stack, session_i
         assert set(event["data"]) == BROADCAST_FIELDS
         assert event["data"]["price"] == "19.90"
         assert event["data"]["sku"] == "E2E-ADMIN"
-        assert event["origin"] == "e2e-A"
+        assert event["origin"] == origin_id("e2e-A", stack.env["DJANGO_SECRET_KEY"])
         assert "cost_price" not in json.dumps(event)
         assert "7.77" not in json.dumps(event)
         await ws.expect_nothing_queued()
@@ -186,7 +186,8 @@ new.delete()
         assert set(created["data"]) == BROADCAST_FIELDS
         assert (deleted["op"], deleted["pk"]) == ("deleted", new_pk)
         assert "cost_price" not in json.dumps([updated, created, deleted])
-        assert {e["origin"] for e in (updated, created, deleted)} == {"e2e-shell"}
+        shell = origin_id("e2e-shell", stack.env["DJANGO_SECRET_KEY"])
+        assert {e["origin"] for e in (updated, created, deleted)} == {shell}
         ids = [id_key(e["id"]) for e in (updated, created, deleted)]
         assert ids == sorted(set(ids))
         await ws.expect_nothing_queued()
@@ -321,7 +322,8 @@ async def test_events_reach_the_publishing_instance_and_caches_agree(
 
         on_a, on_b = await ws_a.receive(), await ws_b.receive()
         assert on_a == on_b
-        assert (on_a["type"], on_a["op"], on_a["origin"]) == ("change", "updated", "e2e-A")
+        origin = origin_id("e2e-A", stack.env["DJANGO_SECRET_KEY"])
+        assert (on_a["type"], on_a["op"], on_a["origin"]) == ("change", "updated", origin)
         assert on_a["changed"] == ["name", "stock"]
         if subscribed["last_id"] is not None:
             assert id_key(on_a["id"]) > id_key(subscribed["last_id"])

@@ -326,7 +326,7 @@ class ConflictWatch {
 
   onMissed() {
     if (this.saving || this.latest || this.deleted) return;
-    this.latest = { ts: new Date().toISOString(), origin: null, data: {}, changed: [] };
+    this.latest = { ts: new Date().toISOString(), data: {}, changed: [] };
     this.missed = true;
     this.render();
   }
@@ -354,9 +354,6 @@ class ConflictWatch {
     } else {
       message.textContent = `This ${this.name} was changed by another user at ${at}.`;
     }
-    banner.querySelector(".broadcast-origin").textContent = event.origin
-      ? ` (saved on ${event.origin})`
-      : "";
     banner.querySelector(".broadcast-see").hidden = this.deleted !== null || this.changed.size === 0;
     banner.querySelector(".broadcast-back").hidden = !(this.deleted && this.changelistUrl);
     this.renderDiff(banner.querySelector(".broadcast-diff"));
@@ -376,8 +373,6 @@ class ConflictWatch {
     const line = document.createElement("p");
     const message = document.createElement("strong");
     message.className = "broadcast-message";
-    const origin = document.createElement("span");
-    origin.className = "broadcast-origin";
     const reload = document.createElement("a");
     reload.href = location.href;
     reload.className = "broadcast-reload";
@@ -391,7 +386,8 @@ class ConflictWatch {
     back.className = "broadcast-back";
     back.href = this.changelistUrl ?? "../../";
     back.textContent = `Back to the list`;
-    line.append(message, origin, " ", reload, " ", see, " ", back);
+    // (No "saved on <instance>": an event's origin is opaque; the dashboard names it.)
+    line.append(message, " ", reload, " ", see, " ", back);
 
     const diff = document.createElement("ul");
     diff.className = "broadcast-diff";

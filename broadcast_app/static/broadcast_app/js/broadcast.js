@@ -39,7 +39,7 @@
  * @property {Object<string, *> | null} data  The object's broadcast fields.
  * @property {string[]} changed  The fields an update changed.
  * @property {string} ts  When the change was published (ISO 8601).
- * @property {string} origin  The server instance that published it.
+ * @property {string} origin  An opaque id of the process that saved it (the staff dashboard names it).
  */
 
 /**
