@@ -260,12 +260,25 @@ def visible_frame(config: ModelConfig, user: Any, frame: str, event: dict[str, A
     )
 
 
+#: when each model's failing object_check was last logged with its traceback
+_failure_logged: dict[str, float] = {}
+#: seconds between two tracebacks of one model's failing object_check
+_FAILURE_LOG_EVERY = 60.0
+
+
 def allows(config: ModelConfig, user: Any, data: Mapping[str, Any]) -> bool:
+    """``object_check(user, data)``; a check that raises denies (fails closed)."""
     assert config.object_check is not None
     try:
         return bool(config.object_check(user, data))
     except Exception:
-        logger.exception("object_check of %s failed", config.label)
+        stats.incr("object_check_errors")
+        # It runs per event and subscriber: one traceback per model and minute is
+        # enough to find the bug, and a client cannot flood the log with it.
+        last = _failure_logged.get(config.label)
+        if last is None or time.monotonic() - last >= _FAILURE_LOG_EVERY:
+            _failure_logged[config.label] = time.monotonic()
+            logger.exception("object_check of %s failed (denied)", config.label)
         return False
 
 

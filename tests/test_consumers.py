@@ -402,10 +402,13 @@ def open_connections() -> int:
     return stats.get("connections_opened") - stats.get("connections_closed")
 
 
-async def test_a_failing_object_check_is_an_internal_error_logged_once(
+async def test_a_failing_object_check_denies_and_is_logged_once(
     running_listener: Any, reregister: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from broadcast_app import access
     from broadcast_app.hub import hub
+
+    access._failure_logged.clear()
 
     def broken(user: Any, data: dict[str, Any]) -> bool:
         raise RuntimeError("object_check bug")
@@ -418,9 +421,9 @@ async def test_a_failing_object_check_is_an_internal_error_logged_once(
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
             reply = await ask(ws, frame)
-            assert (reply["type"], reply["code"], reply["ref"]) == ("error", "internal", 3)
+            assert (reply["type"], reply["code"], reply["ref"]) == ("error", "forbidden", 3)
         assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
-    # One traceback for the connection, not one per frame.
+    # One traceback for the model, not one per frame.
     assert [r.exc_info is not None for r in caplog.records] == [True]
     await ws.disconnect()
     assert (hub.count(), open_connections()) == before
