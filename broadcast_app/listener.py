@@ -7,15 +7,12 @@ then hands the frame to this instance's subscribed websocket clients. Websocket
 consumers never join layer groups themselves: per-consumer groups collapse at a few
 hundred clients, one subscription plus direct local push does not.
 
-A subscription can go quiet without an error (a network partition: the connection
-stays open and nothing flows). So the listener sends itself a probe through each Redis
-host it listens to, several times per ``BROADCAST_CONFIRM_TIMEOUT``, on a group only it
-joined: a probe that comes back proves that every event Redis published before it was
-received (one connection, in order). Hits of the broadcast cache are served only until
-``BROADCAST_CONFIRM_TIMEOUT`` seconds after the newest probe that came back was sent;
-when that lapses the listener also sends ``reset`` (reason ``disconnected``) to its
-subscribers and reports itself as not listening. The first probe back after that
-repairs what was missed from the log before hits resume.
+A subscription can go quiet without an error (a network partition), so the listener
+also confirms that it receives, with probes (see :mod:`.probe`): its cache serves hits
+only while they come back; when they stop for ``BROADCAST_CONFIRM_TIMEOUT`` it sends
+``reset`` (reason ``disconnected``) to its subscribers and reports itself as not
+listening, and the first fresh probe back repairs what was missed from the log before
+hits resume.
 """
 
 from __future__ import annotations
@@ -23,9 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import secrets
-import time
 from functools import partial
 from typing import Any
 
@@ -40,7 +34,8 @@ from .events import frame_head
 from .feed import feed
 from .heartbeat import heartbeat
 from .hub import hub
-from .layer import MESSAGE_TYPE, RESET_TYPE, group_name, route
+from .layer import MESSAGE_TYPE, RESET_TYPE, group_name
+from .probe import DISCONNECTED, PROBE_TYPE, Probes
 from .registry import ModelConfig, all_configs, get_config
 from .signals import change_received
 from .stats import stats
@@ -50,12 +45,6 @@ logger = logging.getLogger(__name__)
 _STARTUP_WAIT = 5.0  # seconds start() waits for the subscription before returning
 _STOP_WAIT = 5.0  # seconds stop() waits for the task to close its connections
 _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
-#: ``type`` of the message an instance sends itself to confirm it receives
-PROBE_TYPE = "broadcast.probe"
-_PROBES_PER_TIMEOUT = 5  # probes sent per BROADCAST_CONFIRM_TIMEOUT once confirmed
-_PROBE_FIRST = 0.02  # seconds before the second probe of a subscription (then doubling)
-#: reset reason: this instance cannot confirm that it receives events
-DISCONNECTED = "disconnected"
 
 
 class Listener:
@@ -70,15 +59,7 @@ class Listener:
         self._order = asyncio.Lock()
         #: an event was processed directly in this turn of the loop (see direct.py)
         self._turn_taken = False
-        #: whether a probe confirmed, within BROADCAST_CONFIRM_TIMEOUT, that events arrive
-        self.receiving = False
-        #: per probed Redis host: when the newest probe that came back was sent
-        self._confirmed: dict[int, float] = {}
-        self._probe_hosts = 0
-        #: until when (time.monotonic()) the probes back so far let the cache serve hits
-        self._until = 0.0
-        self._token = ""
-        self._token_pid = 0
+        self.probes = Probes()
 
     @property
     def running(self) -> bool:
@@ -165,7 +146,7 @@ class Listener:
                     direct.install(layer, channel, partial(self.handle_now, layer))
                     for label in labels:
                         await layer.group_add(group_name(label), channel)
-                    probes = self._probe_groups(labels)
+                    probes = self.probes.groups(labels)
                     for group in probes:
                         await layer.group_add(group, channel)
                     logger.info("broadcast_app listener subscribed to %d model(s)", len(labels))
@@ -177,7 +158,7 @@ class Listener:
                     tasks = [
                         loop.create_task(self._pump(layer, channel)),
                         loop.create_task(self._watch()),
-                        loop.create_task(self._probe(layer, probes)),
+                        loop.create_task(self.probes.send(layer, probes)),
                     ]
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
@@ -202,103 +183,27 @@ class Listener:
         finally:
             await _stop(watchdog)
 
-    # -- confirming that events arrive ---------------------------------------------------
-
-    def _probe_groups(self, labels: list[str]) -> list[str]:
-        """One group per Redis host the models' events come from, joined by this
-        listener alone (its name holds a token of this process): index i is host i."""
-        if self._token_pid != os.getpid():
-            self._token, self._token_pid = secrets.token_hex(8), os.getpid()
-        wanted = {route(label).key for label in labels} or {route(self._probe_label(0)).key}
-        found: dict[str, str] = {}
-        # The layer picks a group's host by hashing its name: try names until each
-        # wanted host has one (a few tries per host).
-        for n in range(64 * len(wanted)):
-            key = route(self._probe_label(n)).key
-            if key in wanted and key not in found:
-                found[key] = group_name(self._probe_label(n))
-                if len(found) == len(wanted):
-                    break
-        self._confirmed = {}
-        self._probe_hosts = len(found)
-        return list(found.values())
-
-    def _probe_label(self, n: int) -> str:
-        # "-" cannot start an app label: no model's group has such a name.
-        return f"-probe.{self._token}.{n}"
-
-    async def _probe(self, layer: Any, groups: list[str]) -> None:
-        """Send probes to this listener's probe groups; never raises."""
-        sending: dict[int, asyncio.Task[None]] = {}
-        pause = _PROBE_FIRST
-        try:
-            while True:
-                sent = time.monotonic()
-                for index, group in enumerate(groups):
-                    task = sending.get(index)
-                    if task is None or task.done():  # a send that hangs is not repeated
-                        message = {"type": PROBE_TYPE, "token": self._token, "host": index}
-                        message["sent"] = sent
-                        sending[index] = asyncio.ensure_future(
-                            self._send_probe(layer, group, message)
-                        )
-                interval = conf.BROADCAST_CONFIRM_TIMEOUT / _PROBES_PER_TIMEOUT
-                # Quickly at first: the subscription may not be in place for the first.
-                pause = interval if self.receiving else min(pause * 2, interval)
-                await asyncio.sleep(pause)
-        finally:
-            await _stop(*sending.values())
-
-    async def _send_probe(self, layer: Any, group: str, message: dict[str, Any]) -> None:
-        try:
-            # The layer's connections have no timeouts of their own: a partition would
-            # hold this send for as long as it lasts.
-            await asyncio.wait_for(
-                layer.group_send(group, message), conf.BROADCAST_CONFIRM_TIMEOUT
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            stats.incr("probe_errors")
+    # -- confirming that events arrive (see probe.py) ----------------------------------
 
     async def _probed(self, message: dict[str, Any]) -> None:
         """A probe came back: every event published before it was sent has arrived."""
-        index, sent = message.get("host"), message.get("sent")
-        if message.get("token") != self._token or not isinstance(index, int):
-            return  # another process's (or an earlier run's)
-        if not isinstance(sent, float) or not 0 <= index < self._probe_hosts:
+        until = self.probes.confirms(message)
+        if until is None:
             return
-        self._confirmed[index] = max(sent, self._confirmed.get(index, sent))
-        if len(self._confirmed) < self._probe_hosts:
-            return
-        timeout = conf.BROADCAST_CONFIRM_TIMEOUT
-        left = min(self._confirmed.values()) + timeout - time.monotonic()
-        if left <= 0:
-            return  # sent long ago (held up in a partition): confirms nothing current
-        if not self.receiving and left < timeout * (1 - 2 / _PROBES_PER_TIMEOUT):
-            # Held up for a while: it would end the lapse for a moment only, and the
-            # next probe, sent since, is due within an interval.
-            return
-        until = time.monotonic() + left
-        if not self.receiving:
-            labels = [config.label for config in all_configs()]
+        if not self.probes.receiving:
             # What was missed meanwhile comes from the log before any hit is served.
-            await self._repair(labels)
-            self.receiving = True
-            self.subscribed.set()
+            await self._repair([config.label for config in all_configs()])
+            self.probes.receiving = True
             logger.info("broadcast_app listener confirmed that it receives from Redis")
-        self._until = until
+        self.subscribed.set()  # also after a resubscription (which repaired already)
+        self.probes.until = until
         cache.serve_hits_until(until)
 
     async def _watch_confirmation(self) -> None:
         """Tell subscribers, once, when confirmation lapses."""
         while True:
-            # Until the moment hits stop (or a while, when they are off already).
-            pause = conf.BROADCAST_CONFIRM_TIMEOUT / _PROBES_PER_TIMEOUT
-            if self.receiving:
-                pause = min(pause, max(0.0, self._until - time.monotonic()))
-            await asyncio.sleep(pause)
-            if self.receiving and not cache.serving_hits():
+            await asyncio.sleep(self.probes.next_check())
+            if self.probes.lapsed():
                 stats.incr("disconnections")
                 logger.warning(
                     "broadcast_app listener cannot confirm that it receives from Redis "
@@ -310,7 +215,7 @@ class Listener:
                     hub.reset(config.label, DISCONNECTED)
 
     def _lapsed(self) -> None:
-        self.receiving = False
+        self.probes.receiving = False
         self.subscribed.clear()
         cache.serve_hits_until(0.0)
 

@@ -11,7 +11,9 @@ channel-layer group in the same atomic step, so ids increase in publish order ac
 every publishing process.
 
 Events that cannot be published (queue full, Redis down or slower than
-``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code.
+``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code. What
+Redis has not taken when the process exits is written to the outbox table (see
+:func:`.outbox.spill_events`), from where a relay publishes it.
 
 In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same script with
 :meth:`Publisher.send_now`, synchronously, with no thread or queue.

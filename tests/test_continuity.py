@@ -143,3 +143,49 @@ async def test_a_listener_behind_but_processing_is_not_taken_for_deaf() -> None:
     continuity.last["demo.product"] = third
     assert await continuity.stale_labels() == []
     await event_log.close()
+
+
+class _Resets:
+    """A local subscriber that records the resets it gets."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.seen = asyncio.Event()
+
+    def deliver(self, frame: str, event: dict[str, Any]) -> None:
+        pass
+
+    def reset(self, label: str, pk: str | None, reason: str) -> None:
+        self.reasons.append(reason)
+        self.seen.set()
+
+
+async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers() -> None:
+    """Probes go to every Redis host the listener hears from: one that hangs (SIGSTOP:
+    connections open, no answer) lapses the confirmation within the bound."""
+    import os
+    import signal
+
+    from broadcast_app.listener import listener
+    from tests.test_pipeline import two_hosts
+
+    subscriber = _Resets()
+    with two_hosts() as (_first, second, _products, _articles):
+        assert second.process is not None
+        with override_settings(BROADCAST_CONFIRM_TIMEOUT=1.0):
+            await listener.start()
+            hub.add(subscriber, "demo.product", None)
+            try:
+                assert listener.subscribed.is_set() and cache.serving_hits()
+                os.kill(second.process.pid, signal.SIGSTOP)
+                await asyncio.wait_for(subscriber.seen.wait(), 2 * TIMEOUT)
+                assert subscriber.reasons == ["disconnected"]
+                assert not cache.serving_hits() and not listener.subscribed.is_set()
+                os.kill(second.process.pid, signal.SIGCONT)
+                await asyncio.wait_for(listener.subscribed.wait(), 2 * TIMEOUT)
+                assert cache.serving_hits() and subscriber.reasons == ["disconnected"]
+            finally:
+                os.kill(second.process.pid, signal.SIGCONT)
+                hub.remove(subscriber, "demo.product", None)
+                await listener.stop()
+    assert cache.serving_hits()  # no listener: hits as before

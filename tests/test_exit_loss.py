@@ -3,11 +3,11 @@
 A real ``redis-server`` of this module's own is frozen with SIGSTOP (it accepts
 connections and answers nothing, as a hung Redis does) while a ``manage.py shell``
 process updates ``ROWS`` products and exits. In ``best_effort`` mode those events were
-dropped at exit (the issue measured 309 of 400 lost), with nothing said to anyone and
-caches stale until their TTL. Now the process writes them to the outbox table at exit,
-within a bounded time, and the relay of the running instance publishes them once Redis
-answers (SIGCONT): every row's final state must reach the instance's websocket client,
-and the instance's cache must serve the current rows.
+dropped at exit, with nothing said to anyone and caches stale until their TTL. Now the
+process writes them to the outbox table at exit, within a bounded time, and the relay
+of the running instance publishes them once Redis answers (SIGCONT): every row's final
+state must reach the instance's websocket client, and the instance's cache must serve
+the current rows.
 """
 
 from __future__ import annotations

@@ -46,13 +46,6 @@ def relay() -> Iterator[Relay]:
     relay.publisher.close()
 
 
-@pytest.fixture
-def no_relay_thread() -> Iterator[None]:
-    # The test runs the relay itself; the listener's thread would race it.
-    with override_settings(BROADCAST_OUTBOX_RELAY=False):
-        yield
-
-
 def skus_in_log(client: redis.Redis) -> list[str | None]:
     """The ``sku`` of every event in the product log (None: an event without one)."""
     bodies = [f[b"b"].decode() for _, f in client.xrange(route("demo.product").stream)]
@@ -163,7 +156,9 @@ async def test_in_process_relay_publishes_right_after_commit(received: Received)
     from broadcast_app.relay import in_process
 
     # A long interval: only the commit's wake-up can make the event arrive in time.
-    with override_settings(BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_INTERVAL=60):
+    with override_settings(
+        BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_RELAY=True, BROADCAST_OUTBOX_INTERVAL=60
+    ):
         await listener.start()
         try:
             assert in_process.running
@@ -272,7 +267,7 @@ def test_capture_events_sees_outbox_events_at_commit(outbox_mode: None) -> None:
 
 @pytest.mark.asyncio
 async def test_events_spilled_at_exit_are_read_back_and_lost_ones_become_a_reset(
-    relay: Relay, no_relay_thread: None, running_listener: Any, received: Received
+    relay: Relay, running_listener: Any, received: Received
 ) -> None:
     """What a best_effort process could not publish before it exited (spill_events): an
     update goes out with the row as it is at relay time, never the older state it was
