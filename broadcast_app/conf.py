@@ -188,7 +188,7 @@ class Settings:
 
     @property
     def BROADCAST_RESUME_CONCURRENCY(self) -> int:
-        """Log reads for resumes one instance runs at once; a resume waits for a turn."""
+        """Resumes one instance reads and replays at once (waiting longer for a turn: ``busy``)."""
         return int(_setting("BROADCAST_RESUME_CONCURRENCY", 2))
 
     @property
