@@ -189,7 +189,7 @@ class Settings:
     @property
     def BROADCAST_RESUME_CONCURRENCY(self) -> int:
         """Resumes one instance reads and replays at once (waiting longer for a turn: ``busy``)."""
-        return int(_setting("BROADCAST_RESUME_CONCURRENCY", 2))
+        return int(_setting("BROADCAST_RESUME_CONCURRENCY", 1))
 
     @property
     def BROADCAST_SEND_QUEUE_SIZE(self) -> int:

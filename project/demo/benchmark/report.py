@@ -203,22 +203,27 @@ def sustained_line(row: dict[str, Any]) -> str:
     )
 
 
+_LOADS = {"pings": "pings only", "start": "from the start", "limit": "from the limit"}
+
+
 def resume_lines(row: dict[str, Any], target: dict[str, float]) -> list[str]:
     idle = row["idle"]
     lines = [
         f"(h) victim ping round trip, ms, one every 10 ms for {row['seconds']:g} s, while "
-        f"{row['clients']} clients resume over and over from a {row['log_entries']}-entry "
-        f"log (target: p50 <= {target['p50_ratio']:g} x idle, max < {target['max_ms']:g} ms)",
-        f"  idle            p50 {idle['p50_ms']:6.2f} p99 {idle['p99_ms']:6.2f} "
+        f"{row['clients']} clients each send one every {row['interval'] * 1000:g} ms (a "
+        f"{row['log_entries']}-entry log; target: p50 <= {target['p50_ratio']:g} x idle, "
+        f"max < {target['max_ms']:g} ms)",
+        f"  {'idle':14}  p50 {idle['p50_ms']:6.2f} p99 {idle['p99_ms']:6.2f} "
         f"max {idle['max_ms']:6.2f}",
     ]
     for name, load in row["loads"].items():
         victim = load["victim"]
         answers = ", ".join(f"{k} {v}" for k, v in sorted(load["answers"].items()))
         lines.append(
-            f"  from the {name:5}  p50 {victim['p50_ms']:6.2f} p99 {victim['p99_ms']:6.2f} "
-            f"max {victim['max_ms']:6.2f}: p50 ratio {_num(load['p50_ratio'])} "
-            f"{_verdict(load['ok'])} ({answers})"
+            f"  {_LOADS.get(name, name):14}  p50 {victim['p50_ms']:6.2f} "
+            f"p99 {victim['p99_ms']:6.2f} max {victim['max_ms']:6.2f}: "
+            f"p50 ratio {_num(load['p50_ratio'])} "
+            f"{_verdict(load['ok'])}, server CPU {load.get('server_cpu_ms')} ms ({answers})"
         )
     return lines
 

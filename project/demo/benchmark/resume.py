@@ -2,10 +2,13 @@
 
 The model's log is filled to ``log_entries`` events (a bulk update of as many products),
 then a victim connection pings instance B every 10 ms, first with nothing else going
-on, then while ``clients`` connections (another process, ``resume_load``) resume over
-and over: from the start of the log (more events than a resume may replay: each
-answer is a ``reset``), and from as far back as a resume may go (each replays
-``BROADCAST_RESUME_MAX_EVENTS - 1`` events, or is refused by the budget).
+on, then while ``clients`` connections (another process, ``resume_load``) each send a
+frame every ``resume_interval`` seconds (ten times what their resume allowance lets
+through): pings only (what that many frames cost without any resume, for reference);
+resumes from the start of the log
+(more events than a resume may replay: each answer is a ``reset``); and resumes from
+as far back as a resume may go (each replays ``BROADCAST_RESUME_MAX_EVENTS - 1``
+events, or is refused by the budget).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from broadcast_app.layer import route
 
 from ..models import Product
 from . import report
-from .processes import BenchmarkError, Children
-from .resume_load import victim_pings
+from .processes import BenchmarkError, Children, cpu_seconds
+from .resume_load import PINGS_ONLY, victim_pings
 
 PREFIX = "bench-resume-"
 LABEL = "demo.product"
@@ -62,7 +65,7 @@ def resume_points(redis_url: str) -> tuple[int, dict[str, str]]:
         back = min(conf.BROADCAST_RESUME_MAX_EVENTS, conf.BROADCAST_SEND_QUEUE_SIZE)
         furthest_id, _ = client.xrevrange(r.stream, count=back)[-1]
     start = first["p"] or f"{first_id}:{epoch}"
-    return length, {"start": start, "limit": f"{furthest_id}:{epoch}"}
+    return length, {"pings": PINGS_ONLY, "start": start, "limit": f"{furthest_id}:{epoch}"}
 
 
 def resume_row(
@@ -82,6 +85,7 @@ def resume_row(
     idle = report.latency_summary(asyncio.run(victim_pings(url, victim, seconds, PING_INTERVAL)))
     row: dict[str, Any] = {
         "clients": plan.resume_clients,
+        "interval": plan.resume_interval,
         "log_entries": length,
         "seconds": seconds,
         "idle": idle,
@@ -91,7 +95,8 @@ def resume_row(
         command = [
             sys.executable, "-m", "project.demo.benchmark.resume_load",
             "--url", url, "--clients", str(plan.resume_clients), "--since", since,
-            "--seconds", str(seconds), "--header", f"Cookie: {cookie}",
+            "--seconds", str(seconds), "--interval", str(plan.resume_interval),
+            "--header", f"Cookie: {cookie}",
             "--header", f"{origin[0]}: {origin[1]}",
         ]  # fmt: skip
         process = children.start(
@@ -108,16 +113,23 @@ def resume_row(
                 f"The resuming clients ({name}) did not connect:\n"
                 + children.log_tail(f"resume-{name}")
             )
+        server = children.processes["ours"].pid
+        cpu_before = cpu_seconds(server)
         process.stdin.write(b"go\n")
         process.stdin.flush()
         pings = asyncio.run(victim_pings(url, victim, seconds, PING_INTERVAL))
         answers = json.loads(process.stdout.readline() or b"{}")
+        cpu_after = cpu_seconds(server)
         process.wait(30)
         loaded = report.latency_summary(pings)
         row["loads"][name] = {
             "since": since,
             "victim": loaded,
             "answers": answers,
+            # instance B's CPU time while the load ran (Linux), of the load's seconds
+            "server_cpu_ms": None
+            if cpu_before is None or cpu_after is None
+            else round((cpu_after - cpu_before) * 1000),
             **report.resume_verdict(idle, loaded, plan.targets["resume"]),
         }
     return row

@@ -77,8 +77,10 @@ class Plan:
     #: rows of the bulk publication rows (QuerySet.update(), then delete(), of every
     #: row, published)
     bulk_rows: int = 20_000
-    #: (h): resuming clients, seconds the victim pings per load, events in the log
+    #: (h): resuming clients, seconds between two resumes of each, seconds the victim
+    #: pings per load, events in the log
     resume_clients: int = 20
+    resume_interval: float = 0.05
     resume_seconds: float = 5.0
     resume_log: int = 10_000
     #: measure (h) alone
