@@ -193,8 +193,8 @@ class Settings:
 
     @property
     def BROADCAST_RESUME_CONCURRENCY(self) -> int:
-        """Log reads for resumes one instance runs at once; a resume waits for a turn."""
-        return int(_setting("BROADCAST_RESUME_CONCURRENCY", 2))
+        """Resumes one instance reads and replays at once (waiting longer for a turn: ``busy``)."""
+        return int(_setting("BROADCAST_RESUME_CONCURRENCY", 1))
 
     @property
     def BROADCAST_SEND_QUEUE_SIZE(self) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,10 +34,11 @@ from .access import revalidator, session_key
 from .conf import conf
 from .echo import bind
 from .events import frame_head
+from .frames import ProtocolError, parse_frame, valid_text
 from .hub import hub
-from .limits import ResumeBucket, read_gate
+from .limits import ResumeBucket, resume_turn
 from .listener import listener
-from .log import Replay, event_log, parse_since
+from .log import Replay, event_log
 from .registry import ModelConfig, NotRegistered, get_config
 from .sender import Sender
 from .stats import stats
@@ -50,8 +50,8 @@ CLOSE_SLOW_CLIENT = 4008
 #: how every event frame starts (the publish script writes it so)
 _CHANGE_PREFIX = '{"type":"change"'
 _RESET_PREFIX = '{"type":"reset"'
-#: deepest nesting of arrays and objects a client frame may have
-MAX_DEPTH = 32
+#: replayed frames sent between two turns given to the event loop's other work
+REPLAY_CHUNK = 10
 
 
 def _server_send(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
@@ -66,66 +66,6 @@ def _server_send(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
         send = wrapper.real_send
         wrapper = getattr(send, "__self__", None)
     return send
-
-
-class ProtocolError(Exception):
-    """A client frame we answer with an ``error`` frame."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999 would be echoed as Infinity, which is not JSON
-        raise ValueError("out of range")
-    return value
-
-
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether arrays and objects in ``value`` nest more than ``limit`` levels (without
-    recursion: the value may nest as deep as the parser allowed)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def parse_frame(text: str) -> dict[str, Any]:
-    """A client's text frame as a JSON object, or a :class:`ProtocolError`."""
-    try:
-        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("bad_request", "A frame must be a JSON object.")
-    if text.count("[") + text.count("{") > MAX_DEPTH and _nested_deeper(message, MAX_DEPTH):
-        raise ProtocolError("bad_request", f"Frames nest at most {MAX_DEPTH} levels deep.")
-    return message
-
-
-def _text(value: str, name: str) -> str:
-    # A lone surrogate (sent escaped, "\ud800") cannot be encoded for Redis or a database.
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ProtocolError("bad_request", f"{name!r} is not valid Unicode text.") from None
-    return value
 
 
 class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -267,6 +207,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     # -- incoming ---------------------------------------------------------------------
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """channels' dispatch, less its thread hop per frame to close old database
+        connections: the one thread it hops to is shared by every connection (a
+        client sending many frames held up everyone's), and our handlers reach the
+        database only through ``database_sync_to_async``, which closes them itself."""
+        if message.get("type") == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """Pass a frame to ``receive`` (one without text is a binary frame, whatever
         else the message holds)."""
@@ -329,47 +279,53 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 return
             self.subscriptions.add(key)
             hub.add(self, config.label, pk)
+        await self._follow(config, pk, since, message.get("ref"))
+
+    async def _follow(self, config: ModelConfig, pk: str | None, since: object, ref: Any) -> None:
+        """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
+        events held meanwhile (those the replay carried are not sent twice)."""
+        key = (config.label, pk)
         self.resuming.setdefault(key, [])
+        sent: set[str] = set()
         try:
-            replay, last_id = await self._read_log(config.label, since)
+            if since is not None and self.resumes is None:
+                self.resumes = ResumeBucket()
+            async with resume_turn(self.resumes, since) as refused:
+                replay, last_id = await self._read_log(config.label, since, refused)
+                if self.closing:
+                    return
+                subscribed = {"type": "subscribed", "model": config.label, "pk": pk}
+                self.reply({**subscribed, "ref": ref, "last_id": last_id})
+                if replay is not None and replay.complete and self.resuming.get(key) is not None:
+                    # The read was limited to the room left in the send queue, but
+                    # replies may have taken some meanwhile: a replay that overflowed
+                    # it would end in a reset after part of it went out.
+                    if len(replay.frames) > self.sender.room - 1:
+                        replay = Replay(False, "too_many")
+                    else:
+                        sent = await self._replay(config, pk, replay.frames)
         finally:
             held = self.resuming.pop(key, [])
-        if self.closing:
-            return
-        self.reply(
-            {
-                "type": "subscribed",
-                "model": config.label,
-                "pk": pk,
-                "ref": message.get("ref"),
-                "last_id": last_id,
-            }
-        )
         if held is None:
             # More live events came while the log was read than the queue holds.
             self.reset(config.label, pk, "overflow")
             return
-        sent: set[str] = set()
-        if replay is not None and replay.complete:
-            # The read was limited to the room left in the send queue, but replies to
-            # other frames may have taken some of it meanwhile: a replay that would
-            # overflow it would end in a reset after part of it went out.
-            if len(replay.frames) > self.sender.room - 1:
-                replay = Replay(False, "too_many")
-            else:
-                sent = self._replay(config, pk, replay.frames)
         if replay is not None and not replay.complete:
             self.reset(config.label, pk, replay.reason)
         for frame, event in held:
             if event["id"] not in sent:
                 self._send_event(frame, event)
 
-    def _replay(
+    async def _replay(
         self, config: ModelConfig, pk: str | None, frames: list[tuple[str, str]]
     ) -> set[str]:
-        """Send the replayed events of the subscription; returns their ids."""
+        """Send the replayed events of the subscription; returns their ids.
+
+        A few frames at a time, letting the other connections' frames through in
+        between; the subscription's live events are held back until the end.
+        """
         sent: set[str] = set()
-        for event_id, frame in frames:
+        for number, (event_id, frame) in enumerate(frames, 1):
             # Routing needs the frame's head only; the whole event when a check reads it.
             event: dict[str, Any] = frame_head(frame) or json.loads(frame)
             if pk is not None and event["pk"] != pk:
@@ -378,43 +334,28 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 event = json.loads(frame)
             self._send_event(frame, event)
             sent.add(event_id)
+            if number % REPLAY_CHUNK == 0:
+                await asyncio.sleep(0)
+                if self.closing:
+                    break
         return sent
 
-    async def _read_log(self, label: str, since: object) -> tuple[Replay | None, str | None]:
+    async def _read_log(
+        self, label: str, since: object, refused: str | None
+    ) -> tuple[Replay | None, str | None]:
         fallback = hub.last_ids.get(label)
-        if since is not None:
-            # Refused before any work: a since we never issued, an exhausted allowance.
-            if parse_since(since) is None:
-                return Replay(False, "malformed"), fallback
-            if self.resumes is None:
-                self.resumes = ResumeBucket()
-            if not self.resumes.take():
-                stats.incr("resumes_refused")
-                return Replay(False, "rate_limited"), fallback
+        if refused is not None:
+            return Replay(False, refused), fallback
         try:
             async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
                 if since is None:
                     return None, await event_log.last_id(label)
-                replay = await self._resume(label, since)
+                limit = max(0, min(conf.BROADCAST_RESUME_MAX_EVENTS, self.sender.room - 1))
+                replay = await event_log.read_after(label, since, limit)
                 return replay, replay.last_id or fallback
         except (RedisError, OSError, TimeoutError):
             stats.incr("log_errors")
             return (None if since is None else Replay(False, "unavailable")), fallback
-
-    async def _resume(self, label: str, since: object) -> Replay:
-        """Read the log after ``since`` in one of the instance's turns for log reads."""
-        gate = read_gate()
-        try:
-            async with asyncio.timeout(conf.BROADCAST_REDIS_TIMEOUT):
-                await gate.acquire()
-        except TimeoutError:
-            stats.incr("resumes_refused")
-            return Replay(False, "busy")
-        try:
-            limit = min(conf.BROADCAST_RESUME_MAX_EVENTS, self.sender.room - 1)
-            return await event_log.read_after(label, since, max(0, limit))
-        finally:
-            gate.release()
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""
@@ -434,7 +375,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         label = message.get("model")
         if not isinstance(label, str) or not label:
             raise ProtocolError("bad_request", "'model' must be a string like 'app_label.model'.")
-        _text(label, "model")
+        valid_text(label, "model")
         try:
             config = get_config(label)
         except NotRegistered:
@@ -447,7 +388,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if isinstance(pk, bool) or not isinstance(pk, str | int):
             raise ProtocolError("bad_request", "'pk' must be a string.")
         if isinstance(pk, str):
-            _text(pk, "pk")
+            valid_text(pk, "pk")
         try:
             field = config.model._meta.pk
             value = field.to_python(pk)

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from .conf import conf
+from .log import parse_since
+from .stats import stats
 
 
 class ResumeBucket:
@@ -55,3 +59,33 @@ def read_gate() -> asyncio.Semaphore:
         # A changed setting takes a new gate; reads holding the old one release it.
         found = _gates[loop] = (size, asyncio.Semaphore(size))
     return found[1]
+
+
+@asynccontextmanager
+async def resume_turn(bucket: ResumeBucket | None, since: object) -> AsyncIterator[str | None]:
+    """Hold one of the instance's turns while a resume from ``since`` is read and
+    replayed (None: no ``since``, nothing to hold); or yield the ``reset`` reason that
+    refuses it without work: ``malformed``, ``rate_limited`` (``bucket`` is empty),
+    ``busy`` (no turn came within ``BROADCAST_REDIS_TIMEOUT``)."""
+    if since is None or bucket is None:
+        yield None
+        return
+    if parse_since(since) is None:
+        yield "malformed"
+        return
+    if not bucket.take():
+        stats.incr("resumes_refused")
+        yield "rate_limited"
+        return
+    gate = read_gate()
+    try:
+        async with asyncio.timeout(conf.BROADCAST_REDIS_TIMEOUT):
+            await gate.acquire()
+    except TimeoutError:
+        stats.incr("resumes_refused")
+        yield "busy"
+        return
+    try:
+        yield None
+    finally:
+        gate.release()

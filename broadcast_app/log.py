@@ -27,8 +27,9 @@ from .events import frame_from_body
 from .layer import route
 from .redis_clients import make_async_client
 
-#: entries read per XRANGE call while replaying
-PAGE_SIZE = 100
+#: entries read per XRANGE call while replaying: parsing a page is one step of the
+#: event loop, which no other connection's frame can interrupt
+PAGE_SIZE = 25
 
 # What the publish script writes (``<ms>-<seq>:<epoch>``), in ASCII: anything else is
 # refused before a Redis call (an escaped lone surrogate could not even be encoded).

@@ -55,10 +55,11 @@ async def log_start() -> AsyncIterator[str]:
 
 
 async def test_a_long_replay_is_read_in_pages(log_start: str, redis_client: redis.Redis) -> None:
-    await database_sync_to_async(changes)(2 * PAGE_SIZE + 50)
+    count = 2 * PAGE_SIZE + PAGE_SIZE // 2
+    await database_sync_to_async(changes)(count)
     before = calls(redis_client, "xrange")
     replay = await event_log.read_after(LABEL, log_start, limit=1000)
-    assert replay.complete and len(replay.frames) == 2 * PAGE_SIZE + 50
+    assert replay.complete and len(replay.frames) == count
     assert replay.last_id == await event_log.last_id(LABEL)
     # One XRANGE inside the script (it counts), then three pages.
     assert calls(redis_client, "xrange") - before == 1 + 3

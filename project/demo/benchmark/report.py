@@ -154,6 +154,19 @@ def _highest_passing(steps: list[dict[str, Any]]) -> float:
     return max((s["rate"] for s in steps if s["passed"]), default=0.0)
 
 
+def resume_verdict(
+    idle: dict[str, float], loaded: dict[str, float], target: dict[str, float]
+) -> dict[str, Any]:
+    """(h): the victim's p50 against idle, and its max, each against its target."""
+    ratio = _ratio(loaded["p50_ms"], idle["p50_ms"])
+    return {
+        "p50_ratio": ratio,
+        "ok": ratio is not None
+        and ratio <= target["p50_ratio"]
+        and loaded["max_ms"] < target["max_ms"],
+    }
+
+
 # -- text ---------------------------------------------------------------------------
 
 
@@ -190,20 +203,55 @@ def sustained_line(row: dict[str, Any]) -> str:
     )
 
 
+_LOADS = {"pings": "pings only", "start": "from the start", "limit": "from the limit"}
+
+
+def resume_lines(row: dict[str, Any], target: dict[str, float]) -> list[str]:
+    idle = row["idle"]
+    lines = [
+        f"(h) victim ping round trip, ms, one every 10 ms for {row['seconds']:g} s, while "
+        f"{row['clients']} clients each send one every {row['interval'] * 1000:g} ms (a "
+        f"{row['log_entries']}-entry log; target: p50 <= {target['p50_ratio']:g} x idle, "
+        f"max < {target['max_ms']:g} ms)",
+        f"  {'idle':14}  p50 {idle['p50_ms']:6.2f} p99 {idle['p99_ms']:6.2f} "
+        f"max {idle['max_ms']:6.2f}",
+    ]
+    for name, load in row["loads"].items():
+        victim = load["victim"]
+        answers = ", ".join(f"{k} {v}" for k, v in sorted(load["answers"].items()))
+        lines.append(
+            f"  {_LOADS.get(name, name):14}  p50 {victim['p50_ms']:6.2f} "
+            f"p99 {victim['p99_ms']:6.2f} max {victim['max_ms']:6.2f}: "
+            f"p50 ratio {_num(load['p50_ratio'])} "
+            f"{_verdict(load['ok'])}, server CPU {load.get('server_cpu_ms')} ms ({answers})"
+        )
+    return lines
+
+
 def _capped(value: float, capped: bool) -> str:
     return f"{value:g}{'+' if capped else ''}"
 
 
+def _machine(meta: dict[str, Any]) -> str:
+    return (
+        f"Redis: {meta.get('redis', '?')}; database: {meta.get('database', '?')}; "
+        f"CPUs: {meta.get('cpus', '?')}; load average before {meta.get('load_before')}, "
+        f"after {meta.get('load_after')}"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The printed summary of a run."""
-    meta, plan, over = results["meta"], results["plan"], results["save_overhead"]
+    meta, plan = results["meta"], results["plan"]
+    if "save_overhead" not in results:  # (h) alone
+        lines = ["", "broadcast_benchmark results", _machine(meta), ""]
+        return "\n".join([*lines, *resume_lines(results["resume"], plan["targets"]["resume"]), ""])
+    over = results["save_overhead"]
     lines = [
         "",
         "broadcast_benchmark results",
         meta["saver"],
-        f"Redis: {meta.get('redis', '?')}; database: {meta.get('database', '?')}; "
-        f"CPUs: {meta.get('cpus', '?')}; load average before {meta.get('load_before')}, "
-        f"after {meta.get('load_after')}",
+        _machine(meta),
         "",
         f"(a) save() at {over['rate']:g} saves/s, {over['saves_each']} saves each: "
         f"median {over['median_on_ms']:.3f} ms broadcasting on, {over['median_off_ms']:.3f} ms "
@@ -262,6 +310,9 @@ def format_table(results: dict[str, Any]) -> str:
             f"{deleted['rows_per_s']} rows/s, {deleted['cost_per_row_us']} us per row; "
             f"lost {deleted['lost']}",
         ]
+    resume = results.get("resume")
+    if resume:
+        lines += ["", *resume_lines(resume, plan["targets"]["resume"])]
     warnings = meta.get("instance_warnings") or []
     if warnings:
         lines += ["", "Instance B logged:", *(f"  {line}" for line in warnings)]

@@ -43,6 +43,7 @@ from .processes import (
     uvicorn_command,
     wait_http,
 )
+from .resume import resume_row
 from .saves import Products, floor_save, marker, paced, plain_save
 
 Write = Callable[[str], None]
@@ -76,11 +77,20 @@ class Plan:
     #: rows of the bulk publication rows (QuerySet.update(), then delete(), of every
     #: row, published)
     bulk_rows: int = 20_000
+    #: (h): resuming clients, seconds between two resumes of each, seconds the victim
+    #: pings per load, events in the log
+    resume_clients: int = 20
+    resume_interval: float = 0.05
+    resume_seconds: float = 5.0
+    resume_log: int = 10_000
+    #: measure (h) alone
+    resume_only: bool = False
     targets: dict[str, Any] = field(
         default_factory=lambda: {
             "save_ratio": 1.10,
             "p50_ratio": 1.5,
             "sustained": {"50": 250, "200": 125},
+            "resume": {"p50_ratio": 3.0, "max_ms": 50.0},
         }
     )
 
@@ -96,6 +106,8 @@ QUICK = Plan(
     step_seconds=1.0,
     settle_seconds=1.0,
     bulk_rows=2_000,
+    resume_clients=5,
+    resume_seconds=1.0,
 )
 
 
@@ -193,16 +205,22 @@ class Measurements:
     ) -> None:
         self.plan = plan
         self.children = children
-        redis_url, self.redis_pid = redis_server
+        self.redis_url, self.redis_pid = redis_server
         self.ports = ports
         self.cookie = cookie
         self.products = products
         self.write = write
         self.fleet = FleetProcess(children, {**os.environ})
-        self.floor_client = redis.Redis.from_url(redis_url)
+        self.floor_client = redis.Redis.from_url(self.redis_url)
         self.connected = {"ours": 0, "floor": 0}
 
     def run(self) -> dict[str, Any]:
+        if self.plan.resume_only:
+            self.floor_client.close()
+            meta = {"saver": SAVER_NOTE, "cpus": os.cpu_count(), "load_before": _load()}
+            resume = self.resume()
+            meta["load_after"] = _load()
+            return {"meta": meta, "plan": asdict(self.plan), "resume": resume}
         plan = self.plan
         results: dict[str, Any] = {
             # Other work on the machine skews every number: the load average tells.
@@ -225,8 +243,18 @@ class Measurements:
         results["bulk"] = bulk_throughput(plan.bulk_rows)
         self.write(f"(g) bulk: QuerySet.delete() of {plan.bulk_rows} rows, until published…")
         results["bulk_delete"] = bulk_delete_throughput(plan.bulk_rows)
+        results["resume"] = self.resume()
         results["meta"]["load_after"] = _load()
         return results
+
+    # -- (h) a victim's ping under resume load ----------------------------------------
+
+    def resume(self) -> dict[str, Any]:
+        plan = self.plan
+        self.write(f"(h) a victim's ping while {plan.resume_clients} clients resume…")
+        row = resume_row(self.children, self.ports["ours"], self.cookie, self.redis_url, plan)
+        self.write("\n".join(report.resume_lines(row, plan.targets["resume"])))
+        return row
 
     # -- (a) the cost of broadcasting in save() ---------------------------------------
 

@@ -59,6 +59,16 @@ class Command(BaseCommand):
             "--step-clients",
             help="Comma-separated client counts of the sustained-rate rows (default: 50,200).",
         )
+        parser.add_argument(
+            "--resume-clients",
+            type=int,
+            help="Clients resuming at once in the resume-load row (h) (default: 20; quick: 5).",
+        )
+        parser.add_argument(
+            "--resume-only",
+            action="store_true",
+            help="Measure only the resume-load row (h): a victim's ping while clients resume.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         plan = runner.QUICK if options["quick"] else runner.FULL
@@ -66,6 +76,12 @@ class Command(BaseCommand):
             plan = dataclasses.replace(plan, latency_clients=_positive_ints(options["clients"]))
         if options["step_clients"]:
             plan = dataclasses.replace(plan, step_clients=_positive_ints(options["step_clients"]))
+        if options["resume_clients"] is not None:
+            if options["resume_clients"] <= 0:
+                raise CommandError("--resume-clients must be a positive integer.")
+            plan = dataclasses.replace(plan, resume_clients=options["resume_clients"])
+        if options["resume_only"]:
+            plan = dataclasses.replace(plan, resume_only=True)
         redis_url = options["redis_url"]
         if redis_url and urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
             raise CommandError(f"{redis_url!r} is not a redis://, rediss:// or unix:// URL.")
