@@ -323,25 +323,35 @@ class Revalidator:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(conf.BROADCAST_REVALIDATE_INTERVAL)
-            due = [c for c in list(self._watched) if c.subscriptions and not c.closing]
-            if not due:
+            if not await self._pass():
                 # Nothing to check: the task ends; the next subscription starts another.
                 self._task = None
                 return
-            started = now()
-            try:
-                await check(due)
-            except Exception:
-                stats.incr("revalidation_errors")
-                logger.exception("broadcast_app: checking websocket users failed")
-            took = now() - started
-            if took > conf.BROADCAST_REVALIDATE_INTERVAL:
-                logger.warning(
-                    "broadcast_app took %.1fs to check %d websocket(s), more than "
-                    "BROADCAST_REVALIDATE_INTERVAL",
-                    took,
-                    len(due),
-                )
+
+    async def _pass(self) -> bool:
+        """Check every watched connection once; False if none holds a subscription.
+
+        A method of its own so that the connections it holds are let go before the
+        next sleep (a closed connection must not live on until the next pass).
+        """
+        due = [c for c in list(self._watched) if c.subscriptions and not c.closing]
+        if not due:
+            return False
+        started = now()
+        try:
+            await check(due)
+        except Exception:
+            stats.incr("revalidation_errors")
+            logger.exception("broadcast_app: checking websocket users failed")
+        took = now() - started
+        if took > conf.BROADCAST_REVALIDATE_INTERVAL:
+            logger.warning(
+                "broadcast_app took %.1fs to check %d websocket(s), more than "
+                "BROADCAST_REVALIDATE_INTERVAL",
+                took,
+                len(due),
+            )
+        return True
 
 
 revalidator = Revalidator()
