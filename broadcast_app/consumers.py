@@ -39,6 +39,7 @@ from .hub import hub
 from .limits import ResumeBucket, resume_turn
 from .listener import listener
 from .log import Replay, event_log
+from .probe import DISCONNECTED
 from .registry import ModelConfig, NotRegistered, get_config
 from .sender import Sender
 from .stats import stats
@@ -315,6 +316,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for frame, event in held:
             if event["id"] not in sent:
                 self._send_event(frame, event)
+        if not listener.confirmed():
+            # Cut off from Redis (see probe.py): what this subscription receives may
+            # already lag, as for the subscriptions that got this when it began.
+            self.reset(config.label, pk, DISCONNECTED)
 
     async def _replay(
         self, config: ModelConfig, pk: str | None, frames: list[tuple[str, str]]

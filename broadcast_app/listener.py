@@ -214,6 +214,10 @@ class Listener:
                 for config in all_configs():
                     hub.reset(config.label, DISCONNECTED)
 
+    def confirmed(self) -> bool:
+        """Whether this instance knows, within the bound, that events arrive."""
+        return self.probes.receiving and not self.probes.lapsed()
+
     def _lapsed(self) -> None:
         self.probes.receiving = False
         self.subscribed.clear()

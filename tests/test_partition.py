@@ -178,6 +178,15 @@ async def test_a_partitioned_instance_stops_serving_hits_resets_and_repairs(
         await writing
         assert await product(stack) == ("miss", 1 + MISSED)
         assert not await listening(stack)
+        # A client subscribing meanwhile is told at once.
+        async with websocket(b.ws_url, origin=b.origin, session_id=stack.session_id) as late:
+            await late.subscribe(PRODUCT)
+            assert await late.receive() == {
+                "type": "reset",
+                "model": PRODUCT,
+                "pk": None,
+                "reason": "disconnected",
+            }
         bypassed_for = time.monotonic() - cut_at
 
         stack.proxy.heal(drop=drop)
