@@ -3,7 +3,9 @@
 
 These fire no save signals, so broadcast_app wraps the three ``QuerySet`` methods once,
 when the first model is registered, and ``QuerySet.delete()`` too (see below); for
-models that are not registered the wrappers only add a dictionary lookup.
+models that are not registered the wrappers only add a dictionary lookup. A write
+through a proxy publishes as its concrete model, one through a multi-table child for
+the child and each registered parent (:func:`~.registry.configs_for`).
 
 ``update()`` first selects the matching pks (``SELECT ... FOR UPDATE`` where the database
 supports it) and the old values of the fields it sets, then updates exactly those rows

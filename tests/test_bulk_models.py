@@ -66,6 +66,25 @@ def test_proxy_bulk_writes_publish_as_the_concrete_model() -> None:
     assert len(events.matching(model="testapp.article", op="deleted")) == 2
 
 
+class LateProxy(Article):
+    """Defined as this module is imported: after the apps' ready() registered Article."""
+
+    class Meta:
+        proxy = True
+        app_label = "testapp"
+
+
+def test_proxy_defined_after_registration_publishes_too() -> None:
+    with capture_events() as events:
+        late = LateProxy.objects.create(title="late")
+        late.title = "later"
+        late.save()
+    assert [(e["model"], e["op"]) for e in events] == [
+        ("testapp.article", "created"),
+        ("testapp.article", "updated"),
+    ]
+
+
 # -- multi-table inheritance -------------------------------------------------------
 
 
