@@ -17,7 +17,7 @@ from broadcast_app.embedded_redis import EmbeddedRedis
 from broadcast_app.heartbeat import heartbeat
 from broadcast_app.listener import listener
 from broadcast_app.log import event_log
-from broadcast_app.relay import in_process
+from broadcast_app.relay import InProcessRelay, RelayLoop, in_process
 from broadcast_app.runtime import Backoff, InstanceRuntime, runtime
 from broadcast_app.stats import stats
 from tests.conftest import layers_for
@@ -203,3 +203,37 @@ async def test_stop_cancels_every_task_joins_the_thread_and_closes_every_connect
         assert not listener.running and not runtime.running("heartbeat")
     finally:
         checker.close()
+
+
+def test_the_relay_thread_is_restarted_with_backoff_when_its_loop_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A relay loop over a database alias that does not exist fails for real (its
+    cleanup raises ConnectionDoesNotExist): the thread logs it and runs it again."""
+    failed_twice = threading.Event()
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "outbox relay thread failed" in record.getMessage():
+                records.append(record)
+                if len(records) == 2:
+                    failed_twice.set()
+
+    handler = Collect()
+    logging.getLogger("broadcast_app.relay").addHandler(handler)
+    loop = RelayLoop(aliases=["no-such-database"], interval=0.01)
+    thread = threading.Thread(target=InProcessRelay._supervise, args=(loop,))
+    thread.start()
+    try:
+        assert failed_twice.wait(TIMEOUT)
+    finally:
+        loop.stop()
+        thread.join(TIMEOUT)
+        logging.getLogger("broadcast_app.relay").removeHandler(handler)
+    assert not thread.is_alive()
+    first, second = records[:2]
+    assert "restarting in 0.5s" in first.getMessage()
+    assert "restarting in 1.0s" in second.getMessage()
+    assert second.created - first.created >= 0.5 - _SLACK
+    assert first.exc_info is not None
