@@ -126,7 +126,8 @@ class InstanceRuntime:
     async def cancel(self, name: str) -> None:
         """Cancel the task ``name`` and wait (boundedly) for it to clean up."""
         task = self._tasks.pop(name, None)
-        if task is not None:
+        # A task of a previous loop died with it.
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
             await _cancel(task)
 
     def _bind(self) -> None:
