@@ -86,13 +86,12 @@ class InstanceRuntime:
     def spawn(self, name: str, job: Job, forever: bool = True) -> asyncio.Task[None]:
         """Run ``job()`` as the task ``name`` unless it runs already, restarting it with
         backoff when it fails; one that is not ``forever`` may end by returning."""
-        self._bind()
+        loop = asyncio.get_running_loop()
         task = self._tasks.get(name)
-        if task is None or task.done():
+        # (One of another loop died with it, or runs there: this loop needs its own.)
+        if task is None or task.done() or task.get_loop() is not loop:
             coro = self._supervise(name, job, forever)
-            task = self._tasks[name] = asyncio.get_running_loop().create_task(
-                coro, name=f"broadcast-{name}"
-            )
+            task = self._tasks[name] = loop.create_task(coro, name=f"broadcast-{name}")
         return task
 
     async def _supervise(self, name: str, job: Job, forever: bool) -> None:
@@ -182,9 +181,10 @@ class InstanceRuntime:
     async def stop(self) -> None:
         """Cancel and await every task, stop the relay thread, close per-loop clients."""
         self.started = False
-        tasks, self._tasks = self._tasks, {}
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(_cancel(t) for t in tasks.values() if t.get_loop() is loop))
+        ours = [task for task in self._tasks.values() if task.get_loop() is loop]
+        self._tasks = {n: t for n, t in self._tasks.items() if t.get_loop() is not loop}
+        await asyncio.gather(*(_cancel(task) for task in ours))
         from .relay import in_process
 
         if in_process.running:

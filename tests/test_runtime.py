@@ -237,3 +237,29 @@ def test_the_relay_thread_is_restarted_with_backoff_when_its_loop_fails(
     assert "restarting in 1.0s" in second.getMessage()
     assert second.created - first.created >= 0.5 - _SLACK
     assert first.exc_info is not None
+
+
+@pytest.mark.asyncio
+async def test_a_task_spawned_from_another_loop_leaves_the_instance_alone(
+    running_listener: Any,
+) -> None:
+    """A second event loop (a thread running ``async_to_sync`` work) that starts a task
+    of its own does not make the runtime forget this loop's tasks."""
+    subscribed = listener.subscribed
+    listener_task = runtime.task("listener")
+
+    async def elsewhere() -> bool:
+        ran = asyncio.Event()
+
+        async def job() -> None:
+            ran.set()
+            await asyncio.Event().wait()
+
+        runtime.spawn("elsewhere", job)
+        await asyncio.wait_for(ran.wait(), TIMEOUT)
+        await runtime.cancel("elsewhere")
+        return True
+
+    assert await asyncio.to_thread(asyncio.run, elsewhere())
+    assert runtime.task("listener") is listener_task and runtime.running("listener")
+    assert listener.subscribed is subscribed and subscribed.is_set()
