@@ -51,6 +51,7 @@ from django.utils.crypto import constant_time_compare
 
 from .conf import conf
 from .registry import ModelConfig, NotRegistered, get_config
+from .runtime import runtime
 from .stats import stats
 
 logger = logging.getLogger(__name__)
@@ -289,43 +290,42 @@ async def refresh(connection: Watched) -> None:
 
 
 class Revalidator:
-    """Owns the periodic check of this event loop's connections."""
+    """The periodic check of this event loop's connections (run by the instance runtime
+    as its ``revalidate`` task while a connection holds a subscription)."""
 
     def __init__(self) -> None:
         # Weak: a connection that went away needs no unwatching.
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return runtime.running("revalidate")
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task of the periodic check, if one was started in this loop."""
+        return runtime.task("revalidate")
 
     def watch(self, connection: Watched) -> None:
         """Check ``connection`` every interval from now on (it holds a subscription)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            # A task of a previous loop died with it.
-            self._loop, self._task = loop, None
+            # The connections of a previous loop went with it.
+            self._loop = loop
             self._watched = weakref.WeakSet()
         self._watched.add(connection)
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="broadcast-revalidate")
+        runtime.spawn("revalidate", self._run, forever=False)
 
     async def stop(self) -> None:
         """Cancel the periodic check and wait for it."""
-        task, self._task = self._task, None
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await runtime.cancel("revalidate")
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(conf.BROADCAST_REVALIDATE_INTERVAL)
             if not await self._pass():
                 # Nothing to check: the task ends; the next subscription starts another.
-                self._task = None
                 return
 
     async def _pass(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,11 +44,28 @@ DELIVERY_MODES = ("best_effort", "outbox")
 # Delivery guarantees: gap repair and the liveness probe. Zero would spin the listener's
 # loops; a negative age or cache timeout would keep nothing.
 _DELIVERY_FLOATS = ("BROADCAST_RECOVERY_INTERVAL", "BROADCAST_CONFIRM_TIMEOUT")
+#: the numeric settings that must be a positive, finite number (E006)
+POSITIVE: tuple[str, ...] = _POSITIVE_INTS + _POSITIVE_FLOATS + _DELIVERY_FLOATS
 #: settings where 0 (or None) has a documented meaning, and only a negative is wrong
 _NON_NEGATIVE = {
     "BROADCAST_LOG_MAX_AGE": "0 means no age limit",
     "BROADCAST_CACHE_TIMEOUT": "None keeps entries until evicted",
 }
+
+
+def _valid(name: str, allow_zero: bool = False, allow_none: bool = False) -> bool:
+    """Whether setting ``name`` reads as a finite number above 0 (or 0, or None)."""
+    if isinstance(getattr(settings, name, None), bool):
+        return False  # True would read as 1: a flag given where a number belongs
+    try:
+        value = getattr(conf, name)
+        if value is None:
+            return allow_none
+        # Infinity too: a timeout or TTL of inf fails in redis-py at every call.
+        finite = math.isfinite(value)
+    except (TypeError, ValueError, OverflowError):  # "x", [1], "1e400" as int, 10**400
+        return False
+    return finite and (value > 0 or (allow_zero and value == 0))
 
 
 @register(Tags.compatibility)
@@ -136,22 +154,15 @@ def check_registry(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
 
 @register()
 def check_numbers(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
-    for name in _POSITIVE_INTS + _POSITIVE_FLOATS + _DELIVERY_FLOATS:
-        try:
-            value = getattr(conf, name)
-            ok = value > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            errors.append(
-                Error(
-                    f"{name} must be a positive number.",
-                    hint=f"Remove {name} to use its default, or give a number above 0.",
-                    id="broadcast_app.E006",
-                )
-            )
-    return errors
+    return [
+        Error(
+            f"{name} must be a positive number.",
+            hint=f"Remove {name} to use its default, or give a finite number above 0.",
+            id="broadcast_app.E006",
+        )
+        for name in POSITIVE
+        if not _valid(name)
+    ]
 
 
 @register()
@@ -172,19 +183,16 @@ def check_delivery(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> li
 
 @register()
 def check_limits(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
-    for name, meaning in _NON_NEGATIVE.items():
-        try:
-            value = getattr(conf, name)
-            ok = value is None or value > 0 or (value == 0 and name == "BROADCAST_LOG_MAX_AGE")
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            errors.append(
-                Error(
-                    f"{name} must be a positive number ({meaning}).",
-                    hint=f"Remove {name} to use its default, or give a number above 0.",
-                    id="broadcast_app.E010",
-                )
-            )
-    return errors
+    return [
+        Error(
+            f"{name} must be a positive number ({meaning}).",
+            hint=f"Remove {name} to use its default, or give a finite number above 0.",
+            id="broadcast_app.E010",
+        )
+        for name, meaning in _NON_NEGATIVE.items()
+        if not _valid(
+            name,
+            allow_zero=name == "BROADCAST_LOG_MAX_AGE",
+            allow_none=name == "BROADCAST_CACHE_TIMEOUT",
+        )
+    ]

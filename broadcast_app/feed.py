@@ -65,6 +65,15 @@ def lag_ms(ts: str, received_at: float) -> float | None:
     return round((received_at - committed) * 1000, 2)
 
 
+def _size() -> int:
+    # An invalid size must not raise here (at import, or in a settings change): the
+    # system checks report it (E006), and meanwhile the feed keeps nothing.
+    try:
+        return max(0, conf.BROADCAST_FEED_SIZE)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 class Feed:
     """The latest receipts and per-second counts; fed from the event loop, read anywhere."""
 
@@ -73,7 +82,7 @@ class Feed:
 
     def reset(self) -> None:
         """Forget everything and re-read ``BROADCAST_FEED_SIZE`` (settings changed, tests)."""
-        self._receipts: deque[Receipt] = deque(maxlen=conf.BROADCAST_FEED_SIZE)
+        self._receipts: deque[Receipt] = deque(maxlen=_size())
         # [second, count] pairs, oldest first, only for seconds that saw an event.
         self._per_second: deque[list[int]] = deque()
 

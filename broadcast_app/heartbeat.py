@@ -7,9 +7,9 @@ and adds its id to the set ``<prefix>:instances``. An instance that dies silentl
 drops out when its key expires; one that stops cleanly deletes it. Readers prune ids
 whose key is gone. The Redis is the first host of the broadcast channel layer.
 
-The task runs beside the listener (started and stopped with it). Every Redis call is
-bounded by ``BROADCAST_REDIS_TIMEOUT``: a slow or absent Redis costs a logged warning,
-never a stuck event loop.
+The task runs beside the listener, started and stopped with it by the instance runtime.
+Every Redis call is bounded by ``BROADCAST_REDIS_TIMEOUT``: a slow or absent Redis costs
+a logged warning, never a stuck event loop.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from .status import instance_figures
 logger = logging.getLogger(__name__)
 
 _WARN_EVERY = 30.0  # seconds between two warnings about failed heartbeats
-_STOP_WAIT = 5.0  # seconds stop() waits for the task to withdraw the heartbeat
 _BACKOFF_MAX = 60.0  # seconds between two heartbeats at most while they keep failing
 
 
@@ -111,52 +110,20 @@ async def forget(client: aioredis.Redis, instance_id: str) -> None:
 
 
 class Heartbeat:
-    """Owns the heartbeat task of the running event loop."""
+    """This instance's heartbeats; the instance runtime (:mod:`.runtime`) runs the task."""
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_warning = -_WARN_EVERY
         self._last_failure = -_WARN_EVERY
         #: set once the first heartbeat was sent (or failed) since the last start
         self.sent = asyncio.Event()
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+    def bind(self) -> None:
+        """Start over in a new event loop: an event belongs to one loop."""
+        self.sent = asyncio.Event()
 
-    async def start(self) -> None:
-        """Start sending heartbeats from this event loop (no-op if already running)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A task of a previous loop died with it; events belong to one loop.
-            self._loop, self._task = loop, None
-            self.sent = asyncio.Event()
-        if self._task is None or self._task.done():
-            self.sent.clear()
-            self._task = loop.create_task(self._run(), name="broadcast-heartbeat")
-
-    async def stop(self) -> None:
-        """Stop the task and wait (boundedly) for it to withdraw this instance's heartbeat."""
-        task, self._task = self._task, None
-        loop = asyncio.get_running_loop()
-        if task is None or task.done() or task.get_loop() is not loop:
-            return  # nothing runs (a task of a closed loop died with it)
-        # A cancellation that lands while a Redis call's own timeout expires can come out
-        # as TimeoutError (asyncio.timeout's documented race): cancel again until the
-        # task is really done, within a bound, rather than wait for it forever.
-        deadline = loop.time() + _STOP_WAIT
-        while not task.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                logger.warning("broadcast_app heartbeat did not stop within %.0fs", _STOP_WAIT)
-                return
-            task.cancel()
-            await asyncio.wait({task}, timeout=min(0.5, remaining))
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not report it as forgotten
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Send heartbeats until cancelled, then withdraw this instance's."""
         client = make_client()
         instance_id = conf.BROADCAST_INSTANCE_ID
         failures = 0

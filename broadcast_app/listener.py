@@ -21,18 +21,16 @@ import asyncio
 import json
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 
-from . import cache, direct, quiet
-from .access import revalidator
+from . import cache, direct
 from .conf import conf
 from .continuity import Continuity, not_after
 from .events import frame_head
 from .feed import feed
-from .heartbeat import heartbeat
 from .hub import hub
 from .layer import MESSAGE_TYPE, RESET_TYPE, group_name
 from .probe import DISCONNECTED, PROBE_TYPE, Probes
@@ -40,20 +38,19 @@ from .registry import ModelConfig, all_configs, get_config
 from .signals import change_received
 from .stats import stats
 
+if TYPE_CHECKING:
+    from .runtime import InstanceRuntime
+
 logger = logging.getLogger(__name__)
 
-_STARTUP_WAIT = 5.0  # seconds start() waits for the subscription before returning
-_STOP_WAIT = 5.0  # seconds stop() waits for the task to close its connections
 _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 
 
 class Listener:
-    """Owns the listener task of the running event loop."""
+    """The instance's subscription and what it does with each event; its tasks are run
+    by the instance runtime (:mod:`.runtime`)."""
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
         self.subscribed = asyncio.Event()
         self.continuity = Continuity()
         self._order = asyncio.Lock()
@@ -61,72 +58,35 @@ class Listener:
         self._turn_taken = False
         self.probes = Probes()
 
+    def bind(self) -> None:
+        """Start over in a new event loop (the runtime calls it): locks and events
+        belong to one loop."""
+        self._order = asyncio.Lock()
+        self.subscribed = asyncio.Event()
+
+    # The runtime (broadcast_app.runtime) owns the tasks; these stay the public way in.
+
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Whether the listener task runs in this loop."""
+        return _runtime().running("listener")
 
     async def ensure_started(self) -> None:
-        """Start the listener unless it already runs in this loop (cheap when it does)."""
-        if self._task is not None and self._loop is asyncio.get_running_loop():
-            return
-        await self.start(wait=False)
+        """Start the instance unless it already runs in this loop (cheap when it does)."""
+        await _runtime().ensure_started()
 
     async def start(self, wait: bool = True) -> None:
-        """Start listening; with ``wait``, return once subscribed (or after a few seconds)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A new loop (tests, or a server restarted in-process): the old task, if
-            # any, died with its loop; lock and event are per loop.
-            self._loop, self._task = loop, None
-            self._lock = asyncio.Lock()
-            self._order = asyncio.Lock()
-            self.subscribed = asyncio.Event()
-        assert self._lock is not None
-        quiet.install()
-        async with self._lock:
-            if self._task is None or self._task.done():
-                self.subscribed.clear()
-                self._task = loop.create_task(self._run(), name="broadcast-listener")
-        # The dashboard lists instances by their heartbeats: one beside each listener.
-        await heartbeat.start()
-        # In best_effort mode too: processes that exited while Redis was unreachable
-        # left their events in the outbox table.
-        if conf.BROADCAST_OUTBOX_RELAY:
-            from .relay import in_process
-
-            in_process.start()
-        if wait:
-            try:
-                await asyncio.wait_for(self.subscribed.wait(), _STARTUP_WAIT)
-            except TimeoutError:
-                logger.warning("broadcast_app listener is not subscribed yet; retrying")
+        """Start the instance's tasks; with ``wait``, return once subscribed (or after a
+        few seconds)."""
+        await _runtime().start(wait)
 
     async def stop(self) -> None:
-        """Cancel the listener task and wait for it to close its connections."""
-        await heartbeat.stop()
-        await revalidator.stop()
-        from .relay import in_process
+        """Stop the instance's tasks and close their connections."""
+        await _runtime().stop()
 
-        if in_process.running:
-            await sync_to_async(in_process.stop, thread_sensitive=False)()
-        task, self._task = self._task, None
-        # No listener keeps the cache current any more: as in a process without one.
-        cache.serve_hits_until(None)
-        if task is None or task.done():
-            return
-        # A cancellation that lands while a Redis call's own timeout expires comes out
-        # as TimeoutError (asyncio.timeout's documented race) and is handled as a
-        # Redis error: cancel again until the task is really done, within a bound.
-        deadline = asyncio.get_running_loop().time() + _STOP_WAIT
-        while not task.done():
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                logger.warning("broadcast_app listener did not stop within %.0fs", _STOP_WAIT)
-                return
-            task.cancel()
-            await asyncio.wait({task}, timeout=min(0.5, remaining))
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Subscribe, process events, and subscribe again when the subscription fails or
+        goes deaf, until cancelled (the runtime's ``listener`` task)."""
         delay = _RETRY_MIN
         loop = asyncio.get_running_loop()
         # A (re)started listener follows the logs from their current ends; only its
@@ -134,54 +94,50 @@ class Listener:
         self.continuity = Continuity()
         self._lapsed()
         resubscribing = False
-        watchdog = loop.create_task(self._watch_confirmation())
-        try:
-            while True:
-                layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
-                tasks: list[asyncio.Task[None]] = []
-                try:
-                    labels = [config.label for config in all_configs()]
-                    await self.continuity.prime(labels)
-                    channel = await layer.new_channel("broadcast-listener.")
-                    direct.install(layer, channel, partial(self.handle_now, layer))
-                    for label in labels:
-                        await layer.group_add(group_name(label), channel)
-                    probes = self.probes.groups(labels)
-                    for group in probes:
-                        await layer.group_add(group, channel)
-                    logger.info("broadcast_app listener subscribed to %d model(s)", len(labels))
-                    if resubscribing:
-                        # What was published while the listener was deaf is in the log.
-                        await self._repair(labels)
-                    resubscribing = True
-                    delay = _RETRY_MIN
-                    tasks = [
-                        loop.create_task(self._pump(layer, channel)),
-                        loop.create_task(self._watch()),
-                        loop.create_task(self.probes.send(layer, probes)),
-                    ]
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()  # an error of either: handled below
-                    raise _Deaf("its subscription stopped delivering events")
-                except asyncio.CancelledError:
-                    await _stop(*tasks)
-                    await _close(layer)
-                    raise
-                except Exception as exc:
-                    self.subscribed.clear()
-                    stats.incr("listener_errors")
-                    logger.warning(
-                        "broadcast_app listener lost Redis (%s); resubscribing in %.1fs",
-                        exc,
-                        delay,
-                    )
-                    await _stop(*tasks)
-                    await _close(layer)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX)
-        finally:
-            await _stop(watchdog)
+        while True:
+            layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                labels = [config.label for config in all_configs()]
+                await self.continuity.prime(labels)
+                channel = await layer.new_channel("broadcast-listener.")
+                direct.install(layer, channel, partial(self.handle_now, layer))
+                for label in labels:
+                    await layer.group_add(group_name(label), channel)
+                probes = self.probes.groups(labels)
+                for group in probes:
+                    await layer.group_add(group, channel)
+                logger.info("broadcast_app listener subscribed to %d model(s)", len(labels))
+                if resubscribing:
+                    # What was published while the listener was deaf is in the log.
+                    await self._repair(labels)
+                resubscribing = True
+                delay = _RETRY_MIN
+                tasks = [
+                    loop.create_task(self._pump(layer, channel)),
+                    loop.create_task(self._watch()),
+                    loop.create_task(self.probes.send(layer, probes)),
+                ]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # an error of either: handled below
+                raise _Deaf("its subscription stopped delivering events")
+            except asyncio.CancelledError:
+                await _stop(*tasks)
+                await _close(layer)
+                raise
+            except Exception as exc:
+                self.subscribed.clear()
+                stats.incr("listener_errors")
+                logger.warning(
+                    "broadcast_app listener lost Redis (%s); resubscribing in %.1fs",
+                    exc,
+                    delay,
+                )
+                await _stop(*tasks)
+                await _close(layer)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
 
     # -- confirming that events arrive (see probe.py) ----------------------------------
 
@@ -199,8 +155,9 @@ class Listener:
         self.probes.until = until
         cache.serve_hits_until(until)
 
-    async def _watch_confirmation(self) -> None:
-        """Tell subscribers, once, when confirmation lapses."""
+    async def watch_confirmation(self) -> None:
+        """Tell subscribers, once, when confirmation lapses (the runtime's
+        ``confirmation`` task)."""
         while True:
             await asyncio.sleep(self.probes.next_check())
             if self.probes.lapsed():
@@ -393,6 +350,13 @@ async def _close(layer: Any) -> None:
         await layer.flush()
     except Exception:  # closing a broken connection may fail too; nothing to save
         logger.debug("broadcast_app listener: error while closing the layer", exc_info=True)
+
+
+def _runtime() -> InstanceRuntime:
+    # The runtime imports this module: it owns the listener, not the other way round.
+    from .runtime import runtime
+
+    return runtime
 
 
 listener = Listener()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -308,7 +309,8 @@ class RelayLoop:
 
 
 class InProcessRelay:
-    """The relay thread an instance runs with ``BROADCAST_OUTBOX_RELAY`` (one per process)."""
+    """The relay thread an instance runs with ``BROADCAST_OUTBOX_RELAY`` (one per process;
+    started and stopped by the instance runtime)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -326,9 +328,29 @@ class InProcessRelay:
                 return
             self._loop = RelayLoop()
             self._thread = threading.Thread(
-                target=self._loop.run, name="broadcast-outbox-relay", daemon=True
+                target=self._supervise, args=(self._loop,), name="broadcast-outbox-relay"
             )
+            self._thread.daemon = True
             self._thread.start()
+
+    @staticmethod
+    def _supervise(loop: RelayLoop) -> None:
+        """Run ``loop`` until stopped; if it fails, log it and run it again with backoff
+        (the instance runtime's restart policy)."""
+        from .runtime import Backoff
+
+        backoff = Backoff()
+        while not loop.stopping.is_set():
+            began = time.monotonic()
+            try:
+                loop.run()
+            except Exception:
+                delay = backoff.after(time.monotonic() - began)
+                stats.incr("task_restarts")
+                logger.exception(
+                    "broadcast_app outbox relay thread failed; restarting in %.1fs", delay
+                )
+                loop.stopping.wait(delay)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread after its current pass (wait at most ``timeout`` seconds)."""

@@ -222,7 +222,7 @@ async def test_the_periodic_check_ends_with_the_last_subscription_and_on_stop() 
     ws = await open_socket(key)
     assert not revalidator.running  # a connection without subscriptions costs nothing
     assert (await subscribe(ws))["type"] == "subscribed"
-    task = revalidator._task
+    task = revalidator.task
     assert task is not None and revalidator.running
     await ws.disconnect()
     # Nothing left to check: the task ends by itself at its next pass.
@@ -231,7 +231,7 @@ async def test_the_periodic_check_ends_with_the_last_subscription_and_on_stop() 
 
     ws = await open_socket(key)
     assert (await subscribe(ws))["type"] == "subscribed"
-    task = revalidator._task
+    task = revalidator.task
     assert task is not None and not task.done()
     await revalidator.stop()  # (what the listener's stop does at shutdown)
     assert task.cancelled()

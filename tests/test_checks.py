@@ -8,6 +8,7 @@ import pytest
 from django.test import override_settings
 
 from broadcast_app import checks
+from broadcast_app.conf import Settings
 
 
 def ids(messages: list[Any]) -> list[str]:
@@ -63,23 +64,26 @@ def test_unknown_registered_field_is_e005(reregister: Any) -> None:
     assert "no_such_field" in messages[0].msg
 
 
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("BROADCAST_QUEUE_SIZE", 0),
-        ("BROADCAST_REDIS_TIMEOUT", -1),
-        ("BROADCAST_MAX_FRAME_BYTES", "x"),
-        ("BROADCAST_OUTBOX_INTERVAL", 0),
-        ("BROADCAST_RESUME_MAX_EVENTS", 0),
-        ("BROADCAST_RESUME_RATE", -1),
-        ("BROADCAST_RESUME_WINDOW", 0),
-        ("BROADCAST_RESUME_CONCURRENCY", 0),
-        ("BROADCAST_RECOVERY_INTERVAL", 0),
-        ("BROADCAST_CONFIRM_TIMEOUT", -1),
-        ("BROADCAST_REVALIDATE_INTERVAL", 0),
-    ],
-)
-def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
+def _numeric_settings() -> set[str]:
+    """Every setting that conf.py reads as a number (by its property's return type)."""
+    return {
+        name
+        for name, member in vars(Settings).items()
+        if isinstance(member, property)
+        and member.fget is not None
+        and {"int", "float"} & set(str(member.fget.__annotations__["return"]).split(" | "))
+    }
+
+
+def test_every_numeric_setting_is_checked() -> None:
+    numeric = _numeric_settings()
+    assert len(numeric) >= 20  # the test reads conf.py as intended
+    assert numeric == set(checks.POSITIVE) | {"BROADCAST_CACHE_TIMEOUT", "BROADCAST_LOG_MAX_AGE"}
+
+
+@pytest.mark.parametrize("value", [0, -1, "0", -0.5])
+@pytest.mark.parametrize("name", checks.POSITIVE)
+def test_zero_and_negative_are_e006(name: str, value: Any) -> None:
     with override_settings(**{name: value}):
         messages = checks.check_numbers(None)
     assert ids(messages) == ["broadcast_app.E006"]
@@ -87,11 +91,38 @@ def test_non_positive_numbers_are_e006(name: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    "value", ["x", None, [1], True, float("inf"), float("nan"), 10**400, "1e400"]
+)
+@pytest.mark.parametrize(
+    "name", ["BROADCAST_QUEUE_SIZE", "BROADCAST_REDIS_TIMEOUT", "BROADCAST_CONFIRM_TIMEOUT"]
+)
+def test_what_is_not_a_finite_number_is_e006_not_a_traceback(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        messages = checks.check_numbers(None)
+    assert ids(messages) == ["broadcast_app.E006"]
+    assert name in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("BROADCAST_QUEUE_SIZE", "20"), ("BROADCAST_REDIS_TIMEOUT", 2)]
+)
+def test_numbers_given_as_other_types_pass(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        assert checks.check_numbers(None) == []
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("BROADCAST_CACHE_TIMEOUT", 0),
+        ("BROADCAST_CACHE_TIMEOUT", -1),
+        ("BROADCAST_CACHE_TIMEOUT", float("inf")),
+        ("BROADCAST_CACHE_TIMEOUT", True),
         ("BROADCAST_LOG_MAX_AGE", -1),
         ("BROADCAST_LOG_MAX_AGE", "x"),
+        ("BROADCAST_LOG_MAX_AGE", None),
+        ("BROADCAST_LOG_MAX_AGE", float("nan")),
+        ("BROADCAST_LOG_MAX_AGE", 10**400),
     ],
 )
 def test_negative_limits_are_e010(name: str, value: Any) -> None:

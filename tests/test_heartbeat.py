@@ -13,6 +13,7 @@ from django.test import override_settings
 
 from broadcast_app import heartbeat as hb
 from broadcast_app.conf import conf
+from broadcast_app.runtime import InstanceRuntime, runtime
 from broadcast_app.stats import stats
 from tests.conftest import layers_for
 
@@ -51,28 +52,28 @@ async def test_an_instance_whose_heartbeat_expired_is_pruned(client: aioredis.Re
 
 
 async def test_the_task_beats_at_once_and_withdraws_on_stop(client: aioredis.Redis) -> None:
-    beat = hb.Heartbeat()
+    beat, tasks = hb.Heartbeat(), InstanceRuntime()
     with override_settings(BROADCAST_INSTANCE_ID="task-test"):
-        await beat.start()
+        tasks.spawn("heartbeat", beat.run)
         try:
             await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
             (listed,) = await hb.live_instances(client)
             assert listed["id"] == "task-test"
             assert {"uptime_s", "connections", "published", "received"} <= set(listed)
         finally:
-            await beat.stop()
-    assert not beat.running
+            await tasks.cancel("heartbeat")
+    assert not tasks.running("heartbeat")
     assert await hb.live_instances(client) == []
 
 
 async def test_redis_down_is_counted_not_raised() -> None:
-    beat = hb.Heartbeat()
+    beat, tasks = hb.Heartbeat(), InstanceRuntime()
     errors = stats.get("heartbeat_errors")
     with override_settings(CHANNEL_LAYERS=layers_for("redis://127.0.0.1:1/0")):
-        await beat.start()
+        tasks.spawn("heartbeat", beat.run)
         await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
-        assert beat.running
-        await asyncio.wait_for(beat.stop(), TIMEOUT)
+        assert tasks.running("heartbeat")
+        await asyncio.wait_for(tasks.cancel("heartbeat"), TIMEOUT)
     assert stats.get("heartbeat_errors") == errors + 1
 
 
@@ -81,13 +82,13 @@ async def test_a_failure_that_is_not_redis_is_logged_and_the_task_goes_on(
 ) -> None:
     """A figure that cannot be read (here: the cache alias names no cache) used to kill
     the task for good; it is logged, counted, and heartbeats resume once it is fixed."""
-    beat = hb.Heartbeat()
+    beat, tasks = hb.Heartbeat(), InstanceRuntime()
     errors = stats.get("heartbeat_errors")
     with override_settings(BROADCAST_INSTANCE_ID="failing", BROADCAST_HEARTBEAT_INTERVAL=0.05):
         with override_settings(BROADCAST_CACHE_ALIAS="no-such-cache"):
-            await beat.start()
+            tasks.spawn("heartbeat", beat.run)
             await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
-            assert beat.running
+            assert tasks.running("heartbeat")
             assert stats.get("heartbeat_errors") == errors + 1
             assert "heartbeat failed" in caplog.text
         try:
@@ -97,13 +98,13 @@ async def test_a_failure_that_is_not_redis_is_logged_and_the_task_goes_on(
             assert stats.get("heartbeats") == beats + 1
             assert [i["id"] for i in await hb.live_instances(client)] == ["failing"]
         finally:
-            await beat.stop()
+            await tasks.cancel("heartbeat")
 
 
 async def test_the_listener_runs_a_heartbeat(running_listener: Any) -> None:
-    assert hb.heartbeat.running
+    assert runtime.running("heartbeat")
     await running_listener.stop()
-    assert not hb.heartbeat.running
+    assert not runtime.running("heartbeat")
 
 
 async def test_stop_survives_a_cancellation_turned_into_a_timeout(
@@ -120,11 +121,11 @@ async def test_stop_survives_a_cancellation_turned_into_a_timeout(
             raise TimeoutError("Timeout reading from socket") from None
 
     monkeypatch.setattr(hb, "beat", racing_beat)
-    beat = hb.Heartbeat()
-    await beat.start()
+    beat, tasks = hb.Heartbeat(), InstanceRuntime()
+    tasks.spawn("heartbeat", beat.run)
     await asyncio.wait_for(entered.wait(), TIMEOUT)
-    await asyncio.wait_for(beat.stop(), TIMEOUT)
-    assert not beat.running
+    await asyncio.wait_for(tasks.cancel("heartbeat"), TIMEOUT)
+    assert not tasks.running("heartbeat")
 
 
 async def test_a_sentinel_host_keeps_its_connection_options() -> None:
