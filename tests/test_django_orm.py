@@ -1,0 +1,141 @@
+"""Django's ORM behaves the same with broadcast_app installed.
+
+Django's own ORM tests, from the sdist of the installed Django (fetched once by pip
+into a cache under the system temp dir), run twice in subprocesses: with every model of
+the test apps registered with broadcast_app, and with a bare no-op post_save and
+post_delete receiver on every model instead (any receiver makes Django give up fast
+deletes; those differences are Django's, not ours). No test may fail only in the first
+run. The runner and its settings are ``tests/django_orm_runner.py`` and
+``tests/django_orm_settings.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import django
+import pytest
+
+pytestmark = pytest.mark.django_orm
+
+ROOT = Path(__file__).resolve().parent.parent
+#: ORM-centred test apps: writes (update, bulk, delete, save), inheritance, relations,
+#: expressions and annotations, querysets, managers, signals
+APPS = (
+    "update",
+    "bulk_create",
+    "delete",
+    "delete_regress",
+    "update_only_fields",
+    "expressions",
+    "expressions_case",
+    "model_inheritance",
+    "model_inheritance_regress",
+    "many_to_many",
+    "many_to_one",
+    "one_to_one",
+    "m2m_through",
+    "m2m_regress",
+    "m2m_signals",
+    "queries",
+    "basic",
+    "defer",
+    "defer_regress",
+    "proxy_models",
+    "custom_managers",
+    "save_delete_hooks",
+    "select_for_update",
+    "signals",
+    "get_or_create",
+    "annotations",
+)
+#: a whole pass takes about 25 s on a loaded 2-core machine
+TIMEOUT = 600
+_OUTCOME = re.compile(r"^(?:FAIL|ERROR): (.+)$", re.MULTILINE)
+
+
+def django_tests_dir() -> Path:
+    """The ``tests`` directory of the installed Django's sdist, downloaded once."""
+    version = django.get_version()
+    cache = Path(tempfile.gettempdir()) / "broadcast_app-django-sdist"
+    tests = cache / f"django-{version}" / "tests"
+    if (tests / "runtests.py").exists():
+        return tests
+    cache.mkdir(exist_ok=True)
+    archive = cache / f"django-{version}.tar.gz"
+    if not archive.exists():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                f"Django=={version}",
+                "-d",
+                str(cache),
+            ],
+            check=True,
+            timeout=300,
+        )
+    # Unpacked beside, then renamed: a concurrent run never sees half a tree.
+    staging = Path(tempfile.mkdtemp(dir=cache))
+    with tarfile.open(archive) as tar:
+        tar.extractall(staging, filter="data")
+    try:
+        (staging / f"django-{version}").rename(cache / f"django-{version}")
+    except OSError:
+        if not (tests / "runtests.py").exists():
+            raise
+    return tests
+
+
+def start(mode: str, tests: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.django_orm_runner",
+            mode,
+            str(tests),
+            *APPS,
+            "--parallel",
+            "1",
+            "--noinput",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def failures(process: subprocess.Popen[str]) -> set[str]:
+    output, _ = process.communicate(timeout=TIMEOUT)
+    # A run that never got to its tests (a crash at setup) must not pass as "no failures".
+    assert re.search(r"^Ran \d+ tests? in ", output, re.MULTILINE), output[-5000:]
+    return set(_OUTCOME.findall(output))
+
+
+def test_no_test_fails_only_because_of_broadcast_app() -> None:
+    tests = django_tests_dir()
+    # Both passes at once: one per core.
+    ours, bare = start("broadcast", tests), start("noop", tests)
+    with_package, with_receiver = failures(ours), failures(bare)
+    only_ours = sorted(with_package - with_receiver)
+    assert not only_ours, (
+        f"{len(only_ours)} of Django's tests fail only with broadcast_app:\n"
+        + "\n".join(only_ours)
+    )
