@@ -33,7 +33,7 @@ from django.db import connections, router, transaction
 from django.db.models import Model, QuerySet
 from django.db.models.deletion import Collector
 
-from .capture import collect_deleted, record_item, snapshot_key
+from .capture import collect_deleted, record_item, snapshot_key, snapshots
 from .conf import conf
 from .events import _MISSING, Op, normalize, raw_values
 from .registry import ModelConfig, configs_for, get_config
@@ -123,7 +123,11 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
         with transaction.atomic(using=self.db, savepoint=False):
             pks, before = _lock_and_read(self, read)
             count = 0
-            for chunk in _chunks(self, pks):
+            for start in range(0, len(pks), _CHUNK):
+                # The user's queryset itself, narrowed to the rows read: its annotations,
+                # ordering and class stay, so Django accepts or refuses the update (with
+                # its own message) and builds its SQL exactly as without us.
+                chunk = self.filter(pk__in=pks[start : start + _CHUNK])
                 count += _original["update"](chunk, **kwargs)
             if pks:
                 for config, fields in chosen:
@@ -239,7 +243,7 @@ def _refresh_snapshots(qs: QuerySet[Any], objs: Iterable[Model]) -> None:
         return
     for obj in objs:
         for config in configs:
-            obj.__dict__[snapshot_key(config, type(obj))] = raw_values(config, obj)
+            snapshots.set(obj, snapshot_key(config, type(obj)), raw_values(config, obj))
 
 
 def _bulk_update(
@@ -273,7 +277,7 @@ def _before(
     """The old values of ``fields`` of each object, as its snapshot knows them."""
     before: dict[str, dict[str, Any]] = {}
     for obj in objs:
-        snapshot = obj.__dict__.get(snapshot_key(config, type(obj))) or {}
+        snapshot = snapshots.get(obj, snapshot_key(config, type(obj))) or {}
         old = {f: snapshot.get(f.attname, _MISSING) for f in fields}
         before[str(obj.pk)] = {
             f.name: normalize(f, v) for f, v in old.items() if v is not _MISSING
