@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from functools import wraps
 from typing import Any
@@ -120,10 +121,11 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     self._for_write = True  # type: ignore[attr-defined]  # as update() does: the write db
     token = _inside.set(True)
     try:
-        with transaction.atomic(using=self.db, savepoint=False):
+        with _transaction(self.db):
             pks, before = _lock_and_read(self, read)
             count = 0
-            for start in range(0, len(pks), _CHUNK):
+            # At least once: with no row, Django must still accept or refuse the update.
+            for start in range(0, max(len(pks), 1), _CHUNK):
                 # The user's queryset itself, narrowed to the rows read: its annotations,
                 # ordering and class stay, so Django accepts or refuses the update (with
                 # its own message) and builds its SQL exactly as without us.
@@ -137,6 +139,16 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     finally:
         _inside.reset(token)
     return count
+
+
+def _transaction(using: str) -> AbstractContextManager[Any]:
+    """A transaction for a read and the write it guards; none when one is open already:
+    an ``atomic(savepoint=False)`` there would doom the caller's transaction on any
+    error, even one Django raises before writing (e.g. an update it refuses), where
+    Django's own update() leaves the transaction usable."""
+    if connections[using].in_atomic_block:
+        return nullcontext()
+    return transaction.atomic(using=using)
 
 
 def _broadcast_fields(config: ModelConfig, kwargs: dict[str, Any]) -> list[Any]:

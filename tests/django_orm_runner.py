@@ -1,5 +1,6 @@
 """Run Django's own test suite (``runtests.py`` of an sdist) with every model of the
-test apps either registered with broadcast_app or given a bare no-op receiver.
+test apps either registered with broadcast_app or given bare no-op receivers
+(post_save, post_delete, and m2m_changed of their many-to-many fields).
 
     python -m tests.django_orm_runner broadcast|noop <sdist tests dir> [runtests args]
 
@@ -23,7 +24,7 @@ def _noop(**kwargs: Any) -> None:
 def _hook(mode: str, labels: set[str]) -> None:
     from django.apps import apps
     from django.apps.registry import Apps
-    from django.db.models.signals import post_delete, post_save
+    from django.db.models.signals import m2m_changed, post_delete, post_save
 
     original = Apps.set_installed_apps
     done = False
@@ -52,6 +53,9 @@ def _hook(mode: str, labels: set[str]) -> None:
             for model in models:
                 post_save.connect(_noop, sender=model, weak=False)
                 post_delete.connect(_noop, sender=model, weak=False)
+                # Any m2m_changed receiver makes Django give up its fast add().
+                for f in model._meta.local_many_to_many:
+                    m2m_changed.connect(_noop, sender=f.remote_field.through, weak=False)
         print(f"django_orm_runner: {mode}: {len(models)} models", file=sys.stderr)
 
     Apps.set_installed_apps = set_installed_apps  # type: ignore[method-assign]

@@ -57,6 +57,19 @@ APPS = (
 )
 #: a whole pass takes about 25 s on a loaded 2-core machine
 TIMEOUT = 600
+#: Django's tests that count the queries of an update() or delete() of a registered
+#: model: broadcast_app selects (and locks) the rows first, one SELECT per call (of pks,
+#: and for update() the old values of the fields set), documented in the README's
+#: limitations. Each must still fail for that reason only; the test checks it still does.
+BY_DESIGN = {
+    "test_proxy_update (proxy_models.tests.ProxyModelTests.test_proxy_update)",
+    # compares the first query of an update() with a save()'s UPDATE
+    "test_update_parent_filtering"
+    " (model_inheritance.tests.ModelInheritanceTests.test_update_parent_filtering)",
+    "test_large_delete (delete.tests.DeletionTests.test_large_delete)",
+    # the collector's on_delete=SET_NULL / SET(...) goes through QuerySet.update()
+    "test_set_querycount (delete_regress.tests.SetQueryCountTests.test_set_querycount)",
+}
 _OUTCOME = re.compile(r"^(?:FAIL|ERROR): (.+)$", re.MULTILINE)
 
 
@@ -134,8 +147,11 @@ def test_no_test_fails_only_because_of_broadcast_app() -> None:
     # Both passes at once: one per core.
     ours, bare = start("broadcast", tests), start("noop", tests)
     with_package, with_receiver = failures(ours), failures(bare)
-    only_ours = sorted(with_package - with_receiver)
-    assert not only_ours, (
-        f"{len(only_ours)} of Django's tests fail only with broadcast_app:\n"
-        + "\n".join(only_ours)
+    only_ours = with_package - with_receiver
+    unexpected = sorted(only_ours - BY_DESIGN)
+    assert not unexpected, (
+        f"{len(unexpected)} of Django's tests fail only with broadcast_app:\n"
+        + "\n".join(unexpected)
     )
+    # A test listed by design that passes now: drop it from the list.
+    assert only_ours == BY_DESIGN, sorted(BY_DESIGN - only_ours)
