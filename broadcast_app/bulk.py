@@ -79,8 +79,9 @@ def publish_changes(
 
 
 def install() -> None:
-    """Wrap the bulk ``QuerySet`` methods (once per process)."""
-    if _original:
+    """Wrap the bulk ``QuerySet`` methods (once per process), unless
+    ``BROADCAST_WRAP_QUERYSETS`` is False."""
+    if _original or not conf.BROADCAST_WRAP_QUERYSETS:
         return
     for name, wrapper in (
         ("update", _update),
@@ -96,7 +97,7 @@ def install() -> None:
 
 def _configs(qs: QuerySet[Any]) -> tuple[ModelConfig, ...]:
     """The registered models whose rows a write through ``qs`` changes (none: not ours)."""
-    if _inside.get() or not conf.BROADCAST_ENABLED:
+    if _inside.get() or not conf.BROADCAST_ENABLED or not conf.BROADCAST_WRAP_QUERYSETS:
         return ()
     return configs_for(qs.model)
 
