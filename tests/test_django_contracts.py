@@ -4,14 +4,18 @@ installed Django no longer behaves as relied on. Run on every matrix combination
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.db.models import Count
 from django.db.models.deletion import Collector
+from django.test import override_settings
 
-from broadcast_app.django_compat import prefetched
+from broadcast_app import django_compat
+from broadcast_app.django_compat import hook_pending, keep_last, prefetched
+from broadcast_app.testing import capture_events
 from project.demo.models import Product
 from tests.testapp.models import Article, Tag
 
@@ -66,3 +70,50 @@ def test_prefetched_falls_back_to_nothing_prefetched() -> None:
     assert prefetched(article) == {}
     article.__dict__["_prefetched_objects_cache"] = "not a dict"
     assert prefetched(article) == {}
+
+
+def test_keep_last_moves_a_hook_after_every_other() -> None:
+    calls: list[str] = []
+
+    def first() -> None:
+        calls.append("first")
+
+    def last() -> None:
+        calls.append("last")
+
+    with transaction.atomic():
+        assert keep_last(connection, last)
+        transaction.on_commit(first)
+        assert hook_pending(connection, last)
+        assert keep_last(connection, last)
+    assert calls == ["first", "last"]
+    assert not hook_pending(connection, last)
+
+
+@pytest.fixture
+def no_hook_tuples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a Django whose commit hooks cannot be read: the public fallbacks apply."""
+    monkeypatch.setattr(django_compat, "HOOK_TUPLES", False)
+
+
+@pytest.mark.usefixtures("no_hook_tuples")
+def test_fallback_publishes_each_committed_change_and_honours_savepoints() -> None:
+    with capture_events() as events:
+        with transaction.atomic():
+            kept = Product.objects.create(name="a", sku="A", price=Decimal("1"), stock=1)
+            try:
+                with transaction.atomic():
+                    Product.objects.create(name="b", sku="B", price=Decimal("1"), stock=1)
+                    raise RuntimeError
+            except RuntimeError:
+                pass
+            assert events == []  # not before commit
+    assert [(e["op"], e["pk"]) for e in events] == [("created", str(kept.pk))]
+
+
+@pytest.mark.usefixtures("no_hook_tuples")
+def test_fallback_outbox_records_each_item_with_its_own_hook() -> None:
+    with override_settings(BROADCAST_DELIVERY="outbox"), capture_events() as events:
+        with transaction.atomic():
+            product = Product.objects.create(name="a", sku="A", price=Decimal("1"), stock=1)
+    events.assert_one(op="created", pk=product.pk)
