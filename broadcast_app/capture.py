@@ -135,7 +135,7 @@ class Snapshots:
         found: dict[str, Any] | None = entry[1].get(key)
         return found
 
-    def set(self, instance: models.Model, key: str, values: dict[str, Any]) -> None:
+    def set(self, instance: models.Model, key: str, values: Any) -> None:
         number = id(instance)
         entry = self._by_id.get(number)
         if entry is None or entry[0]() is not instance:
@@ -147,6 +147,12 @@ class Snapshots:
         entry = self._by_id.get(number)
         if entry is not None and entry[0] is ref:
             del self._by_id[number]
+
+    def pop(self, instance: models.Model, key: str) -> Any:
+        entry = self._by_id.get(id(instance))
+        if entry is None or entry[0]() is not instance:
+            return None
+        return entry[1].pop(key, None)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -340,15 +346,17 @@ def _on_m2m_changed(
             record_item(RowSet(config, "updated", [str(instance.pk)], forced=forced), using)
         return
     # The other side changed (e.g. tag.article_set.add(article)): pk_set holds our rows.
-    stash = f"_broadcast_clear_{config.label}_{field_name}"
+    stash = f"clear:{config.label}:{field_name}"
     if action == "pre_clear":
         manager = config.model._base_manager.using(using)
-        instance.__dict__[stash] = set(
-            manager.filter(**{field_name: instance.pk}).values_list("pk", flat=True)
+        snapshots.set(
+            instance,
+            stash,
+            set(manager.filter(**{field_name: instance.pk}).values_list("pk", flat=True)),
         )
         return
     if action == "post_clear":
-        pk_set = instance.__dict__.pop(stash, set())
+        pk_set = snapshots.pop(instance, stash) or set()
     elif action not in {"post_add", "post_remove"}:
         return
     if pk_set:
