@@ -12,12 +12,13 @@ supports it) and the old values of the fields it sets, then updates exactly thos
 by pk in chunks, inside one transaction: the rows broadcast are exactly the rows
 updated, with no race against concurrent writers.
 
-``delete()`` does the same: it locks and selects the pks, then hands them to Django's
-deletion collector a chunk at a time (so cascades, ``on_delete`` handlers, other
-receivers and many-to-many cleanup work as ever), with the chunk's ``post_delete``
-captures gathered into one compact :class:`~.rows.DeletedRows`. Unwrapped, the
-collector would load every matching row at once, because our ``post_delete`` receiver
-keeps it from deleting fast.
+``delete()`` locks and selects the rows, then hands them to Django's deletion
+collector (so cascades, ``on_delete`` handlers, other receivers and many-to-many
+cleanup work as ever), with the ``post_delete`` captures gathered into one compact
+:class:`~.rows.DeletedRows` per chunk. Up to a chunk of rows, the collector gets the
+instances read, and the queries are Django's own with any receiver; beyond, the pks are
+selected and the rows deleted a chunk at a time, where the collector alone would load
+every matching row at once (our ``post_delete`` receiver keeps it from deleting fast).
 """
 
 from __future__ import annotations
@@ -142,12 +143,12 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     return count
 
 
-def _transaction(using: str) -> AbstractContextManager[Any]:
-    """A transaction for a read and the write it guards; none when one is open already:
-    an ``atomic(savepoint=False)`` there would doom the caller's transaction on any
-    error, even one Django raises before writing (e.g. an update it refuses), where
-    Django's own update() leaves the transaction usable."""
-    if connections[using].in_atomic_block:
+def _transaction(using: str, *, savepoint: bool = False) -> AbstractContextManager[Any]:
+    """A transaction for a read and the writes it guards; inside the caller's, none (or
+    a savepoint if asked): an ``atomic(savepoint=False)`` there would doom the caller's
+    transaction on any error, even one Django raises before writing (an update it
+    refuses, a ProtectedError), where Django leaves the transaction usable."""
+    if connections[using].in_atomic_block and not savepoint:
         return nullcontext()
     return transaction.atomic(using=using)
 
@@ -192,28 +193,47 @@ def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
     ):
         # Not ours, or a delete Django refuses: let it say so.
         return _original["delete"](self)  # type: ignore[no-any-return]
-    qs = self.all()
-    # As Django's delete(): find the rows on the database that deletes them.
+    # As Django's delete(): no select_related(), on the database that deletes the rows.
+    qs = self.select_related(None)
     qs._for_write = True  # type: ignore[attr-defined]
-    total = 0
     per_model: Counter[str] = Counter()
-    with transaction.atomic(using=qs.db, savepoint=False):
-        pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
-        for chunk in _chunks(qs, pks):
-            # Not chunk.delete(): its origin would be the chunk, not this queryset.
-            collector = Collector(using=qs.db, origin=self)
-            collector.collect(chunk)
-            # _inside stays unset: receivers run in there, and their bulk writes (or the
-            # collector's own update() for on_delete=SET_NULL) must broadcast.
-            with collect_deleted(configs) as deleted:
-                count, counts = collector.delete()
-            total += count
-            per_model.update(counts)
-            for config, changes in deleted.items():
-                if changes:
-                    record_item(DeletedRows.pack(config, changes), qs.db)
+    # The rows themselves, locked: up to a chunk, the collector takes these instances
+    # and selects nothing again (the queries are those of Django's own delete() with a
+    # receiver); more, and they are deleted a chunk of pks at a time (bounded memory).
+    with _transaction(qs.db):
+        first = list(_locked(qs)[: _CHUNK + 1])
+        batches: Iterable[Any] = [first] if first else []
+        if len(first) > _CHUNK:
+            pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
+            batches = _chunks(qs, pks)
+        # Several chunks: a savepoint, so that a ProtectedError in a later chunk leaves
+        # nothing deleted, as with Django (which collects everything before deleting).
+        with _transaction(qs.db, savepoint=len(first) > _CHUNK):
+            _delete_batches(self, qs, configs, batches, per_model)
     self._result_cache = None
-    return total, dict(per_model)
+    return sum(per_model.values()), dict(per_model)
+
+
+def _delete_batches(
+    origin: QuerySet[Any],
+    qs: QuerySet[Any],
+    configs: tuple[ModelConfig, ...],
+    batches: Iterable[Any],
+    per_model: Counter[str],
+) -> None:
+    """Delete each batch (instances or a queryset) with Django's collector."""
+    for batch in batches:
+        # Not batch.delete(): its origin would be the batch, not the user's queryset.
+        collector = Collector(using=qs.db, origin=origin)
+        collector.collect(batch)
+        # _inside stays unset: receivers run in there, and their bulk writes (or the
+        # collector's own update() for on_delete=SET_NULL) must broadcast.
+        with collect_deleted(configs) as deleted:
+            _count, counts = collector.delete()
+        per_model.update(counts)
+        for config, changes in deleted.items():
+            if changes:
+                record_item(DeletedRows.pack(config, changes), qs.db)
 
 
 def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwargs: Any) -> Any:

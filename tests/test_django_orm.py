@@ -57,10 +57,11 @@ APPS = (
 )
 #: a whole pass takes about 25 s on a loaded 2-core machine
 TIMEOUT = 600
-#: Django's tests that count the queries of an update() or delete() of a registered
-#: model: broadcast_app selects (and locks) the rows first, one SELECT per call (of pks,
-#: and for update() the old values of the fields set), documented in the README's
-#: limitations. Each must still fail for that reason only; the test checks it still does.
+#: Django's tests that count the queries of an update() of a registered model, or of a
+#: delete() of more than a chunk (1,000 rows) of it: broadcast_app selects (and locks)
+#: the rows first, one SELECT more per call (of the pks, and for update() the old
+#: values of the fields set), documented in the README's limitations. The test checks
+#: that each still fails (and so still belongs here).
 BY_DESIGN = {
     "test_proxy_update (proxy_models.tests.ProxyModelTests.test_proxy_update)",
     # compares the first query of an update() with a save()'s UPDATE

@@ -5,6 +5,7 @@ turned off (``BROADCAST_WRAP_QUERYSETS``)."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -109,3 +110,24 @@ def test_wrapping_off_leaves_bulk_writes_to_publish_changes() -> None:
         assert [m.id for m in checks.check_wrap_querysets(None)] == ["broadcast_app.W020"]
         assert all(m.hint for m in checks.check_wrap_querysets(None))
     assert checks.check_wrap_querysets(None) == []
+
+
+def test_a_small_delete_costs_the_queries_of_djangos_own() -> None:
+    from broadcast_app import bulk
+
+    def queries(delete: Callable[[], object]) -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            delete()
+        return [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
+
+    def seed() -> int:
+        article = Article.objects.create(title="a")
+        Comment.objects.create(article=article)
+        return article.pk
+
+    first, second = seed(), seed()
+    with transaction.atomic():
+        ours = queries(lambda: Article.objects.filter(pk=first).delete())
+        # Django's own delete(), with our receivers connected (no fast delete either way).
+        django = queries(lambda: bulk._original["delete"](Article.objects.filter(pk=second)))
+    assert len(ours) == len(django), (ours, django)
