@@ -247,12 +247,12 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
     try:
         with transaction.atomic(using=self.db, savepoint=False):
             created = _original["bulk_create"](self, objs, *args, **kwargs)
-            pks = [str(obj.pk) for obj in created if obj.pk is not None]
+            pks = _pk_texts(configs[0], created)
             if len(pks) < len(created):
                 # ignore_conflicts, or a database that returns no ids (MySQL).
                 stats.incr("uncaptured", len(created) - len(pks))
                 logger.warning(
-                    "broadcast_app: bulk_create() of %s returned no pk for %d row(s); "
+                    "broadcast_app: bulk_create() of %s gave no usable pk for %d row(s); "
                     "broadcast them with publish_changes()",
                     configs[0].label,
                     len(created) - len(pks),
@@ -267,6 +267,21 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
         _inside.reset(token)
     _refresh_snapshots(self, created)
     return created
+
+
+def _pk_texts(config: ModelConfig, objs: list[Model]) -> list[str]:
+    """The pks of ``objs`` as events carry them; a pk whose ``str()`` fails (a broken
+    custom type) is logged and counted, never a failure of the user's write."""
+    pks: list[str] = []
+    for obj in objs:
+        if obj.pk is None:
+            continue
+        try:
+            pks.append(str(obj.pk))
+        except Exception:
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not capture a bulk_create of %s", config.label)
+    return pks
 
 
 def _refresh_snapshots(qs: QuerySet[Any], objs: Iterable[Model]) -> None:
@@ -312,7 +327,11 @@ def _before(
     for obj in objs:
         snapshot = snapshots.get(obj, snapshot_key(config, type(obj))) or {}
         old = {f: snapshot.get(f.attname, _MISSING) for f in fields}
-        before[str(obj.pk)] = {
-            f.name: normalize(f, v) for f, v in old.items() if v is not _MISSING
-        }
+        try:
+            key = str(obj.pk)
+        except Exception:  # a broken custom pk type: never fail the user's write
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not capture a bulk_update of %s", config.label)
+            continue
+        before[key] = {f.name: normalize(f, v) for f, v in old.items() if v is not _MISSING}
     return before
