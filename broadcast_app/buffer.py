@@ -6,8 +6,10 @@ Savepoint rollbacks are honoured with Django's own mechanism: every change regis
 rolled-back savepoint. One extra hook per transaction, kept last in the connection's
 hook list, then coalesces the confirmed changes: it must run after every confirmation,
 and Django offers no "after all commit hooks" point, so we keep it at the end ourselves
-(see ``_TxnState.keep_last``; it relies on ``run_on_commit`` holding
-``(savepoint ids, callable, robust)`` tuples, as it has since Django 4.2).
+(:func:`.django_compat.keep_last`: it relies on ``run_on_commit`` holding
+``(savepoint ids, callable, robust)`` tuples, as it has since Django 4.2). Where that
+does not hold, each change publishes from its own hook: correct, but a row saved twice
+in one transaction gives two events.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from functools import partial
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from . import publisher
+from . import django_compat, publisher
 from .events import Change, Saved, merge
 from .rows import RowSet
 
@@ -37,20 +40,7 @@ class _TxnState:
         publish_committed([item for item in items if item.confirmed])
 
     def registered_in(self, conn: BaseDatabaseWrapper) -> bool:
-        # Django rebuilds the hook tuples on savepoint rollback, so match on the function.
-        return any(entry[1] == self.flush for entry in reversed(conn.run_on_commit))
-
-    def keep_last(self, conn: BaseDatabaseWrapper) -> None:
-        hooks = conn.run_on_commit
-        if len(hooks) >= 2 and hooks[-2][1] == self.flush:
-            hooks[-2], hooks[-1] = hooks[-1], hooks[-2]
-            return
-        for index in range(len(hooks) - 1, -1, -1):
-            if hooks[index][1] == self.flush:
-                hooks.append(hooks.pop(index))
-                return
-        # Empty sids: no savepoint rollback may discard it; only a full rollback does.
-        hooks.append((set(), self.flush, True))  # type: ignore[arg-type]  # stubs lag Django
+        return django_compat.hook_pending(conn, self.flush)
 
 
 _states: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _TxnState] = weakref.WeakKeyDictionary()
@@ -75,13 +65,22 @@ def record(item: Item | Saved, using: str) -> None:
         return
     if isinstance(item, Saved):
         item = item.change()  # coalescing needs its values
+    if django_compat.commit_hooks(conn) is None:
+        # No hook can be kept last: publish each change on its own at commit.
+        conn.on_commit(partial(_publish_alone, item), robust=True)
+        return
     state = _states.get(conn)
     if state is None or not state.registered_in(conn):
         # First change of this transaction, or the last one was rolled back whole.
         state = _states[conn] = _TxnState()
     state.items.append(item)
     conn.on_commit(item.confirm, robust=True)
-    state.keep_last(conn)
+    django_compat.keep_last(conn, state.flush)
+
+
+def _publish_alone(item: Item) -> None:
+    item.confirmed = True
+    publish_committed([item])
 
 
 def publish_committed(items: list[Item]) -> None:

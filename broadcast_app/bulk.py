@@ -12,12 +12,13 @@ supports it) and the old values of the fields it sets, then updates exactly thos
 by pk in chunks, inside one transaction: the rows broadcast are exactly the rows
 updated, with no race against concurrent writers.
 
-``delete()`` does the same: it locks and selects the pks, then hands them to Django's
-deletion collector a chunk at a time (so cascades, ``on_delete`` handlers, other
-receivers and many-to-many cleanup work as ever), with the chunk's ``post_delete``
-captures gathered into one compact :class:`~.rows.DeletedRows`. Unwrapped, the
-collector would load every matching row at once, because our ``post_delete`` receiver
-keeps it from deleting fast.
+``delete()`` locks and selects the rows, then hands them to Django's deletion
+collector (so cascades, ``on_delete`` handlers, other receivers and many-to-many
+cleanup work as ever), with the ``post_delete`` captures gathered into one compact
+:class:`~.rows.DeletedRows` per chunk. Up to a chunk of rows, the collector gets the
+instances read, and the queries are Django's own with any receiver; beyond, the pks are
+selected and the rows deleted a chunk at a time, where the collector alone would load
+every matching row at once (our ``post_delete`` receiver keeps it from deleting fast).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from functools import wraps
 from typing import Any
@@ -33,7 +35,7 @@ from django.db import connections, router, transaction
 from django.db.models import Model, QuerySet
 from django.db.models.deletion import Collector
 
-from .capture import collect_deleted, record_item, snapshot_key
+from .capture import collect_deleted, record_item, snapshot_key, snapshots
 from .conf import conf
 from .events import _MISSING, Op, normalize, raw_values
 from .registry import ModelConfig, configs_for, get_config
@@ -78,8 +80,9 @@ def publish_changes(
 
 
 def install() -> None:
-    """Wrap the bulk ``QuerySet`` methods (once per process)."""
-    if _original:
+    """Wrap the bulk ``QuerySet`` methods (once per process), unless
+    ``BROADCAST_WRAP_QUERYSETS`` is False."""
+    if _original or not conf.BROADCAST_WRAP_QUERYSETS:
         return
     for name, wrapper in (
         ("update", _update),
@@ -95,7 +98,7 @@ def install() -> None:
 
 def _configs(qs: QuerySet[Any]) -> tuple[ModelConfig, ...]:
     """The registered models whose rows a write through ``qs`` changes (none: not ours)."""
-    if _inside.get() or not conf.BROADCAST_ENABLED:
+    if _inside.get() or not conf.BROADCAST_ENABLED or not conf.BROADCAST_WRAP_QUERYSETS:
         return ()
     return configs_for(qs.model)
 
@@ -120,10 +123,15 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     self._for_write = True  # type: ignore[attr-defined]  # as update() does: the write db
     token = _inside.set(True)
     try:
-        with transaction.atomic(using=self.db, savepoint=False):
+        with _transaction(self.db):
             pks, before = _lock_and_read(self, read)
             count = 0
-            for chunk in _chunks(self, pks):
+            # At least once: with no row, Django must still accept or refuse the update.
+            for start in range(0, max(len(pks), 1), _CHUNK):
+                # The user's queryset itself, narrowed to the rows read: its annotations,
+                # ordering and class stay, so Django accepts or refuses the update (with
+                # its own message) and builds its SQL exactly as without us.
+                chunk = self.filter(pk__in=pks[start : start + _CHUNK])
                 count += _original["update"](chunk, **kwargs)
             if pks:
                 for config, fields in chosen:
@@ -133,6 +141,16 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     finally:
         _inside.reset(token)
     return count
+
+
+def _transaction(using: str, *, savepoint: bool = False) -> AbstractContextManager[Any]:
+    """A transaction for a read and the writes it guards; inside the caller's, none (or
+    a savepoint if asked): an ``atomic(savepoint=False)`` there would doom the caller's
+    transaction on any error, even one Django raises before writing (an update it
+    refuses, a ProtectedError), where Django leaves the transaction usable."""
+    if connections[using].in_atomic_block and not savepoint:
+        return nullcontext()
+    return transaction.atomic(using=using)
 
 
 def _broadcast_fields(config: ModelConfig, kwargs: dict[str, Any]) -> list[Any]:
@@ -175,28 +193,47 @@ def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
     ):
         # Not ours, or a delete Django refuses: let it say so.
         return _original["delete"](self)  # type: ignore[no-any-return]
-    qs = self.all()
-    # As Django's delete(): find the rows on the database that deletes them.
+    # As Django's delete(): no select_related(), on the database that deletes the rows.
+    qs = self.select_related(None)
     qs._for_write = True  # type: ignore[attr-defined]
-    total = 0
     per_model: Counter[str] = Counter()
-    with transaction.atomic(using=qs.db, savepoint=False):
-        pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
-        for chunk in _chunks(qs, pks):
-            # Not chunk.delete(): its origin would be the chunk, not this queryset.
-            collector = Collector(using=qs.db, origin=self)
-            collector.collect(chunk)
-            # _inside stays unset: receivers run in there, and their bulk writes (or the
-            # collector's own update() for on_delete=SET_NULL) must broadcast.
-            with collect_deleted(configs) as deleted:
-                count, counts = collector.delete()
-            total += count
-            per_model.update(counts)
-            for config, changes in deleted.items():
-                if changes:
-                    record_item(DeletedRows.pack(config, changes), qs.db)
+    # The rows themselves, locked: up to a chunk, the collector takes these instances
+    # and selects nothing again (the queries are those of Django's own delete() with a
+    # receiver); more, and they are deleted a chunk of pks at a time (bounded memory).
+    with _transaction(qs.db):
+        first = list(_locked(qs)[: _CHUNK + 1])
+        batches: Iterable[Any] = [first] if first else []
+        if len(first) > _CHUNK:
+            pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
+            batches = _chunks(qs, pks)
+        # Several chunks: a savepoint, so that a ProtectedError in a later chunk leaves
+        # nothing deleted, as with Django (which collects everything before deleting).
+        with _transaction(qs.db, savepoint=len(first) > _CHUNK):
+            _delete_batches(self, qs, configs, batches, per_model)
     self._result_cache = None
-    return total, dict(per_model)
+    return sum(per_model.values()), dict(per_model)
+
+
+def _delete_batches(
+    origin: QuerySet[Any],
+    qs: QuerySet[Any],
+    configs: tuple[ModelConfig, ...],
+    batches: Iterable[Any],
+    per_model: Counter[str],
+) -> None:
+    """Delete each batch (instances or a queryset) with Django's collector."""
+    for batch in batches:
+        # Not batch.delete(): its origin would be the batch, not the user's queryset.
+        collector = Collector(using=qs.db, origin=origin)
+        collector.collect(batch)
+        # _inside stays unset: receivers run in there, and their bulk writes (or the
+        # collector's own update() for on_delete=SET_NULL) must broadcast.
+        with collect_deleted(configs) as deleted:
+            _count, counts = collector.delete()
+        per_model.update(counts)
+        for config, changes in deleted.items():
+            if changes:
+                record_item(DeletedRows.pack(config, changes), qs.db)
 
 
 def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwargs: Any) -> Any:
@@ -210,12 +247,12 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
     try:
         with transaction.atomic(using=self.db, savepoint=False):
             created = _original["bulk_create"](self, objs, *args, **kwargs)
-            pks = [str(obj.pk) for obj in created if obj.pk is not None]
+            pks = _pk_texts(configs[0], created)
             if len(pks) < len(created):
                 # ignore_conflicts, or a database that returns no ids (MySQL).
                 stats.incr("uncaptured", len(created) - len(pks))
                 logger.warning(
-                    "broadcast_app: bulk_create() of %s returned no pk for %d row(s); "
+                    "broadcast_app: bulk_create() of %s gave no usable pk for %d row(s); "
                     "broadcast them with publish_changes()",
                     configs[0].label,
                     len(created) - len(pks),
@@ -232,6 +269,21 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
     return created
 
 
+def _pk_texts(config: ModelConfig, objs: list[Model]) -> list[str]:
+    """The pks of ``objs`` as events carry them; a pk whose ``str()`` fails (a broken
+    custom type) is logged and counted, never a failure of the user's write."""
+    pks: list[str] = []
+    for obj in objs:
+        if obj.pk is None:
+            continue
+        try:
+            pks.append(str(obj.pk))
+        except Exception:
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not capture a bulk_create of %s", config.label)
+    return pks
+
+
 def _refresh_snapshots(qs: QuerySet[Any], objs: Iterable[Model]) -> None:
     """The saved values are the "before" of these instances' next save."""
     configs = configs_for(qs.model)
@@ -239,7 +291,7 @@ def _refresh_snapshots(qs: QuerySet[Any], objs: Iterable[Model]) -> None:
         return
     for obj in objs:
         for config in configs:
-            obj.__dict__[snapshot_key(config, type(obj))] = raw_values(config, obj)
+            snapshots.set(obj, snapshot_key(config, type(obj)), raw_values(config, obj))
 
 
 def _bulk_update(
@@ -273,9 +325,13 @@ def _before(
     """The old values of ``fields`` of each object, as its snapshot knows them."""
     before: dict[str, dict[str, Any]] = {}
     for obj in objs:
-        snapshot = obj.__dict__.get(snapshot_key(config, type(obj))) or {}
+        snapshot = snapshots.get(obj, snapshot_key(config, type(obj))) or {}
         old = {f: snapshot.get(f.attname, _MISSING) for f in fields}
-        before[str(obj.pk)] = {
-            f.name: normalize(f, v) for f, v in old.items() if v is not _MISSING
-        }
+        try:
+            key = str(obj.pk)
+        except Exception:  # a broken custom pk type: never fail the user's write
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not capture a bulk_update of %s", config.label)
+            continue
+        before[key] = {f.name: normalize(f, v) for f, v in old.items() if v is not _MISSING}
     return before

@@ -2,12 +2,19 @@
 
 Each change becomes a :class:`~.events.Change` recorded in the transaction buffer
 (:mod:`.buffer`), which publishes it after commit. Previous values come from a snapshot
-taken when the instance was loaded (``post_init``), so ``changed`` costs no query.
+taken when the instance was loaded (``post_init``), so ``changed`` costs no query. The
+snapshot is kept beside the instance (:data:`snapshots`), never in it: users pickle
+their instances into caches.
+
+A save never queries: when the instance lacks what the event needs (deferred fields,
+many-to-many fields not prefetched), the row is recorded by pk and read back at commit
+(:class:`~.rows.RowSet`), and a delete's event carries only what was loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,7 +33,8 @@ from django.db.models.signals import (
 from . import echo, outbox
 from .buffer import record
 from .conf import conf
-from .events import Change, Saved, field_values, normalize, raw_values, serialize
+from .django_compat import prefetched
+from .events import _MISSING, Change, Saved, normalize, raw_values, serialize
 from .registry import ModelConfig
 from .rows import RowSet
 from .stats import stats
@@ -107,6 +115,52 @@ def disconnect(config: ModelConfig) -> None:
         m2m_changed.disconnect(sender=f.remote_field.through, dispatch_uid=f"{uid}:{f.name}")
 
 
+class Snapshots:
+    """Each live instance's snapshots, by key, held outside the instance.
+
+    Keyed by identity (model instances hash by pk, and two loads of one row are two
+    snapshots); an entry goes when its instance is garbage-collected. Nothing is added
+    to the instance, so nothing of ours is pickled or copied with it: an instance loaded
+    from a pickle (or copied) has no snapshot, and its first save reports every loaded
+    field as changed.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[weakref.ref[models.Model], dict[str, Any]]] = {}
+
+    def get(self, instance: models.Model, key: str) -> dict[str, Any] | None:
+        entry = self._by_id.get(id(instance))
+        if entry is None or entry[0]() is not instance:
+            return None
+        found: dict[str, Any] | None = entry[1].get(key)
+        return found
+
+    def set(self, instance: models.Model, key: str, values: Any) -> None:
+        number = id(instance)
+        entry = self._by_id.get(number)
+        if entry is None or entry[0]() is not instance:
+            # (An id reused after its instance died: the callback below may not have run.)
+            entry = self._by_id[number] = (weakref.ref(instance, partial(self._drop, number)), {})
+        entry[1][key] = values
+
+    def _drop(self, number: int, ref: weakref.ref[models.Model]) -> None:
+        entry = self._by_id.get(number)
+        if entry is not None and entry[0] is ref:
+            del self._by_id[number]
+
+    def pop(self, instance: models.Model, key: str) -> Any:
+        entry = self._by_id.get(id(instance))
+        if entry is None or entry[0]() is not instance:
+            return None
+        return entry[1].pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+snapshots = Snapshots()
+
+
 def snapshot_key(config: ModelConfig, model: type[models.Model]) -> str:
     """Where an instance of ``model`` keeps its snapshot of ``config``'s fields: one key
     for its own model's (or a proxy's concrete model's) config, another per registered
@@ -118,7 +172,7 @@ def snapshot_key(config: ModelConfig, model: type[models.Model]) -> str:
 
 def _on_post_init(config: ModelConfig, key: str, instance: models.Model, **kwargs: Any) -> None:
     # The values as loaded are the "before" of the next save: no query needed later.
-    instance.__dict__[key] = raw_values(config, instance)
+    snapshots.set(instance, key, raw_values(config, instance))
 
 
 def _on_post_save(
@@ -132,10 +186,14 @@ def _on_post_save(
     if not conf.BROADCAST_ENABLED:
         return
     try:
-        saved = _read(config, key, instance, created)
-        # Compared later (by the publisher thread after an autocommit save) when no
-        # instance is needed for it.
-        item = saved if config.needs_no_instance else saved.change(instance)
+        item: Change | Saved | RowSet
+        if _complete(config, instance):
+            saved = _read(config, key, instance, created)
+            # Compared later (by the publisher thread after an autocommit save) when no
+            # instance is needed for it.
+            item = saved if config.needs_no_instance else saved.change(instance)
+        else:
+            item = _read_later(config, key, instance, created)
     except Exception:
         # A broken serializer hook must not break the user's save.
         stats.incr("capture_errors")
@@ -144,19 +202,49 @@ def _on_post_save(
     record_item(item, using)
 
 
+def _complete(config: ModelConfig, instance: models.Model) -> bool:
+    """Whether the instance holds everything its event needs (no deferred field, every
+    many-to-many field prefetched)."""
+    if not instance.__dict__.keys() >= config.attnames:
+        return False
+    if config.m2m_fields:
+        cache = prefetched(instance)
+        return all(f.name in cache for f in config.m2m_fields)
+    return True
+
+
 def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) -> Saved:
     """What ``save()`` must read of the instance now: its attribute values, copied where
     they could change in place, which become its snapshot."""
-    loaded = instance.__dict__
-    deferred: frozenset[str] | set[str] = frozenset()
-    if not loaded.keys() >= config.attnames:
-        deferred = config.attnames - loaded.keys()
-        # One query for all of them, rather than one per field on first access.
-        instance.refresh_from_db(fields=list(deferred))
     current = raw_values(config, instance)
-    snapshot: dict[str, Any] = {} if created else loaded.get(key) or {}
-    loaded[key] = current
-    return Saved(config, str(instance.pk), created, current, snapshot, deferred)
+    snapshot: dict[str, Any] = {} if created else snapshots.get(instance, key) or {}
+    snapshots.set(instance, key, current)
+    return Saved(config, str(instance.pk), created, current, snapshot, frozenset())
+
+
+def _read_later(config: ModelConfig, key: str, instance: models.Model, created: bool) -> RowSet:
+    """A save of an instance lacking part of its event: the row, read back at commit
+    (off the save path: the save itself costs no query), with the old values of the
+    fields the instance has loaded. A field still deferred was not saved (Django saves
+    only loaded fields), so it cannot have changed."""
+    current = raw_values(config, instance)
+    snapshot = snapshots.get(instance, key) or {}
+    snapshots.set(instance, key, current)
+    pk = str(instance.pk)
+    if created:
+        return RowSet(config, "created", [pk])
+    before: dict[str, Any] = {}
+    assigned: set[str] = set()
+    for f in config.captured_fields:
+        if current[f.attname] is _MISSING:
+            continue
+        old = snapshot.get(f.attname, _MISSING)
+        if old is _MISSING:
+            if f.tracked:
+                assigned.add(f.name)  # deferred when loaded, assigned since
+        else:
+            before[f.name] = normalize(f.field, old)
+    return RowSet(config, "updated", [pk], before={pk: before}, forced=frozenset(assigned))
 
 
 def _on_post_delete(
@@ -172,7 +260,7 @@ def _on_post_delete(
             if f.attname in instance.__dict__
         }
         try:
-            data = serialize(config, instance, values)
+            data = _loaded_data(config, instance, values)
         except Exception:
             data = dict(values)
         change = Change(config=config, pk=str(instance.pk), op="deleted", data=data, values=values)
@@ -185,6 +273,21 @@ def _on_post_delete(
         deleting[config].append(change)
         return
     record_item(change, using)
+
+
+def _loaded_data(
+    config: ModelConfig, instance: models.Model, values: dict[str, Any]
+) -> dict[str, Any]:
+    """A deleted row's data: its many-to-many fields only if prefetched (their rows are
+    gone; reading them would cost the delete a query each and find nothing)."""
+    if config.serializer is not None or not config.m2m_fields:
+        return serialize(config, instance, values)
+    data = dict(values)
+    cache = prefetched(instance)
+    for f in config.m2m_fields:
+        if f.name in cache:
+            data[f.name] = sorted(obj.pk for obj in cache[f.name])
+    return data
 
 
 @contextmanager
@@ -239,22 +342,21 @@ def _on_m2m_changed(
             "post_remove",
             "post_clear",
         }:
-            values = field_values(config, instance)
-            data = serialize(config, instance, values)
-            record_item(
-                Change(config, str(instance.pk), "updated", data, values, forced=forced), using
-            )
+            # Read back at commit, with every m2m field prefetched: no query here.
+            record_item(RowSet(config, "updated", [str(instance.pk)], forced=forced), using)
         return
     # The other side changed (e.g. tag.article_set.add(article)): pk_set holds our rows.
-    stash = f"_broadcast_clear_{config.label}_{field_name}"
+    stash = f"clear:{config.label}:{field_name}"
     if action == "pre_clear":
         manager = config.model._base_manager.using(using)
-        instance.__dict__[stash] = set(
-            manager.filter(**{field_name: instance.pk}).values_list("pk", flat=True)
+        snapshots.set(
+            instance,
+            stash,
+            set(manager.filter(**{field_name: instance.pk}).values_list("pk", flat=True)),
         )
         return
     if action == "post_clear":
-        pk_set = instance.__dict__.pop(stash, set())
+        pk_set = snapshots.pop(instance, stash) or set()
     elif action not in {"post_add", "post_remove"}:
         return
     if pk_set:

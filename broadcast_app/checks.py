@@ -8,7 +8,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import conf
 from .layer import PUBSUB_BACKEND, layer_config
@@ -194,5 +194,22 @@ def check_limits(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list
             name,
             allow_zero=name == "BROADCAST_LOG_MAX_AGE",
             allow_none=name == "BROADCAST_CACHE_TIMEOUT",
+        )
+    ]
+
+
+@register()
+def check_wrap_querysets(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    if conf.BROADCAST_WRAP_QUERYSETS or not all_configs():
+        return []
+    return [
+        Warning(
+            "BROADCAST_WRAP_QUERYSETS is False: QuerySet.update(), bulk_create(), "
+            "bulk_update() and delete() of registered models broadcast nothing.",
+            hint="After each bulk write, call broadcast_app.publish_changes(model, pks, "
+            "op=...) with the rows it wrote, or set BROADCAST_WRAP_QUERYSETS = True.",
+            id="broadcast_app.W020",
         )
     ]

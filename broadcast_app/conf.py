@@ -238,5 +238,11 @@ class Settings:
         Redis; past it, it serves no cache hits and sends ``reset`` (``disconnected``)."""
         return float(_setting("BROADCAST_CONFIRM_TIMEOUT", 5.0))
 
+    @property
+    def BROADCAST_WRAP_QUERYSETS(self) -> bool:
+        """Wrap ``QuerySet.update/bulk_create/bulk_update/delete`` so bulk writes of
+        registered models broadcast; False leaves QuerySet alone (use ``publish_changes``)."""
+        return bool(_setting("BROADCAST_WRAP_QUERYSETS", True))
+
 
 conf = Settings()

@@ -26,6 +26,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils.crypto import salted_hmac
 
+from .django_compat import prefetched
+
 if TYPE_CHECKING:
     from .registry import ModelConfig
 
@@ -140,11 +142,11 @@ def field_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
 
 def m2m_values(config: ModelConfig, instance: models.Model) -> dict[str, list[Any]]:
     """The broadcast many-to-many fields as sorted lists of related pks (a query each)."""
-    prefetched = getattr(instance, "_prefetched_objects_cache", {})
+    cache = prefetched(instance)
     result = {}
     for f in config.m2m_fields:
-        if f.name in prefetched:
-            pks = [obj.pk for obj in prefetched[f.name]]
+        if f.name in cache:
+            pks = [obj.pk for obj in cache[f.name]]
         else:
             pks = list(getattr(instance, f.name).values_list("pk", flat=True))
         result[f.name] = sorted(pks)

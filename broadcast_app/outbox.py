@@ -35,7 +35,7 @@ from django.db import connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from . import publisher
+from . import django_compat, publisher
 from .conf import conf
 from .events import Change, to_json_data
 from .registry import get_config
@@ -68,7 +68,7 @@ class _Transaction:
     def registered_in(self, conn: BaseDatabaseWrapper) -> bool:
         # Gone from the hooks: that transaction ended (or the savepoint that registered
         # the hook was rolled back, taking its rows along): a new token is right.
-        return any(entry[1] == self.committed for entry in reversed(conn.run_on_commit))
+        return django_compat.hook_pending(conn, self.committed)
 
 
 _transactions: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Transaction] = (

@@ -1,0 +1,133 @@
+"""Capture that does not surprise: no query on the save path, nothing of ours inside
+users' instances, Django's own update() semantics, and QuerySet wrapping that can be
+turned off (``BROADCAST_WRAP_QUERYSETS``)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import FieldError
+from django.db import connection, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+
+import broadcast_app
+from broadcast_app import checks
+from broadcast_app.testing import capture_events
+from project.demo.models import Product
+from tests.testapp.models import Article, Comment, Tag
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def product(**fields: object) -> Product:
+    values = {"name": "Anvil", "sku": "AN-1", "price": Decimal("1.00"), "stock": 1, **fields}
+    return Product.objects.create(**values)
+
+
+def test_pickled_instance_carries_no_broadcast_key() -> None:
+    loaded = Product.objects.get(pk=product().pk)
+    assert not [k for k in vars(loaded) if "broadcast" in k]
+    assert b"broadcast" not in pickle.dumps(loaded)
+
+
+def test_instance_loaded_from_a_cache_still_broadcasts_its_save() -> None:
+    cached = pickle.dumps(Product.objects.get(pk=product().pk))
+    restored = pickle.loads(cached)
+    restored.stock = 7
+    with capture_events() as events:
+        restored.save()
+    event = events.assert_one(op="updated", pk=restored.pk)
+    assert event["data"]["stock"] == 7
+    # No snapshot came with the pickle: what changed is unknown, so every field is listed.
+    assert "stock" in event["changed"]
+
+
+def test_save_of_a_deferred_instance_queries_nothing_more() -> None:
+    pk = product().pk
+    obj = Product.objects.only("stock").get(pk=pk)
+    obj.stock = 5
+    with capture_events() as events, transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            obj.save(update_fields=["stock"])
+        assert len(queries) == 1, [q["sql"] for q in queries]
+    # Read back at commit: the event holds the whole row, and only stock changed.
+    event = events.assert_one(op="updated", pk=pk, changed=["stock"])
+    assert event["data"]["name"] == "Anvil"
+    assert event["data"]["stock"] == 5
+
+
+def test_save_and_delete_with_unprefetched_m2m_query_nothing_more() -> None:
+    tag = Tag.objects.create(name="t")
+    article = Article.objects.create(title="a")
+    article.tags.add(tag)
+    article = Article.objects.get(pk=article.pk)
+    article.title = "c"
+    with capture_events() as events, transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            article.save()
+        assert len(queries) == 1, [q["sql"] for q in queries]
+    event = events.assert_one(op="updated", pk=article.pk, changed=["title"])
+    assert event["data"]["tags"] == [tag.pk]  # read back at commit, prefetched
+    pk = article.pk
+    with capture_events() as events, transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            article.delete()
+        assert not [q for q in queries if "testapp_tag" in q["sql"]]
+    # Not prefetched: the deleted row's data leaves the m2m field out.
+    assert "tags" not in events.assert_one(op="deleted", pk=pk)["data"]
+
+
+def test_update_with_annotations_runs_as_django_runs_it() -> None:
+    obj = product()
+    with capture_events() as events:
+        Product.objects.annotate(label=Concat(F("name"), Value("!"))).update(name=F("label"))
+    assert events.assert_one(op="updated", pk=obj.pk)["data"]["name"] == "Anvil!"
+
+
+def test_a_refused_update_leaves_the_callers_transaction_usable() -> None:
+    Comment.objects.create(article=Article.objects.create(title="a"))
+    with transaction.atomic():
+        with pytest.raises(FieldError, match="Joined field references are not permitted"):
+            Comment.objects.annotate(t=F("article__title")).update(body=F("t"))
+        assert Comment.objects.count() == 1  # no TransactionManagementError
+
+
+def test_wrapping_off_leaves_bulk_writes_to_publish_changes() -> None:
+    obj = product()
+    with override_settings(BROADCAST_WRAP_QUERYSETS=False):
+        with capture_events() as events:
+            Product.objects.filter(pk=obj.pk).update(stock=3)
+        events.assert_none()
+        with capture_events() as events:
+            broadcast_app.publish_changes(Product, [obj.pk], changed=["stock"])
+        assert events.assert_one(op="updated", pk=obj.pk)["data"]["stock"] == 3
+        assert [m.id for m in checks.check_wrap_querysets(None)] == ["broadcast_app.W020"]
+        assert all(m.hint for m in checks.check_wrap_querysets(None))
+    assert checks.check_wrap_querysets(None) == []
+
+
+def test_a_small_delete_costs_the_queries_of_djangos_own() -> None:
+    from broadcast_app import bulk
+
+    def queries(delete: Callable[[], object]) -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            delete()
+        return [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
+
+    def seed() -> int:
+        article = Article.objects.create(title="a")
+        Comment.objects.create(article=article)
+        return article.pk
+
+    first, second = seed(), seed()
+    with transaction.atomic():
+        ours = queries(lambda: Article.objects.filter(pk=first).delete())
+        # Django's own delete(), with our receivers connected (no fast delete either way).
+        django = queries(lambda: bulk._original["delete"](Article.objects.filter(pk=second)))
+    assert len(ours) == len(django), (ours, django)
