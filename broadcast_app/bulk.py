@@ -245,24 +245,26 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
     self._for_write = True  # type: ignore[attr-defined]  # as bulk_create() does
     token = _inside.set(True)
     try:
-        with transaction.atomic(using=self.db, savepoint=False):
-            created = _original["bulk_create"](self, objs, *args, **kwargs)
-            pks = _pk_texts(configs[0], created)
-            if len(pks) < len(created):
-                # ignore_conflicts, or a database that returns no ids (MySQL).
-                stats.incr("uncaptured", len(created) - len(pks))
-                logger.warning(
-                    "broadcast_app: bulk_create() of %s gave no usable pk for %d row(s); "
-                    "broadcast them with publish_changes()",
-                    configs[0].label,
-                    len(created) - len(pks),
-                )
-            upsert = bool(kwargs.get("update_conflicts"))
-            forced = frozenset(kwargs.get("update_fields") or ()) if upsert else frozenset()
-            if pks:
-                op: Op = "updated" if upsert else "created"
-                for config in configs:
-                    record_item(RowSet(config, op, pks, forced=forced), self.db)
+        # No transaction of ours around it: Django opens one where the write needs it
+        # (from 6.1, not for a single query), and the rows are recorded only once it
+        # returned: at the caller's commit, or at once in autocommit.
+        created = _original["bulk_create"](self, objs, *args, **kwargs)
+        pks = _pk_texts(configs[0], created)
+        if len(pks) < len(created):
+            # ignore_conflicts, or a database that returns no ids (MySQL).
+            stats.incr("uncaptured", len(created) - len(pks))
+            logger.warning(
+                "broadcast_app: bulk_create() of %s gave no usable pk for %d row(s); "
+                "broadcast them with publish_changes()",
+                configs[0].label,
+                len(created) - len(pks),
+            )
+        upsert = bool(kwargs.get("update_conflicts"))
+        forced = frozenset(kwargs.get("update_fields") or ()) if upsert else frozenset()
+        if pks:
+            op: Op = "updated" if upsert else "created"
+            for config in configs:
+                record_item(RowSet(config, op, pks, forced=forced), self.db)
     finally:
         _inside.reset(token)
     _refresh_snapshots(self, created)
