@@ -238,5 +238,12 @@ class Settings:
         Redis; past it, it serves no cache hits and sends ``reset`` (``disconnected``)."""
         return float(_setting("BROADCAST_CONFIRM_TIMEOUT", 5.0))
 
+    @property
+    def BROADCAST_FAST_PATHS(self) -> bool | frozenset[str]:
+        """Other libraries' undocumented fast paths allowed (True: all, False: none, or a
+        collection of names; see docs/architecture.md): each is also checked at use."""
+        value = _setting("BROADCAST_FAST_PATHS", True)
+        return value if isinstance(value, bool) else frozenset(value)
+
 
 conf = Settings()
