@@ -24,6 +24,7 @@ import binascii
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -148,7 +149,10 @@ class LayerSender:
         self._alias = alias
         self._local = threading.local()
         self._loops: list[asyncio.AbstractEventLoop] = []
-        self._lock = threading.Lock()
+        # Also when this sender is dropped unclosed (the publisher forgets its clients
+        # when the settings change): a loop left to the garbage collector would close
+        # in whatever thread collects it, maybe one running a loop of its own.
+        self._finalizer = weakref.finalize(self, _close_loops, self._loops)
 
     def send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """Send each (group, message) in order; raises on the first failure."""
@@ -164,19 +168,26 @@ class LayerSender:
 
             loop = asyncio.new_event_loop()
             found = self._local.loop = (loop, channel_layers.make_backend(self._alias))
-            with self._lock:
-                self._loops.append(loop)
+            self._loops.append(loop)
         return found
 
     def close(self) -> None:
-        """Close the layer connections and loops of every thread (from any thread that
-        no longer runs them)."""
-        with self._lock:
-            loops, self._loops = self._loops, []
-        self._local = threading.local()
+        """Close the layer connections and loops of every thread that used this sender
+        (none may be using it any more)."""
+        self._finalizer()
+
+
+def _close_loops(loops: list[asyncio.AbstractEventLoop]) -> None:
+    # In a thread of its own: channels-redis closes its per-loop layer by running the
+    # loop once more as it closes, which a thread running another loop cannot do.
+    def close() -> None:
         for loop in loops:
-            if not loop.is_running() and not loop.is_closed():
-                loop.close()  # channels-redis flushes its per-loop layer on close
+            if not loop.is_closed():
+                loop.close()
+
+    closer = threading.Thread(target=close, name="broadcast-layer-close")
+    closer.start()
+    closer.join()
 
 
 async def _send_all(layer: Any, messages: list[tuple[str, dict[str, Any]]]) -> None:
