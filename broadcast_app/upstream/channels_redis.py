@@ -153,6 +153,8 @@ class LayerSender:
         # when the settings change): a loop left to the garbage collector would close
         # in whatever thread collects it, maybe one running a loop of its own.
         self._finalizer = weakref.finalize(self, _close_loops, self._loops)
+        # Not at exit: the publisher thread may still be flushing through them then.
+        self._finalizer.atexit = False
 
     def send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """Send each (group, message) in order; raises on the first failure."""
@@ -182,8 +184,11 @@ def _close_loops(loops: list[asyncio.AbstractEventLoop]) -> None:
     # loop once more as it closes, which a thread running another loop cannot do.
     def close() -> None:
         for loop in loops:
-            if not loop.is_closed():
-                loop.close()
+            try:
+                if not loop.is_closed():
+                    loop.close()
+            except Exception:  # still running in its thread: closed when collected
+                logger.debug("broadcast_app: a channel layer loop was still in use")
 
     closer = threading.Thread(target=close, name="broadcast-layer-close")
     closer.start()
