@@ -313,12 +313,15 @@ async def test_contract_the_layer_subscribes_each_group_where_routes_say() -> No
                 for client in clients.values():
                     client.close()
                 await layer.flush()
+        prefix = layers["default"]["CONFIG"].get("prefix", "asgi")
         assert {r.host["address"] for r in routes} == {first.url, second.url}
         for r in routes:
-            assert r.channel in subscribed[r.host["address"]], (
+            channel = cr.group_channel(prefix, r.group)
+            assert channel in subscribed[r.host["address"]], (
                 f"channels-redis subscribes group {r.group} elsewhere than "
-                f"{r.host['address']} as {r.channel}: its naming or sharding changed"
+                f"{r.host['address']} as {channel}: its naming or sharding changed"
             )
+            assert r.channel == channel  # the publish script publishes there
 
 
 @pytest.mark.django_db(transaction=True)
