@@ -8,8 +8,18 @@ from django.apps import AppConfig
 from django.core.signals import setting_changed
 
 # Settings that change where events go, and how the publisher connects to Redis.
-_ROUTING = {"CHANNEL_LAYERS", "BROADCAST_CHANNEL_LAYER", "BROADCAST_GROUP_PREFIX"}
-_CONNECTIONS = {"CHANNEL_LAYERS", "BROADCAST_CHANNEL_LAYER", "BROADCAST_REDIS_TIMEOUT"}
+_ROUTING = {
+    "CHANNEL_LAYERS",
+    "BROADCAST_CHANNEL_LAYER",
+    "BROADCAST_GROUP_PREFIX",
+    "BROADCAST_FAST_PATHS",
+}
+_CONNECTIONS = {
+    "CHANNEL_LAYERS",
+    "BROADCAST_CHANNEL_LAYER",
+    "BROADCAST_REDIS_TIMEOUT",
+    "BROADCAST_FAST_PATHS",
+}
 
 
 def _settings_changed(setting: str, **kwargs: Any) -> None:

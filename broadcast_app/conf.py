@@ -244,5 +244,12 @@ class Settings:
         registered models broadcast; False leaves QuerySet alone (use ``publish_changes``)."""
         return bool(_setting("BROADCAST_WRAP_QUERYSETS", True))
 
+    @property
+    def BROADCAST_FAST_PATHS(self) -> bool | frozenset[str]:
+        """Other libraries' undocumented fast paths allowed (True: all, False: none, or a
+        collection of names; see docs/architecture.md): each is also checked at use."""
+        value = _setting("BROADCAST_FAST_PATHS", True)
+        return value if isinstance(value, bool) else frozenset(value)
+
 
 conf = Settings()

@@ -24,7 +24,6 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.sessions import InstanceSessionWrapper
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
@@ -43,6 +42,7 @@ from .probe import DISCONNECTED
 from .registry import ModelConfig, NotRegistered, get_config
 from .sender import Sender
 from .stats import stats
+from .upstream.asgi import server_send
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +53,6 @@ _CHANGE_PREFIX = '{"type":"change"'
 _RESET_PREFIX = '{"type":"reset"'
 #: replayed frames sent between two turns given to the event loop's other work
 REPLAY_CHUNK = 10
-
-
-def _server_send(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Any:
-    """The server's ``send`` under channels' session middleware.
-
-    ``InstanceSessionWrapper.send`` only acts on ``http.response.start`` (it saves the
-    session and sets its cookie); for websocket frames it reads the session's state and
-    passes the message on, which costs a tenth of an instance's time per frame.
-    """
-    wrapper = getattr(send, "__self__", None)
-    while isinstance(wrapper, InstanceSessionWrapper):
-        send = wrapper.real_send
-        wrapper = getattr(send, "__self__", None)
-    return send
 
 
 class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -114,9 +100,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.closing = False
         await self.accept()
         # Straight to the server's send: AsyncWebsocketConsumer.send only builds the
-        # message, and it runs for every frame of every client.
+        # message, and it runs for every frame of every client (past the session
+        # middleware too, where upstream.asgi allows it).
         self.sender = Sender(
-            _server_send(self.base_send),
+            server_send(self.base_send),
             conf.BROADCAST_SEND_QUEUE_SIZE,
             conf.BROADCAST_SEND_TIMEOUT,
             self._stopped_reading,

@@ -8,15 +8,20 @@ queue of its channel for a :class:`DirectQueue`, which offers each message to th
 listener before queueing it: the listener takes it at once when it is idle and the
 event needs nothing that waits (see ``Listener.handle_now``), at most once per turn of
 the event loop, so a burst still goes through the queue and ``receive()`` with the loop
-running between two events. A layer whose internals are not as expected keeps its own
-queue, and everything goes the ordinary way.
+running between two events. Swapping the queue relies on channels-redis' internals
+(fast path ``direct_queue``, see :mod:`broadcast_app.upstream.channels_redis`): a layer
+whose internals are not as expected, or ``BROADCAST_FAST_PATHS`` without it, keeps its
+own queue, and everything goes the ordinary way.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
+
+from .upstream.channels_redis import swap_channel_queue
 
 
 class DirectQueue(asyncio.Queue[Any]):
@@ -34,13 +39,7 @@ class DirectQueue(asyncio.Queue[Any]):
 
 
 def install(layer: Any, channel: str, take: Callable[[Any], bool]) -> bool:
-    """Offer ``channel``'s messages to ``take`` as they arrive; False if this layer does
-    not keep its channels' queues as channels-redis 4 does (nothing is changed then)."""
-    queues = getattr(layer, "channels", None)
-    if not isinstance(queues, dict):
-        return False
-    current = queues.get(channel)
-    if type(current) is not asyncio.Queue or not current.empty():
-        return False
-    queues[channel] = DirectQueue(take)
-    return True
+    """Offer ``channel``'s messages to ``take`` as they arrive; False if the fast path is
+    off or this layer does not keep its channels' queues as channels-redis 4 does
+    (nothing is changed then)."""
+    return swap_channel_queue(layer, channel, partial(DirectQueue, take))

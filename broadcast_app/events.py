@@ -11,9 +11,7 @@ import contextlib
 import copy
 import functools
 import json
-import json.encoder
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -440,40 +438,10 @@ def event_body(change: Change, ts: str, instance_id: str) -> str:
 _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
 
 
-def _default(value: Any) -> Any:
-    # DjangoJSONEncoder's own answer, with the usual case first.
-    return str(value) if type(value) is Decimal else _ENCODER.default(value)
-
-
-def _reused_encoder() -> Callable[[Any], str]:
-    """``_ENCODER.encode``, or the same encoding from one C encoder made once.
-
-    ``JSONEncoder.encode()`` builds a new C encoder (and a closure) for every call; in
-    the publisher thread, which encodes each event cold, that was about a third of the
-    encoding. ``c_make_encoder`` is the json module's own, undocumented: if it is
-    missing, takes other arguments or encodes differently, ``_ENCODER.encode`` is used.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _ENCODER.encode
-    try:
-        encoder = make(
-            None, _default, json.encoder.encode_basestring_ascii, None, ":", ",",
-            False, False, True,
-        )  # fmt: skip
-
-        def encode(value: Any) -> str:
-            return "".join(encoder(value, 0))
-
-        sample = {"a": [Decimal("1.50"), datetime(2026, 1, 1, 0, 0, 0, 1500, UTC)], "é": None}
-        if encode(sample) != _ENCODER.encode(sample):
-            return _ENCODER.encode
-    except Exception:
-        return _ENCODER.encode
-    return encode
-
-
-_encode = _reused_encoder()
+# The public encoder: one C encoder made once (json.encoder.c_make_encoder, which is
+# undocumented) saved too little for the benchmark to tell apart (see "Private APIs we
+# use" in docs/architecture.md).
+_encode = _ENCODER.encode
 
 
 def frame_from_body(event_id: str, body: str) -> str:

@@ -4,7 +4,10 @@ Events ride a channels-redis ``RedisPubSubChannelLayer``: one group per model, w
 each instance's listener joins through the layer. Publishing happens in a Lua script
 that assigns the event id and publishes in one atomic step (so ids increase in publish
 order even with many publishing processes); it therefore writes the group channel name
-and payload format that the layer itself reads. Both are derived here, in one place.
+and payload format that the layer itself reads, derived here from the layer's config
+through :mod:`broadcast_app.upstream.channels_redis` (fast path ``script_publish``).
+Without that fast path the script only logs the event and the publisher sends it with
+the layer's ``group_send``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from channels_redis.utils import _consistent_hash, decode_hosts
 from django.conf import settings
 
 from .conf import conf
+from .upstream.channels_redis import (
+    consistent_hash,
+    decode_hosts,
+    group_channel,
+    script_publishing,
+)
 
 PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 #: ``type`` of the channel-layer message that carries one event
@@ -72,6 +80,10 @@ class Route:
     host: dict[str, Any]
     #: the host as a dict key (one client per host)
     key: str
+    #: the model's group (for the layer's ``group_send``)
+    group: str
+    #: the group's Redis channel, which the publish script publishes on; "" when the
+    #: publisher sends through the layer instead (fast path ``script_publish`` off)
     channel: str
     stream: str
     meta: str
@@ -95,17 +107,20 @@ def forget_routes() -> None:
 
 
 def _route(label: str) -> Route:
-    """Compute the route of ``label`` exactly as the pubsub layer would for its group."""
+    """Compute the route of ``label``: the host the pubsub layer uses for its group
+    (where the model's log lives too)."""
     config = layer_config().get("CONFIG", {}) or {}
     hosts = decode_hosts(config.get("hosts"))
     prefix = config.get("prefix", "asgi")
-    channel = f"{prefix}__group__{group_name(label)}"
-    host = hosts[_consistent_hash(channel, len(hosts))]
+    group = group_name(label)
+    channel = group_channel(prefix, group)
+    host = hosts[consistent_hash(channel, len(hosts))]
     return Route(
         label=label,
         host=dict(host),
         key=repr(sorted(host.items())),
-        channel=channel,
+        group=group,
+        channel=channel if script_publishing(config) else "",
         stream=stream_key(label),
         meta=meta_key(label),
         serializer_format=str(config.get("serializer_format", "msgpack")),

@@ -37,22 +37,29 @@ from typing import Any
 import redis
 
 from .conf import conf
-from .events import Change, Saved, event_body, iso_time, resolved
+from .events import Change, Saved, event_body, frame_from_body, iso_time, resolved
 from .failover import PublishedIds
-from .layer import Route, new_epoch, route
+from .layer import MESSAGE_TYPE, RESET_TYPE, Route, new_epoch, route
 from .redis_clients import make_client
 from .stats import stats
 from .testenv import held_back
 from .throttle import Throttle
+from .upstream.channels_redis import LayerSender
+from .upstream.redis_py import commands_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["captured", "capturing", "flush", "publish", "reset", "stats"]
 
 # Publishes the Lua table `message` on `channel`, in the layer's serializer format (the
-# pub/sub layer reads msgpack by default, or json): shared by both scripts below.
+# pub/sub layer reads msgpack by default, or json): shared by both scripts below. An
+# empty channel publishes nothing: the publisher then sends the message through the
+# channel layer (fast path "script_publish" off, see upstream/channels_redis.py).
 _PUBLISH_MESSAGE = """
 local function publish(channel, format, message)
+  if channel == '' then
+    return
+  end
   local payload
   if format == 'json' then
     payload = cjson.encode(message)
@@ -489,6 +496,8 @@ class Publisher:
                 )
                 self._drop_client(r)
                 return sent, skipped
+            if not items[0][0].channel:
+                self._send_through_layer(r, client, items, results)
             duplicates = results.count(None)
             if duplicates:
                 stats.incr("outbox_duplicates", duplicates)
@@ -503,6 +512,33 @@ class Publisher:
                     self._published.lost, "were lost in a Redis failover"
                 )
         return sent, skipped
+
+    def _send_through_layer(
+        self, r: Route, client: _Client, items: list[Any], results: list[Any]
+    ) -> None:
+        """Publish a logged batch with the channel layer's ``group_send`` (the script
+        published nothing: fast path "script_publish" off). A failure leaves the events
+        to the listeners' gap repair, which reads them from the log, rather than
+        publishing them twice."""
+        messages = [
+            (
+                event_route.group,
+                {
+                    "type": MESSAGE_TYPE,
+                    "frame": frame_from_body(_text(result[0]), body),
+                    "prev": _text(result[1]),
+                },
+            )
+            for (event_route, body, _seen), result in zip(items, results, strict=True)
+            if result
+        ]
+        try:
+            client.layer_send(messages)
+        except Exception as exc:
+            self._warn(
+                "layer", "broadcast_app could not send events through the channel layer: %s", exc
+            )
+            self._drop_client(r)
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
         """Delete outbox "already published" hashes, given as (model label, key) pairs
@@ -530,8 +566,11 @@ class Publisher:
         for label in labels:
             r = route(label)
             try:
-                client = self._client(r).redis
-                client.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
+                client = self._client(r)
+                client.redis.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
+                if not r.channel:
+                    message = {"type": RESET_TYPE, "model": label, "reason": "lost"}
+                    client.layer_send([(r.group, message)])
             except (redis.RedisError, OSError):
                 self._drop_client(r)
                 continue
@@ -564,59 +603,40 @@ class Publisher:
 
 
 class _Client:
-    """A Redis client of the publisher's, with the script loaded and one connection
-    kept for publishing: taking one from the pool for every command costs more than the
-    command (a lock and a poll of the socket)."""
+    """A Redis client of the publisher's, with the script loaded and what sends a batch
+    of commands (see upstream/redis_py.py: one connection kept for publishing, where the
+    fast path allows it)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self.script = client.script_load(PUBLISH_SCRIPT)
-        # From the pool, so it is connected as the client's own would be (Sentinel: to
-        # the current master); it goes back with the client.
-        self._connection = client.connection_pool.get_connection()
-        self._lock = threading.Lock()
+        self._commands = commands_for(client)
+        #: sends through the channel layer (fast path "script_publish" off); made at use
+        self._layer: LayerSender | None = None
 
     def call(
         self, commands: list[tuple[Any, ...]], pause: Callable[[], None] | None = None
     ) -> list[Any]:
         """Send ``commands`` in one write and return their replies, in order (``pause``
-        runs in between); raises on the first error (the caller then closes this
-        client)."""
-        connection = self._connection
-        packed = resp(commands)
-        with self._lock:
-            connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
-            if pause is not None:
-                pause()
-            return [connection.read_response() for _ in commands]
+        runs in between, where it can); raises on the first error (the caller then
+        closes this client)."""
+        return self._commands.call(commands, pause)
+
+    def layer_send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send (group, message) pairs with the channel layer's ``group_send``."""
+        if self._layer is None:
+            self._layer = LayerSender(conf.BROADCAST_CHANNEL_LAYER)
+        self._layer.send(messages)
 
     def close(self) -> None:
-        self._connection.disconnect()  # type: ignore[no-untyped-call]
+        self._commands.close()
+        if self._layer is not None:
+            self._layer.close()
         self.redis.close()
 
 
-def resp(commands: list[tuple[Any, ...]]) -> bytes:
-    """``commands`` in the Redis protocol, in one buffer.
-
-    What redis-py's ``pack_commands()`` gives for the argument kinds the publisher sends
-    (str, bytes, int), in half its time: packing comes between an event's commit and
-    its write to Redis, and redis-py's general packer (any argument type, chunked
-    buffers) cost 35 to 45 µs there when the thread runs cold.
-    """
-    out = bytearray()
-    for command in commands:
-        out += b"*%d\r\n" % len(command)
-        for arg in command:
-            if isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, bytes):
-                data = arg
-            elif type(arg) is int:
-                data = b"%d" % arg
-            else:
-                raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-            out += b"$%d\r\n%s\r\n" % (len(data), data)
-    return bytes(out)
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()

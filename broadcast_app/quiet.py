@@ -14,8 +14,10 @@ import time
 
 import redis
 
+from .upstream.channels_redis import PUBSUB_LOGGER
+
 #: the channels-redis logger whose outage records are filtered
-LOGGER = "channels_redis.pubsub"
+LOGGER = PUBSUB_LOGGER
 _EVERY = 30.0  # seconds between two warnings about the same outage
 
 

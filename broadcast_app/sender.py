@@ -10,9 +10,11 @@ task finish that send, and later frames wait in a bounded queue behind it; a sen
 still waiting after ``timeout`` seconds means the client stopped reading.
 
 The first step of a send runs in the caller's task (the listener's, or channels-redis'
-reader's). That suits servers whose ``send`` only writes, or waits on a future or a
-lock (uvicorn, Daphne, the test communicator); a ``send`` that armed a timeout of its
-own before its first wait would arm it on the caller's task.
+reader's), driven by hand (the ``stepped_send`` fast path, see
+:mod:`broadcast_app.upstream.asgi`) or as an eager task. Stepped by hand suits servers
+whose ``send`` only writes, or waits on a future or a lock (uvicorn, Daphne, the test
+communicator); a ``send`` that armed a timeout of its own before its first wait would
+arm it on the caller's task.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from functools import partial
-from types import CoroutineType
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .upstream import asgi
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ class Sender:
 
     # Touched for every frame of every connection: compact, no instance dict.
     __slots__ = (
-        "_on_stalled", "_send", "_task", "_timeout", "_waiting", "_wakeup", "limit", "open",
-        "queue",
+        "_on_stalled", "_send", "_stepped", "_task", "_timeout", "_waiting", "_wakeup", "limit",
+        "open", "queue",
     )  # fmt: skip
 
     def __init__(
@@ -48,8 +50,9 @@ class Sender:
         self.limit = limit
         self._timeout = timeout
         self._on_stalled = on_stalled
-        #: a started send that waits for the server, and what it waits for
-        self._waiting: tuple[Coroutine[Any, Any, None], Any] | None = None
+        #: a started send that waits for the server
+        self._waiting: asgi.Pending | None = None
+        self._stepped = asgi.stepping()
         self._wakeup: asyncio.Future[None] | None = None
         #: False once the connection failed or stalled: frames are dropped
         self.open = True
@@ -80,24 +83,21 @@ class Sender:
         await asyncio.gather(self._task, return_exceptions=True)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
-            waiting[0].close()
+            waiting.close()
 
     def _start(self, frame: str) -> None:
         """Run the server's ``send`` up to its first wait, in the caller's task."""
-        sending = self._send({"type": "websocket.send", "text": frame})
-        if type(sending) is not CoroutineType and not isinstance(sending, Coroutine):
-            sending = _awaiting(sending)  # a send returning some other awaitable
-        coro = sending
         try:
-            # Driving the coroutine by hand, as an eagerly started task would: most
-            # sends finish within this first step.
-            awaited = coro.send(None)
-        except StopIteration:
-            return
+            # Most sends finish within this first step.
+            waiting = asgi.start(
+                self._send, {"type": "websocket.send", "text": frame}, self._stepped
+            )
         except Exception as exc:  # the connection is gone; the server says so next
             self._failed(exc)
             return
-        self._waiting = (coro, awaited)
+        if waiting is None:
+            return
+        self._waiting = waiting
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -117,15 +117,15 @@ class Sender:
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 continue
-            coro, awaited = self._waiting
+            waiting = self._waiting
             try:
                 async with asyncio.timeout(self._timeout):
-                    await _finish(coro, awaited)
+                    await waiting.wait()
             except TimeoutError:
                 # The server's write buffer stayed full that long: the client stopped
                 # reading (a frozen tab, a dead network).
                 self._waiting = None
-                coro.close()
+                waiting.close()
                 self.open = False
                 self.queue.clear()
                 await self._on_stalled()
@@ -135,40 +135,3 @@ class Sender:
                 self._failed(exc)
                 continue
             self._waiting = None
-
-
-def _done(ready: asyncio.Future[None], _: object) -> None:
-    if not ready.done():
-        ready.set_result(None)
-
-
-async def _awaiting(awaitable: Awaitable[None]) -> None:
-    await awaitable
-
-
-async def _finish(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """Run to its end a coroutine whose first step already returned ``awaited``.
-
-    This is what an asyncio task does with each step of its coroutine: wait until the
-    future it yielded is done, then resume it (the coroutine reads the future's outcome
-    itself). A bare ``yield`` (None) asks for one turn of the loop.
-    """
-    loop = asyncio.get_running_loop()
-    while True:
-        if awaited is None:
-            await asyncio.sleep(0)
-        elif asyncio.isfuture(awaited):
-            # Not ``await awaited``: the coroutine awaits it already (a future is
-            # awaited once); a future of our own is told when it is done.
-            ready: asyncio.Future[None] = loop.create_future()
-            awaited.add_done_callback(partial(_done, ready))
-            await ready
-        else:
-            raise RuntimeError(f"a websocket send yielded {awaited!r}, not a future")
-        try:
-            awaited = coro.send(None)
-        except StopIteration:
-            return
-        except asyncio.CancelledError as exc:
-            # The server cancelled what its send waited for (this writer was not).
-            raise ConnectionError("the server cancelled a websocket send") from exc

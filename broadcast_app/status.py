@@ -19,7 +19,6 @@ from typing import Any
 
 import redis
 from django.core.cache import caches
-from django.core.cache.backends.locmem import LocMemCache
 
 from . import __version__
 from .conf import conf
@@ -28,6 +27,7 @@ from .feed import feed, iso
 from .hub import hub
 from .registry import all_configs
 from .stats import stats
+from .upstream.django_cache import locmem_keys
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +41,10 @@ def cache_entries() -> int | None:
 
     Only a local-memory cache can be counted without scanning a shared server.
     """
-    backend = caches[conf.BROADCAST_CACHE_ALIAS]
-    if not isinstance(backend, LocMemCache):
+    keys = locmem_keys(caches[conf.BROADCAST_CACHE_ALIAS])
+    if keys is None:
         return None
     marker = f":{conf.BROADCAST_GROUP_PREFIX}:obj:"
-    lock = getattr(backend, "_lock")  # noqa: B009  (private, but the only way to count)
-    with lock:
-        keys = list(getattr(backend, "_cache"))  # noqa: B009
     return sum(1 for key in keys if marker in key)
 
 

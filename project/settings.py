@@ -148,6 +148,11 @@ CACHES = {
 }
 BROADCAST_CACHE_ALIAS = "broadcast"
 BROADCAST_DELIVERY = os.environ.get("BROADCAST_DELIVERY", "best_effort")
+# Other libraries' undocumented fast paths (docs/architecture.md): "none", or a
+# comma-separated list of those to keep; unset: all of them.
+_fast_paths = os.environ.get("BROADCAST_FAST_PATHS", "").strip()
+if _fast_paths:
+    BROADCAST_FAST_PATHS = [] if _fast_paths == "none" else _fast_paths.split(",")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

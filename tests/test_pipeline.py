@@ -23,8 +23,9 @@ from broadcast_app.events import id_key
 from broadcast_app.hub import hub
 from broadcast_app.layer import Route, route
 from broadcast_app.listener import listener
-from broadcast_app.publisher import Publisher, resp
+from broadcast_app.publisher import Publisher
 from broadcast_app.stats import stats
+from broadcast_app.upstream.redis_py import resp
 from project.demo.models import Product
 from tests.conftest import Received, layers_for
 from tests.testapp.models import Article, Attachment
