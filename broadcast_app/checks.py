@@ -13,6 +13,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from .conf import conf
 from .layer import PUBSUB_BACKEND, layer_config
 from .registry import all_configs
+from .upstream import FAST_PATHS
 
 _POSITIVE_INTS: tuple[str, ...] = (
     "BROADCAST_QUEUE_SIZE",
@@ -213,3 +214,26 @@ def check_wrap_querysets(
             id="broadcast_app.W020",
         )
     ]
+
+
+@register()
+def check_fast_paths(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    value = getattr(settings, "BROADCAST_FAST_PATHS", True)
+    if isinstance(value, bool):
+        return []
+    names = [value] if isinstance(value, str) else value
+    try:
+        unknown = sorted(str(name) for name in names if name not in FAST_PATHS)
+    except TypeError:
+        unknown = [repr(value)]
+    if isinstance(value, str) or unknown:
+        return [
+            Error(
+                "BROADCAST_FAST_PATHS must be True, False or a collection of fast path names"
+                + (f"; unknown: {', '.join(unknown)}." if unknown else "."),
+                hint=f"Known names: {', '.join(sorted(FAST_PATHS))} (docs/architecture.md, "
+                "'Private APIs we use').",
+                id="broadcast_app.E011",
+            )
+        ]
+    return []

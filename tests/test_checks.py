@@ -164,3 +164,21 @@ def test_check_ids_are_unique() -> None:
         for check_id in re.findall(r'id="(broadcast_app\.[EW]\d{3})"', module.read_text())
     ]
     assert len(found) == len(set(found)) >= 8
+
+
+@pytest.mark.parametrize(
+    "value", [["session_send", "no_such_path"], "session_send", 5, [["nested"]]]
+)
+def test_fast_paths_of_unknown_names_or_shape_are_e011(value: Any, settings: Any) -> None:
+    from broadcast_app.checks import check_fast_paths
+
+    settings.BROADCAST_FAST_PATHS = value
+    assert [error.id for error in check_fast_paths(None)] == ["broadcast_app.E011"]
+
+
+@pytest.mark.parametrize("value", [True, False, [], ["session_send", "direct_queue"]])
+def test_fast_paths_of_known_names_pass(value: Any, settings: Any) -> None:
+    from broadcast_app.checks import check_fast_paths
+
+    settings.BROADCAST_FAST_PATHS = value
+    assert check_fast_paths(None) == []
