@@ -15,6 +15,8 @@ from typing import Any
 
 #: deepest nesting of arrays and objects a client frame may have
 MAX_DEPTH = 32
+#: the answer to a frame nested deeper, whether or not this Python's parser reads it
+_TOO_DEEP = f"Frames nest at most {MAX_DEPTH} levels deep."
 
 
 class ProtocolError(Exception):
@@ -59,12 +61,14 @@ def parse_frame(text: str) -> dict[str, Any]:
     """A client's text frame as a JSON object, or a :class:`ProtocolError`."""
     try:
         message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+    except RecursionError:  # nested deeper than this Python's parser goes
+        raise ProtocolError("bad_request", _TOO_DEEP) from None
+    except ValueError:
         raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_request", "A frame must be a JSON object.")
     if text.count("[") + text.count("{") > MAX_DEPTH and _nested_deeper(message, MAX_DEPTH):
-        raise ProtocolError("bad_request", f"Frames nest at most {MAX_DEPTH} levels deep.")
+        raise ProtocolError("bad_request", _TOO_DEEP)
     return message
 
 

@@ -101,7 +101,7 @@ async def test_ping_pong(anon_ws: WebsocketCommunicator) -> None:
         ('{"type":[]}', "bad_request"),
         ('{"type":{}}', "bad_request"),
         ('{"type":"subscribe","model":["demo.product"]}', "bad_request"),
-        ("[" * 2000 + "]" * 2000, "bad_json"),  # deeper than the parser goes
+        ("[" * 2000 + "]" * 2000, "bad_request"),  # 3.11's parser raises, 3.13's reads it
         ('{"type":"ping","ref":' + "[" * 40 + "]" * 40 + "}", "bad_request"),
         ('{"type":"ping","ref":NaN}', "bad_json"),
         ('{"type":"ping","ref":-Infinity}', "bad_json"),

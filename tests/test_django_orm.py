@@ -111,8 +111,10 @@ def django_tests_dir() -> Path:
     if (tests / "runtests.py").exists():
         return tests
     cache.mkdir(exist_ok=True)
-    archive = cache / f"django-{version}.tar.gz"
-    if not archive.exists():
+    # Older sdists are named Django-<version>.tar.gz, newer ones django-<version>.tar.gz.
+    names = {f"django-{version}", f"Django-{version}"}
+    archives = [cache / f"{name}.tar.gz" for name in sorted(names)]
+    if not any(archive.exists() for archive in archives):
         subprocess.run(
             [
                 sys.executable,
@@ -131,11 +133,13 @@ def django_tests_dir() -> Path:
             timeout=300,
         )
     # Unpacked beside, then renamed: a concurrent run never sees half a tree.
+    archive = next(archive for archive in archives if archive.exists())
     staging = Path(tempfile.mkdtemp(dir=cache))
     with tarfile.open(archive) as tar:
         tar.extractall(staging, filter="data")
+    (unpacked,) = [staging / name for name in names if (staging / name).is_dir()]
     try:
-        (staging / f"django-{version}").rename(cache / f"django-{version}")
+        unpacked.rename(cache / f"django-{version}")
     except OSError:
         if not (tests / "runtests.py").exists():
             raise
