@@ -33,11 +33,12 @@ from .access import revalidator, session_key
 from .conf import conf
 from .echo import bind
 from .events import frame_head
+from .floors import Floors
 from .frames import ProtocolError, parse_frame, valid_text
 from .hub import hub
 from .limits import ResumeBucket, resume_turn
 from .listener import listener
-from .log import Replay, event_log
+from .log import Replay, covers, event_log, position
 from .probe import DISCONNECTED
 from .registry import ModelConfig, NotRegistered, get_config
 from .sender import Sender
@@ -96,6 +97,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         #: subscriptions whose log is being read, with the live events held meanwhile
         #: (None once more arrived than the send queue holds: a reset replaces them)
         self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
+        self.floors = Floors()
         self.permissions: dict[str, bool] = {}
         self.closing = False
         await self.accept()
@@ -119,6 +121,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.closing = True
         self._unsubscribe_all()
         self.resuming = {}
+        self.floors.clear()
         if self.counted:
             self.counted = False
             stats.incr("connections_closed")
@@ -169,6 +172,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Called by the hub for each event this connection subscribed to."""
+        if self.floors and self.floors.covered(
+            self.subscriptions, event["model"], event["pk"], event["id"]
+        ):
+            return
         if self.resuming:
             for key in ((event["model"], None), (event["model"], event["pk"])):
                 if key in self.resuming:
@@ -294,6 +301,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         sent = await self._replay(config, pk, replay.frames)
         finally:
             held = self.resuming.pop(key, [])
+        if since is not None and last_id is not None:
+            # What the read covered never goes out again, held or still on its way.
+            floor = position(last_id)
+            if floor is not None and held:
+                held = [(frame, event) for frame, event in held if not covers(floor, event["id"])]
+            self.floors.set(key, last_id, hub.last_ids.get(config.label))
         if held is None:
             # More live events came while the log was read than the queue holds.
             self.reset(config.label, pk, "overflow")
@@ -353,6 +366,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""
         config, pk = self._target(message)
         self.subscriptions.discard((config.label, pk))
+        self.floors.discard((config.label, pk))
         hub.remove(self, config.label, pk)
 
     handlers: dict[str, Callable[[BroadcastConsumer, dict[str, Any]], Awaitable[None]]] = {

@@ -67,6 +67,21 @@ class Replay:
     last_id: str | None = None
 
 
+def position(event_id: str) -> tuple[str, int, int] | None:
+    """An event id as ``(epoch, ms, seq)``, ordered within an epoch; None if malformed."""
+    parsed = parse_since(event_id)
+    if parsed is None:
+        return None
+    ms, _, seq = parsed[0].partition("-")
+    return parsed[1], int(ms), int(seq)
+
+
+def covers(floor: tuple[str, int, int], event_id: str) -> bool:
+    """Whether the event is at or before ``floor`` in the same epoch."""
+    at = position(event_id)
+    return at is not None and at[0] == floor[0] and at[1:] <= floor[1:]
+
+
 def parse_since(since: object) -> tuple[str, str] | None:
     """The stream id and epoch of a ``since`` as the server issues them, else None."""
     if not isinstance(since, str):

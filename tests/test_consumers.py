@@ -342,6 +342,34 @@ async def test_a_replay_longer_than_the_send_queue_is_a_reset(
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
+async def test_events_the_replay_carried_are_not_sent_again_when_they_arrive_late(
+    viewer_ws: WebsocketCommunicator, redis_server: Any
+) -> None:
+    """Events this instance's listener has not received yet when a resuming
+    subscription reads the log reach the hub later (here: the listener repairs the gap
+    they left); the client had them from the replay and gets each once."""
+    from tests.test_continuity import deaf_layers, save_stock
+
+    ws = viewer_ws
+    await ask(ws, {"type": "subscribe", "model": "demo.product"})
+    product = await database_sync_to_async(make)("L-1")
+    created = await ws.receive_json_from(timeout=TIMEOUT)
+    assert created["op"] == "created", created
+    await ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+    with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
+        await database_sync_to_async(save_stock)(product, range(11, 14))  # logged, unheard
+    reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "since": created["id"]})
+    assert reply["type"] == "subscribed"
+    replayed = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(3)]
+    assert [f["data"]["stock"] for f in replayed] == [11, 12, 13]
+    # The next event shows the listener its gap: it delivers 11..13 from the log, then 14.
+    await database_sync_to_async(save_stock)(product, range(14, 15))
+    after = await ws.receive_json_from(timeout=TIMEOUT)
+    assert (after["type"], after["data"]["stock"]) == ("change", 14), after
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+
+
 async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
     small_queue_ws: WebsocketCommunicator, redis_client: Any
 ) -> None:
