@@ -185,6 +185,12 @@ class InstanceRuntime:
         ours = [task for task in self._tasks.values() if task.get_loop() is loop]
         self._tasks = {n: t for n, t in self._tasks.items() if t.get_loop() is not loop}
         await asyncio.gather(*(_cancel(task) for task in ours))
+        from .listener import listener
+
+        # Not subscribed any more: a start() in this loop waits for the new subscription
+        # (the old flag let it return before the new listener had subscribed, and an
+        # event published then was taken for one older than the listener).
+        listener.subscribed.clear()
         from .relay import in_process
 
         if in_process.running:

@@ -201,6 +201,8 @@ async def test_stop_cancels_every_task_joins_the_thread_and_closes_every_connect
         assert not in_process.running
         assert not [t for t in threading.enumerate() if t.name == "broadcast-outbox-relay"]
         assert not listener.running and not runtime.running("heartbeat")
+        # A start() after this waits for a new subscription, not the old one's flag.
+        assert not listener.subscribed.is_set()
     finally:
         checker.close()
 
