@@ -33,6 +33,11 @@ def not_after(event_id: str, last: str) -> bool:
     return _epoch(event_id) == _epoch(last) and id_key(event_id) <= id_key(last)
 
 
+#: ``Continuity.last`` of a model whose log held no event when this instance began to
+#: follow it: its first event has no previous id, and any other reveals a gap
+EMPTY = ""
+
+
 class Continuity:
     """The last event id processed per model, and gap repair."""
 
@@ -45,8 +50,9 @@ class Continuity:
 
     async def prime(self, labels: list[str]) -> None:
         """Start from the logs' current ends (call before subscribing, so no event
-        published in between goes unnoticed: it shows up as a gap). A model already
-        followed keeps its last id: what was published since is a gap to repair."""
+        published in between goes unnoticed: it shows up as a gap; a model whose log
+        is empty starts from ``EMPTY``). A model already followed keeps its last id:
+        what was published since is a gap to repair."""
         for label in labels:
             if label in self.last:
                 continue
@@ -54,8 +60,7 @@ class Continuity:
                 last = await event_log.last_id(label)
             except Exception:  # Redis unreachable: the first event will set it
                 continue
-            if last:
-                self.last[label] = last
+            self.last[label] = last or EMPTY
 
     async def missed(self, label: str, upto: str | None = None) -> list[tuple[str, str]] | None:
         """Frames after the last processed one (before ``upto``), or None after a reset."""
@@ -63,7 +68,10 @@ class Continuity:
         if last is None:
             return []
         try:
-            replay = await event_log.read_after(label, last)
+            if last == EMPTY:
+                replay = await event_log.read_from_start(label)
+            else:
+                replay = await event_log.read_after(label, last)
         except Exception:
             replay = Replay(False, "unavailable")
         if not replay.complete:

@@ -151,6 +151,23 @@ class EventLog:
             return Replay(False, "too_old", last_id=last)
         return Replay(True, frames=frames, last_id=frames[-1][0])
 
+    async def read_from_start(self, label: str) -> Replay:
+        """Every event of a log that had none when this instance began to follow it,
+        if the log still holds all of them (its first entry has no previous id)."""
+        client, _, r = self._client(label)
+        epoch = await client.hget(r.meta, "epoch")
+        if not epoch:
+            return Replay(True)  # still no event
+        first = await client.xrange(r.stream, min="-", max="+", count=1)
+        if not first or first[0][1].get("p") != "":
+            return Replay(False, "too_old", last_id=await self.last_id(label))
+        first_id = f"{first[0][0]}:{epoch}"
+        rest = await self.read_after(label, first_id)
+        if not rest.complete:
+            return rest
+        frames = [(first_id, frame_from_body(first_id, first[0][1]["b"])), *rest.frames]
+        return Replay(True, frames=frames, last_id=frames[-1][0])
+
     async def _frames(
         self, client: Any, stream: str, since: str, end: str
     ) -> list[tuple[str, str]]:

@@ -83,6 +83,28 @@ async def test_watchdog_finds_a_gap_no_later_event_reveals(
     assert await next_stocks(seen, 3) == [1, 2, 3]
 
 
+async def test_the_first_events_of_a_log_empty_at_start_are_repaired_too(
+    running_listener: Any,
+    seen: asyncio.Queue[dict[str, Any]],
+    redis_server: Any,
+    redis_client: redis.Redis,
+) -> None:
+    """A model with no event yet when the listener starts: its first events, if
+    missed, are a gap like any other (nothing before them tells, but the log does)."""
+    redis_client.delete(stream_key("demo.product"), meta_key("demo.product"))
+    await running_listener.stop()  # follow the now empty log from its start
+    await running_listener.start()
+    with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
+        product = await database_sync_to_async(Product.objects.create)(
+            name="E", sku="E", price=Decimal(1)
+        )  # logged, unheard: the log's first event
+        assert await asyncio.to_thread(publisher.flush, TIMEOUT)
+    await database_sync_to_async(save_stock)(product, range(5, 6))
+    first = await asyncio.wait_for(seen.get(), TIMEOUT)
+    assert (first["op"], first["pk"]) == ("created", str(product.pk))
+    assert await next_stocks(seen, 1) == [5]
+
+
 async def test_lost_log_resets_cache_and_subscribers(
     running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_client: redis.Redis
 ) -> None:

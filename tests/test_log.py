@@ -21,7 +21,7 @@ from django.test import override_settings
 
 from broadcast_app import publisher
 from broadcast_app.limits import read_gate
-from broadcast_app.log import PAGE_SIZE, event_log
+from broadcast_app.log import PAGE_SIZE, Replay, event_log
 from broadcast_app.routing import websocket_urlpatterns
 from project.demo.models import Product
 
@@ -223,3 +223,25 @@ async def test_a_since_with_an_escaped_lone_surrogate_is_a_reset_malformed(
     await ws.send_json_to({"type": "ping"})
     assert await ws.receive_json_from(TIMEOUT) == {"type": "pong"}
     await ws.disconnect()
+
+
+async def test_a_log_read_from_its_start_holds_every_event_or_says_it_lost_some(
+    redis_client: redis.Redis,
+) -> None:
+    from broadcast_app.layer import meta_key, stream_key
+
+    redis_client.delete(stream_key(LABEL), meta_key(LABEL))
+    try:
+        assert await event_log.read_from_start(LABEL) == Replay(True)  # no event yet
+        await database_sync_to_async(changes)(3)  # the created event and 3 updates
+        replay = await event_log.read_from_start(LABEL)
+        assert replay.complete and len(replay.frames) == 4
+        assert replay.last_id == replay.frames[-1][0] == await event_log.last_id(LABEL)
+        assert '"op":"created"' in replay.frames[0][1]
+        # The first entry trimmed: what it held is lost, and the read says so.
+        redis_client.xtrim(stream_key(LABEL), maxlen=3, approximate=False)
+        trimmed = await event_log.read_from_start(LABEL)
+        assert (trimmed.complete, trimmed.reason) == (False, "too_old")
+        assert trimmed.last_id == replay.last_id
+    finally:
+        await event_log.close()
