@@ -135,10 +135,10 @@ _BATCH = 500
 # queued, before it reads Redis's replies, unless an event is queued meanwhile. The
 # events are on their way by then; Redis answers this process first, then writes them
 # to the instances, and a thread that reads the reply at once takes a core from the
-# instance and its clients at the very moment they handle the event: on a 2-core
-# machine that cost about 35-125 us of commit -> websocket latency per event (benchmark,
-# 1 client). 0.5 ms covers an instance's fan-out to tens of clients (50 clients, p50
-# over the floor: 1.37-1.41 with 0.2 ms, 1.29-1.32 with 0.5, no better with 1).
+# instance and its clients at the very moment they handle the event, which showed up as
+# commit -> websocket latency on small machines. The delay is long enough to cover an
+# instance's fan-out to tens of clients and short enough not to hold the next batch
+# (the figures that chose it: docs/benchmark.md, "Where the time goes", Replies).
 _REPLY_DELAY = 0.0005
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
