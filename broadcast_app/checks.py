@@ -12,7 +12,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import DELIVERY_MODES, SETTINGS, Kind, conf
 from .layer import PUBSUB_BACKEND, layer_config
-from .registry import all_configs
+from .model_configs import all_configs
 from .upstream import FAST_PATHS
 
 #: the numeric settings that must be a positive, finite number (E006): a zero would

@@ -13,7 +13,7 @@ every publishing process.
 Events that cannot be published (queue full, Redis down or slower than
 ``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code. What
 Redis has not taken when the process exits is written to the outbox table (see
-:func:`.outbox.spill_events`), from where a relay publishes it.
+:func:`.outbox_rows.spill_events`), from where a relay publishes it.
 
 In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same script with
 :meth:`Publisher.send_now`, synchronously, with no thread or queue.
@@ -408,7 +408,7 @@ class Publisher:
         self, pending: dict[str, _Waiting], q: queue.SimpleQueue[Queued | _Flush], spill: _Spill
     ) -> None:
         """Write every event still held, and every reset still owed, to the outbox."""
-        from .outbox import spill_events  # outbox imports this module
+        from .outbox_rows import spill_events  # needed only at exit, with events left
 
         rest: list[Queued] = []
         with contextlib.suppress(queue.Empty):
