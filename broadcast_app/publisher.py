@@ -32,20 +32,20 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from .conf import conf
 from .events import Change, Saved, event_body, frame_from_body, iso_time, resolved
 from .failover import PublishedIds
 from .layer import MESSAGE_TYPE, RESET_TYPE, Route, new_epoch, route
-from .redis_clients import make_client
+from .redis_clients import failures, make_client
 from .stats import stats
 from .testenv import held_back
 from .throttle import Throttle
 from .upstream.channels_redis import LayerSender
-from .upstream.redis_py import commands_for
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -486,7 +486,7 @@ class Publisher:
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
                     calls.append(("EVALSHA", client.script, len(keys), *keys, *args))
                 results = client.call(calls, pause)
-            except (redis.RedisError, OSError) as exc:
+            except failures() as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
                     "redis",
@@ -550,7 +550,7 @@ class Publisher:
         for r, names in by_host.values():
             try:
                 self._client(r).redis.delete(*names)
-            except (redis.RedisError, OSError):
+            except failures():
                 self._drop_client(r)  # they expire by themselves
 
     def send_resets(self, labels: set[str], why: str) -> set[str]:
@@ -571,7 +571,7 @@ class Publisher:
                 if not r.channel:
                     message = {"type": RESET_TYPE, "model": label, "reason": "lost"}
                     client.layer_send([(r.group, message)])
-            except (redis.RedisError, OSError):
+            except failures():
                 self._drop_client(r)
                 continue
             told.add(label)
@@ -608,6 +608,9 @@ class _Client:
     fast path allows it)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        # Imported with the first client, as redis-py is (see redis_clients).
+        from .upstream.redis_py import commands_for
+
         self.redis = client
         self.script = client.script_load(PUBLISH_SCRIPT)
         self._commands = commands_for(client)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,12 +245,12 @@ def test_names_keep_their_old_homes() -> None:
 
 
 def test_django_setup_loads_the_saving_side_only() -> None:
-    # tests.settings registers models in a ready(): what every project's setup does. The
-    # publisher comes along (and with it redis-py): the first save hands it its change,
-    # and importing it then would add its import time to that save. Nothing of an
-    # instance's (the listener, its runtime, channels-redis) and no development helper.
+    # tests.settings registers models in a ready(): what every project's setup does.
+    # Nothing of an instance's (listener, runtime, channels-redis), no development
+    # helper, and no Redis client: redis-py comes with the first client the publisher
+    # thread makes (see the next test).
     loaded = _run("import django; django.setup()", settings="tests.settings")
-    assert "broadcast_app.publisher" in loaded["package"]
+    assert "broadcast_app.capture" in loaded["package"]  # the test reads a real setup
     instance_side = {
         "broadcast_app.listener",
         "broadcast_app.runtime",
@@ -260,6 +261,61 @@ def test_django_setup_loads_the_saving_side_only() -> None:
         "broadcast_app.embedded_redis",
     }
     assert instance_side.isdisjoint(loaded["package"])
-    assert not any(m.startswith("channels_redis") for m in loaded["clients"])
+    assert loaded["clients"] == []
     # Today's count (29); a jump means something heavy joined the startup path.
     assert len(loaded["package"]) <= 32, loaded["package"]
+
+
+_FIRST_SAVE = """
+import sys, threading
+importers = []
+
+class Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name == "redis":
+            importers.append(threading.current_thread().name)
+        return None
+
+sys.meta_path.insert(0, Recorder())
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from broadcast_app import publisher
+from tests.testapp.models import Note
+Note.objects.create(text="first")
+in_saving_thread = list(importers)
+assert publisher.flush(10), "the publisher did not publish the first save"
+print("IMPORTERS", in_saving_thread, importers)
+"""
+
+
+def test_the_first_save_leaves_the_redis_import_to_the_publisher_thread(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        REDIS_URL=redis_server.url,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _FIRST_SAVE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("IMPORTERS"))
+    in_saving_thread, importers = (ast.literal_eval(part) for part in _split(line))
+    assert in_saving_thread == []  # save() returned without importing redis-py
+    assert importers and "MainThread" not in importers  # the publisher thread did
+
+
+def _split(line: str) -> list[str]:
+    # "IMPORTERS [..] [..]": two Python lists of thread names
+    rest = line.removeprefix("IMPORTERS ").strip()
+    first_end = rest.index("]") + 1
+    return [rest[:first_end], rest[first_end:].strip()]
