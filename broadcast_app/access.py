@@ -50,7 +50,7 @@ from django.core.exceptions import ValidationError
 from django.utils.crypto import constant_time_compare
 
 from .conf import conf
-from .registry import ModelConfig, NotRegistered, get_config
+from .model_configs import ModelConfig, NotRegistered, get_config
 from .runtime import runtime
 from .stats import stats
 

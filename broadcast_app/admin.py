@@ -28,8 +28,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
+from .model_configs import NotRegistered, get_config
 from .positions import render_since
-from .registry import NotRegistered, get_config
 
 __all__ = ["LiveAdminMixin"]
 

@@ -5,7 +5,7 @@ These fire no save signals, so broadcast_app wraps the three ``QuerySet`` method
 when the first model is registered, and ``QuerySet.delete()`` too (see below); for
 models that are not registered the wrappers only add a dictionary lookup. A write
 through a proxy publishes as its concrete model, one through a multi-table child for
-the child and each registered parent (:func:`~.registry.configs_for`).
+the child and each registered parent (:func:`~.model_configs.configs_for`).
 
 ``update()`` first selects the matching pks (``SELECT ... FOR UPDATE`` where the database
 supports it) and the old values of the fields it sets, then updates exactly those rows
@@ -38,7 +38,7 @@ from django.db.models.deletion import Collector
 from .capture import collect_deleted, record_item, snapshot_key, snapshots
 from .conf import conf
 from .events import _MISSING, Op, normalize, raw_values
-from .registry import ModelConfig, configs_for, get_config
+from .model_configs import ModelConfig, configs_for, get_config
 from .rows import DeletedRows, RowSet
 from .stats import stats
 

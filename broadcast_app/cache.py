@@ -28,7 +28,7 @@ from django.db import models
 
 from .conf import conf
 from .events import field_values, serialize, to_json_data
-from .registry import ModelConfig, get_config
+from .model_configs import ModelConfig, get_config
 from .stats import stats
 
 __all__ = ["Lookup", "apply_event", "delete", "fetch", "get"]

@@ -35,7 +35,7 @@ from .buffer import record
 from .conf import conf
 from .django_compat import prefetched
 from .events import _MISSING, Change, Saved, normalize, raw_values, serialize
-from .registry import ModelConfig
+from .model_configs import ModelConfig, all_configs
 from .rows import RowSet
 from .stats import stats
 
@@ -71,8 +71,6 @@ def connect(config: ModelConfig) -> None:
 
 
 def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
-    from .registry import all_configs
-
     for config in all_configs():
         if sender is not config.model and issubclass(sender, config.model):
             _connect_sender(config, sender)

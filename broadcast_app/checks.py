@@ -10,48 +10,34 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import conf
+from .conf import DELIVERY_MODES, SETTINGS, Kind, conf
 from .layer import PUBSUB_BACKEND, layer_config
-from .registry import all_configs
+from .model_configs import all_configs
 from .upstream import FAST_PATHS
 
-_POSITIVE_INTS: tuple[str, ...] = (
-    "BROADCAST_QUEUE_SIZE",
-    "BROADCAST_OUTAGE_BUFFER",
-    "BROADCAST_LOG_MAXLEN",
-    "BROADCAST_MAX_FRAME_BYTES",
-    "BROADCAST_MAX_SUBSCRIPTIONS",
-    "BROADCAST_SEND_QUEUE_SIZE",
-    "BROADCAST_FEED_SIZE",
-)
-_POSITIVE_FLOATS: tuple[str, ...] = (
-    "BROADCAST_REDIS_TIMEOUT",
-    "BROADCAST_FLUSH_TIMEOUT",
-    "BROADCAST_SEND_TIMEOUT",
-    "BROADCAST_HEARTBEAT_INTERVAL",
-    "BROADCAST_HEARTBEAT_TTL",
-    "BROADCAST_DASHBOARD_REFRESH",
-    "BROADCAST_OUTBOX_INTERVAL",
-    "BROADCAST_REVALIDATE_INTERVAL",
-)
-# The resume budget (per connection and per instance): a 0 would refuse every resume.
-_POSITIVE_INTS += (
-    "BROADCAST_RESUME_MAX_EVENTS",
-    "BROADCAST_RESUME_RATE",
-    "BROADCAST_RESUME_CONCURRENCY",
-)
-_POSITIVE_FLOATS += ("BROADCAST_RESUME_WINDOW",)
-DELIVERY_MODES = ("best_effort", "outbox")
-# Delivery guarantees: gap repair and the liveness probe. Zero would spin the listener's
-# loops; a negative age or cache timeout would keep nothing.
-_DELIVERY_FLOATS = ("BROADCAST_RECOVERY_INTERVAL", "BROADCAST_CONFIRM_TIMEOUT")
-#: the numeric settings that must be a positive, finite number (E006)
-POSITIVE: tuple[str, ...] = _POSITIVE_INTS + _POSITIVE_FLOATS + _DELIVERY_FLOATS
-#: settings where 0 (or None) has a documented meaning, and only a negative is wrong
+#: the numeric settings that must be a positive, finite number (E006): a zero would
+#: refuse every resume, spin the listener's loops or time out every call
+POSITIVE: tuple[str, ...] = tuple(n for n, s in SETTINGS.items() if s.kind == "positive")
+#: settings where 0 (or None) has a documented meaning, and only a negative is wrong (E010)
 _NON_NEGATIVE = {
     "BROADCAST_LOG_MAX_AGE": "0 means no age limit",
     "BROADCAST_CACHE_TIMEOUT": "None keeps entries until evicted",
 }
+#: every kind of setting in conf.SETTINGS, and the check id that validates it
+CHECK_OF_KIND: dict[Kind, str] = {
+    "flag": "broadcast_app.E012",
+    "text": "broadcast_app.E013",
+    "instance_id": "broadcast_app.E013",
+    "positive": "broadcast_app.E006",
+    "positive_or_zero": "broadcast_app.E010",
+    "positive_or_none": "broadcast_app.E010",
+    "delivery": "broadcast_app.E007",
+    "fast_paths": "broadcast_app.E011",
+}
+
+
+def _named(*kinds: Kind) -> list[str]:
+    return [name for name, setting in SETTINGS.items() if setting.kind in kinds]
 
 
 def _valid(name: str, allow_zero: bool = False, allow_none: bool = False) -> bool:
@@ -190,12 +176,13 @@ def check_limits(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list
             hint=f"Remove {name} to use its default, or give a finite number above 0.",
             id="broadcast_app.E010",
         )
-        for name, meaning in _NON_NEGATIVE.items()
+        for name in _named("positive_or_zero", "positive_or_none")
         if not _valid(
             name,
-            allow_zero=name == "BROADCAST_LOG_MAX_AGE",
-            allow_none=name == "BROADCAST_CACHE_TIMEOUT",
+            allow_zero=SETTINGS[name].kind == "positive_or_zero",
+            allow_none=SETTINGS[name].kind == "positive_or_none",
         )
+        for meaning in [_NON_NEGATIVE[name]]
     ]
 
 
@@ -218,7 +205,7 @@ def check_wrap_querysets(
 
 @register()
 def check_fast_paths(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
-    value = getattr(settings, "BROADCAST_FAST_PATHS", True)
+    value = getattr(settings, "BROADCAST_FAST_PATHS", SETTINGS["BROADCAST_FAST_PATHS"].default)
     if isinstance(value, bool):
         return []
     names = [value] if isinstance(value, str) else value
@@ -237,3 +224,36 @@ def check_fast_paths(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
             )
         ]
     return []
+
+
+@register()
+def check_flags(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    # Read raw: conf gives bool(value), and a flag set from an environment variable
+    # ("False", "0") would read as True.
+    return [
+        Error(
+            f"{name} must be True or False, not {type(value).__name__} {value!r}.",
+            hint=f"Remove {name} to use its default ({SETTINGS[name].default}), or set it "
+            "to True or False (a string from the environment needs converting).",
+            id="broadcast_app.E012",
+        )
+        for name in _named("flag")
+        for value in [getattr(settings, name, SETTINGS[name].default)]
+        if not isinstance(value, bool)
+    ]
+
+
+@register()
+def check_text(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    return [
+        Error(
+            f"{name} must be a string, not {type(value).__name__}"
+            + (" (or None for the default)." if none_ok else "."),
+            hint=f"Remove {name} to use its default, or give a string.",
+            id="broadcast_app.E013",
+        )
+        for name in _named("text", "instance_id")
+        for value in [getattr(settings, name, SETTINGS[name].default)]
+        for none_ok in [SETTINGS[name].kind == "instance_id"]
+        if not (isinstance(value, str) or (none_ok and value is None))
+    ]

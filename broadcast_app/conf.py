@@ -2,8 +2,10 @@
 changes (``override_settings`` and pytest-django's ``settings`` send Django's
 ``setting_changed``, which clears what was remembered).
 
-Each property is one Django setting; the default is inline and the docstring is its
-one-line meaning. The README's configuration reference mirrors this file.
+:data:`SETTINGS` is the one table of every setting: its default, its kind (what
+``checks.py`` validates it as) and its one-line meaning. The typed properties of
+:class:`Settings` read their defaults from it, and tests hold the README's configuration
+reference and the properties to it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,209 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from django.conf import settings
+
+#: How a setting is validated by ``checks.py`` (each kind has its check and id there).
+Kind = Literal[
+    "flag",  # True or False
+    "text",  # a string
+    "instance_id",  # a string, or None for the environment variable, else host:pid
+    "positive",  # a finite number above 0
+    "positive_or_zero",  # a finite number, 0 or above (0 has a documented meaning)
+    "positive_or_none",  # a finite number above 0, or None (None has a documented meaning)
+    "delivery",  # one of DELIVERY_MODES
+    "fast_paths",  # True, False or a collection of fast path names
+]
+
+DELIVERY_MODES = ("best_effort", "outbox")
+
+
+class Setting(NamedTuple):
+    """One setting: its default, how it is validated, and what it means."""
+
+    default: Any
+    kind: Kind
+    meaning: str
+    #: how the default reads in the docs when it is not a literal value
+    shown: str | None = None
+
+
+SETTINGS: dict[str, Setting] = {
+    "BROADCAST_ENABLED": Setting(
+        True,
+        "flag",
+        "Master switch: when False, saves are not captured and nothing is published.",
+    ),
+    "BROADCAST_CHANNEL_LAYER": Setting(
+        "default",
+        "text",
+        "Alias in ``CHANNEL_LAYERS`` of the RedisPubSubChannelLayer events travel on.",
+    ),
+    "BROADCAST_GROUP_PREFIX": Setting(
+        "broadcast",
+        "text",
+        "Prefix of the channel-layer group (one per model) and of the Redis keys.",
+    ),
+    "BROADCAST_CACHE_ALIAS": Setting(
+        "default",
+        "text",
+        "Alias in ``CACHES`` of the per-instance broadcast cache.",
+    ),
+    "BROADCAST_CACHE_TIMEOUT": Setting(
+        3600,
+        "positive_or_none",
+        "Seconds a broadcast cache entry lives (None: until evicted).",
+    ),
+    "BROADCAST_INSTANCE_ID": Setting(
+        None,
+        "instance_id",
+        "This process's id, the ``origin`` of its events (default: env var, else host:pid).",
+        shown="env `BROADCAST_INSTANCE_ID`, else `host:pid`",
+    ),
+    "BROADCAST_DELIVERY": Setting(
+        "best_effort",
+        "delivery",
+        '``"best_effort"`` (events wait in memory for Redis) or ``"outbox"`` (events are '
+        "written to a table in the saving transaction and relayed from it).",
+    ),
+    "BROADCAST_OUTBOX_RELAY": Setting(
+        True,
+        "flag",
+        "Whether each instance runs the outbox relay beside its listener (outbox mode).",
+    ),
+    "BROADCAST_OUTBOX_INTERVAL": Setting(
+        1.0,
+        "positive",
+        "Seconds between two outbox relay passes when nothing wakes the relay sooner.",
+    ),
+    "BROADCAST_PUBLISH_IN_TESTS": Setting(
+        False,
+        "flag",
+        "Whether events reach Redis while Django's test environment is set up.",
+    ),
+    "BROADCAST_REDIS_TIMEOUT": Setting(
+        0.5,
+        "positive",
+        "Seconds the publisher waits on Redis (connect and reply) before giving up.",
+    ),
+    "BROADCAST_QUEUE_SIZE": Setting(
+        10_000,
+        "positive",
+        "Events a process holds for its publisher thread; more are dropped (and counted).",
+    ),
+    "BROADCAST_FLUSH_TIMEOUT": Setting(
+        2.0,
+        "positive",
+        "Seconds a process waits at exit for queued events to be published.",
+    ),
+    "BROADCAST_OUTAGE_BUFFER": Setting(
+        10_000,
+        "positive",
+        "Events a process keeps while Redis is down; beyond, the oldest are dropped and their"
+        " models' subscribers get ``reset``.",
+    ),
+    "BROADCAST_RECOVERY_INTERVAL": Setting(
+        5.0,
+        "positive",
+        "Seconds between two checks that this instance missed no event (gap repair).",
+    ),
+    "BROADCAST_LOG_MAXLEN": Setting(
+        10_000,
+        "positive",
+        "Approximate number of events kept per model in the Redis stream that assigns ids.",
+    ),
+    "BROADCAST_LOG_MAX_AGE": Setting(
+        3600,
+        "positive_or_zero",
+        "Seconds an event stays in its model's log for resume (approximately; 0: no limit).",
+    ),
+    "BROADCAST_MAX_FRAME_BYTES": Setting(
+        4096,
+        "positive",
+        "Largest websocket frame accepted from a client; larger ones get ``too_large``.",
+    ),
+    "BROADCAST_MAX_SUBSCRIPTIONS": Setting(
+        100,
+        "positive",
+        "Subscriptions one websocket connection may hold at once.",
+    ),
+    "BROADCAST_RESUME_MAX_EVENTS": Setting(
+        1000,
+        "positive",
+        "Most events one resume (``since``) replays; more after ``since`` is a ``reset``.",
+    ),
+    "BROADCAST_RESUME_RATE": Setting(
+        20,
+        "positive",
+        "Resumes a connection may start per ``BROADCAST_RESUME_WINDOW``; more are ``reset``.",
+    ),
+    "BROADCAST_RESUME_WINDOW": Setting(
+        10.0,
+        "positive",
+        "Seconds in which a connection's ``BROADCAST_RESUME_RATE`` resumes come back.",
+    ),
+    "BROADCAST_RESUME_CONCURRENCY": Setting(
+        1,
+        "positive",
+        "Resumes one instance reads and replays at once (waiting longer for a turn: ``busy``).",
+    ),
+    "BROADCAST_SEND_QUEUE_SIZE": Setting(
+        1000,
+        "positive",
+        "Frames queued per websocket connection; past it, its events become ``reset``s.",
+    ),
+    "BROADCAST_SEND_TIMEOUT": Setting(
+        10.0,
+        "positive",
+        "Seconds a client may take no data while frames wait; then it is closed (4008).",
+    ),
+    "BROADCAST_HEARTBEAT_INTERVAL": Setting(
+        5.0,
+        "positive",
+        "Seconds between two heartbeats by which an instance reports itself in Redis.",
+    ),
+    "BROADCAST_HEARTBEAT_TTL": Setting(
+        15.0,
+        "positive",
+        "Seconds after its last heartbeat that an instance drops off the dashboard.",
+    ),
+    "BROADCAST_CONFIRM_TIMEOUT": Setting(
+        5.0,
+        "positive",
+        "Seconds an instance may go without confirming that it still receives from Redis; "
+        "past it, it serves no cache hits and sends ``reset`` (``disconnected``).",
+    ),
+    "BROADCAST_FEED_SIZE": Setting(
+        50,
+        "positive",
+        "Latest events (metadata only) each instance keeps in memory for the dashboard.",
+    ),
+    "BROADCAST_DASHBOARD_REFRESH": Setting(
+        2.0,
+        "positive",
+        "Seconds between two refreshes of the staff dashboard (it polls status.json).",
+    ),
+    "BROADCAST_FAST_PATHS": Setting(
+        True,
+        "fast_paths",
+        "Other libraries' undocumented fast paths allowed (True: all, False: none, or a "
+        "collection of names; see docs/architecture.md): each is also checked at use.",
+    ),
+    "BROADCAST_REVALIDATE_INTERVAL": Setting(
+        5.0,
+        "positive",
+        "Seconds between two checks that each open websocket's user is still logged in, "
+        "active and allowed to see its subscriptions (the bound on revocation).",
+    ),
+    "BROADCAST_WRAP_QUERYSETS": Setting(
+        True,
+        "flag",
+        "Wrap ``QuerySet.update/bulk_create/bulk_update/delete`` so bulk writes of registered"
+        " models broadcast; False leaves QuerySet alone (use ``publish_changes``).",
+    ),
+}
 
 # Read on every save: a setting left at its default would otherwise cost an
 # AttributeError raised and caught inside Django's settings object each time.
@@ -24,11 +226,11 @@ _read: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
-def _setting(name: str, default: Any) -> Any:
+def _setting(name: str) -> Any:
     try:
         return _read[name]
     except KeyError:
-        return _remember(name, lambda: getattr(settings, name, default))
+        return _remember(name, lambda: getattr(settings, name, SETTINGS[name].default))
 
 
 def _remember(key: str, compute: Callable[[], Any]) -> Any:
@@ -76,180 +278,146 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class Settings:
-    """Typed access to the ``BROADCAST_*`` settings."""
+    """Typed access to the ``BROADCAST_*`` settings (defaults and meanings: ``SETTINGS``)."""
 
     @property
     def BROADCAST_ENABLED(self) -> bool:
-        """Master switch: when False, saves are not captured and nothing is published."""
-        return bool(_setting("BROADCAST_ENABLED", True))
+        return bool(_setting("BROADCAST_ENABLED"))
 
     @property
     def BROADCAST_CHANNEL_LAYER(self) -> str:
-        """Alias in ``CHANNEL_LAYERS`` of the RedisPubSubChannelLayer events travel on."""
-        return str(_setting("BROADCAST_CHANNEL_LAYER", "default"))
+        return str(_setting("BROADCAST_CHANNEL_LAYER"))
 
     @property
     def BROADCAST_GROUP_PREFIX(self) -> str:
-        """Prefix of the channel-layer group (one per model) and of the Redis keys."""
-        return str(_setting("BROADCAST_GROUP_PREFIX", "broadcast"))
+        return str(_setting("BROADCAST_GROUP_PREFIX"))
 
     @property
     def BROADCAST_CACHE_ALIAS(self) -> str:
-        """Alias in ``CACHES`` of the per-instance broadcast cache."""
-        return str(_setting("BROADCAST_CACHE_ALIAS", "default"))
+        return str(_setting("BROADCAST_CACHE_ALIAS"))
 
     @property
     def BROADCAST_CACHE_TIMEOUT(self) -> int | None:
-        """Seconds a broadcast cache entry lives (None: until evicted)."""
-        value = _setting("BROADCAST_CACHE_TIMEOUT", 3600)
+        value = _setting("BROADCAST_CACHE_TIMEOUT")
         return None if value is None else int(value)
 
     @property
     def BROADCAST_INSTANCE_ID(self) -> str:
-        """This process's id, the ``origin`` of its events (default: env var, else host:pid)."""
         return _instance_id()
 
     @property
     def BROADCAST_PUBLISH_IN_TESTS(self) -> bool:
-        """Whether events reach Redis while Django's test environment is set up."""
-        return bool(_setting("BROADCAST_PUBLISH_IN_TESTS", False))
+        return bool(_setting("BROADCAST_PUBLISH_IN_TESTS"))
 
     @property
     def BROADCAST_REDIS_TIMEOUT(self) -> float:
-        """Seconds the publisher waits on Redis (connect and reply) before giving up."""
-        return float(_setting("BROADCAST_REDIS_TIMEOUT", 0.5))
+        return float(_setting("BROADCAST_REDIS_TIMEOUT"))
 
     @property
     def BROADCAST_DELIVERY(self) -> str:
-        """``"best_effort"`` (events wait in memory for Redis) or ``"outbox"`` (events are
-        written to a table in the saving transaction and relayed from it)."""
-        return str(_setting("BROADCAST_DELIVERY", "best_effort"))
+        return str(_setting("BROADCAST_DELIVERY"))
 
     @property
     def BROADCAST_OUTBOX_RELAY(self) -> bool:
-        """Whether each instance runs the outbox relay beside its listener (outbox mode)."""
-        return bool(_setting("BROADCAST_OUTBOX_RELAY", True))
+        return bool(_setting("BROADCAST_OUTBOX_RELAY"))
 
     @property
     def BROADCAST_OUTBOX_INTERVAL(self) -> float:
-        """Seconds between two outbox relay passes when nothing wakes the relay sooner."""
-        return float(_setting("BROADCAST_OUTBOX_INTERVAL", 1.0))
+        return float(_setting("BROADCAST_OUTBOX_INTERVAL"))
 
     @property
     def BROADCAST_QUEUE_SIZE(self) -> int:
-        """Events a process holds for its publisher thread; more are dropped (and counted)."""
-        return int(_setting("BROADCAST_QUEUE_SIZE", 10_000))
+        return int(_setting("BROADCAST_QUEUE_SIZE"))
 
     @property
     def BROADCAST_OUTAGE_BUFFER(self) -> int:
-        """Events a process keeps while Redis is down; beyond, the oldest are dropped and
-        their models' subscribers get ``reset``."""
-        return int(_setting("BROADCAST_OUTAGE_BUFFER", 10_000))
+        return int(_setting("BROADCAST_OUTAGE_BUFFER"))
 
     @property
     def BROADCAST_FLUSH_TIMEOUT(self) -> float:
-        """Seconds a process waits at exit for queued events to be published."""
-        return float(_setting("BROADCAST_FLUSH_TIMEOUT", 2.0))
+        return float(_setting("BROADCAST_FLUSH_TIMEOUT"))
 
     @property
     def BROADCAST_LOG_MAXLEN(self) -> int:
-        """Approximate number of events kept per model in the Redis stream that assigns ids."""
-        return int(_setting("BROADCAST_LOG_MAXLEN", 10_000))
+        return int(_setting("BROADCAST_LOG_MAXLEN"))
 
     @property
     def BROADCAST_RECOVERY_INTERVAL(self) -> float:
-        """Seconds between two checks that this instance missed no event (gap repair)."""
-        return float(_setting("BROADCAST_RECOVERY_INTERVAL", 5.0))
+        return float(_setting("BROADCAST_RECOVERY_INTERVAL"))
 
     @property
     def BROADCAST_LOG_MAX_AGE(self) -> float:
-        """Seconds an event stays in its model's log for resume (approximately; 0: no limit)."""
-        return float(_setting("BROADCAST_LOG_MAX_AGE", 3600))
+        return float(_setting("BROADCAST_LOG_MAX_AGE"))
 
     @property
     def BROADCAST_MAX_FRAME_BYTES(self) -> int:
-        """Largest websocket frame accepted from a client; larger ones get ``too_large``."""
-        return int(_setting("BROADCAST_MAX_FRAME_BYTES", 4096))
+        return int(_setting("BROADCAST_MAX_FRAME_BYTES"))
 
     @property
     def BROADCAST_MAX_SUBSCRIPTIONS(self) -> int:
-        """Subscriptions one websocket connection may hold at once."""
-        return int(_setting("BROADCAST_MAX_SUBSCRIPTIONS", 100))
+        return int(_setting("BROADCAST_MAX_SUBSCRIPTIONS"))
 
     @property
     def BROADCAST_RESUME_MAX_EVENTS(self) -> int:
-        """Most events one resume (``since``) replays; more after ``since`` is a ``reset``."""
-        return int(_setting("BROADCAST_RESUME_MAX_EVENTS", 1000))
+        return int(_setting("BROADCAST_RESUME_MAX_EVENTS"))
 
     @property
     def BROADCAST_RESUME_RATE(self) -> int:
-        """Resumes a connection may start per ``BROADCAST_RESUME_WINDOW``; more are ``reset``."""
-        return int(_setting("BROADCAST_RESUME_RATE", 20))
+        return int(_setting("BROADCAST_RESUME_RATE"))
 
     @property
     def BROADCAST_RESUME_WINDOW(self) -> float:
-        """Seconds in which a connection's ``BROADCAST_RESUME_RATE`` resumes come back."""
-        return float(_setting("BROADCAST_RESUME_WINDOW", 10.0))
+        return float(_setting("BROADCAST_RESUME_WINDOW"))
 
     @property
     def BROADCAST_RESUME_CONCURRENCY(self) -> int:
-        """Resumes one instance reads and replays at once (waiting longer for a turn: ``busy``)."""
-        return int(_setting("BROADCAST_RESUME_CONCURRENCY", 1))
+        return int(_setting("BROADCAST_RESUME_CONCURRENCY"))
 
     @property
     def BROADCAST_SEND_QUEUE_SIZE(self) -> int:
-        """Frames queued per websocket connection; past it, its events become ``reset``s."""
-        return int(_setting("BROADCAST_SEND_QUEUE_SIZE", 1000))
+        return int(_setting("BROADCAST_SEND_QUEUE_SIZE"))
 
     @property
     def BROADCAST_SEND_TIMEOUT(self) -> float:
-        """Seconds a client may take no data while frames wait; then it is closed (4008)."""
-        return float(_setting("BROADCAST_SEND_TIMEOUT", 10.0))
+        return float(_setting("BROADCAST_SEND_TIMEOUT"))
 
     @property
     def BROADCAST_HEARTBEAT_INTERVAL(self) -> float:
-        """Seconds between two heartbeats by which an instance reports itself in Redis."""
-        return float(_setting("BROADCAST_HEARTBEAT_INTERVAL", 5.0))
+        return float(_setting("BROADCAST_HEARTBEAT_INTERVAL"))
 
     @property
     def BROADCAST_HEARTBEAT_TTL(self) -> float:
-        """Seconds after its last heartbeat that an instance drops off the dashboard."""
-        return float(_setting("BROADCAST_HEARTBEAT_TTL", 15.0))
+        return float(_setting("BROADCAST_HEARTBEAT_TTL"))
 
     @property
     def BROADCAST_FEED_SIZE(self) -> int:
-        """Latest events (metadata only) each instance keeps in memory for the dashboard."""
-        return int(_setting("BROADCAST_FEED_SIZE", 50))
+        return int(_setting("BROADCAST_FEED_SIZE"))
 
     @property
     def BROADCAST_DASHBOARD_REFRESH(self) -> float:
-        """Seconds between two refreshes of the staff dashboard (it polls status.json)."""
-        return float(_setting("BROADCAST_DASHBOARD_REFRESH", 2.0))
+        return float(_setting("BROADCAST_DASHBOARD_REFRESH"))
 
     @property
     def BROADCAST_REVALIDATE_INTERVAL(self) -> float:
-        """Seconds between two checks that each open websocket's user is still logged in,
-        active and allowed to see its subscriptions (the bound on revocation)."""
-        return float(_setting("BROADCAST_REVALIDATE_INTERVAL", 5.0))
+        return float(_setting("BROADCAST_REVALIDATE_INTERVAL"))
 
     @property
     def BROADCAST_CONFIRM_TIMEOUT(self) -> float:
-        """Seconds an instance may go without confirming that it still receives from
-        Redis; past it, it serves no cache hits and sends ``reset`` (``disconnected``)."""
-        return float(_setting("BROADCAST_CONFIRM_TIMEOUT", 5.0))
+        return float(_setting("BROADCAST_CONFIRM_TIMEOUT"))
 
     @property
     def BROADCAST_WRAP_QUERYSETS(self) -> bool:
-        """Wrap ``QuerySet.update/bulk_create/bulk_update/delete`` so bulk writes of
-        registered models broadcast; False leaves QuerySet alone (use ``publish_changes``)."""
-        return bool(_setting("BROADCAST_WRAP_QUERYSETS", True))
+        return bool(_setting("BROADCAST_WRAP_QUERYSETS"))
 
     @property
     def BROADCAST_FAST_PATHS(self) -> bool | frozenset[str]:
-        """Other libraries' undocumented fast paths allowed (True: all, False: none, or a
-        collection of names; see docs/architecture.md): each is also checked at use."""
-        value = _setting("BROADCAST_FAST_PATHS", True)
+        value = _setting("BROADCAST_FAST_PATHS")
         return value if isinstance(value, bool) else frozenset(value)
 
+
+# Each property's docstring is its setting's meaning, from the one table.
+for _name, _member in vars(Settings).items():
+    if isinstance(_member, property):
+        _member.__doc__ = SETTINGS[_name].meaning
 
 conf = Settings()

@@ -2,8 +2,8 @@
 
 channels-redis' pub/sub layer reads each message in one task and passes it through an
 ``asyncio.Queue`` to ``receive()``: a task switch per event, before which its reader
-first goes back to waiting on Redis. On a quiet 2-core machine that was about 0.1 ms,
-the largest part of an instance's own share of the latency. So the listener swaps the
+first goes back to waiting on Redis: the largest part of an instance's own share of the
+latency (measured in docs/benchmark.md, "Where the time goes"). So the listener swaps the
 queue of its channel for a :class:`DirectQueue`, which offers each message to the
 listener before queueing it: the listener takes it at once when it is idle and the
 event needs nothing that waits (see ``Listener.handle_now``), at most once per turn of

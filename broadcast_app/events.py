@@ -27,7 +27,7 @@ from django.utils.crypto import salted_hmac
 from .django_compat import prefetched
 
 if TYPE_CHECKING:
-    from .registry import ModelConfig
+    from .model_configs import ModelConfig
 
 Op = Literal["created", "updated", "deleted"]
 

@@ -1,7 +1,7 @@
 """Heartbeats: each instance reports itself in Redis, so any instance can list them all.
 
 Every ``BROADCAST_HEARTBEAT_INTERVAL`` seconds an instance writes its figures
-(:func:`broadcast_app.status.instance_figures`: counters, never event data) as JSON to
+(:func:`broadcast_app.figures.instance_figures`: counters, never event data) as JSON to
 the key ``<prefix>:instance:<id>``, which expires after ``BROADCAST_HEARTBEAT_TTL``,
 and adds its id to the set ``<prefix>:instances``. An instance that dies silently
 drops out when its key expires; one that stops cleanly deletes it. Readers prune ids
@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,7 +30,6 @@ from .conf import conf
 from .layer import layer_config
 from .redis_clients import make_async_client
 from .stats import stats
-from .status import instance_figures
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +121,16 @@ class Heartbeat:
         """Start over in a new event loop: an event belongs to one loop."""
         self.sent = asyncio.Event()
 
-    async def run(self) -> None:
-        """Send heartbeats until cancelled, then withdraw this instance's."""
+    async def run(self, figures: Callable[[], dict[str, Any]]) -> None:
+        """Send heartbeats (each ``figures()``: :func:`.figures.instance_figures`, given
+        by the runtime) until cancelled, then withdraw this instance's."""
         client = make_client()
         instance_id = conf.BROADCAST_INSTANCE_ID
         failures = 0
         try:
             while True:
                 try:
-                    await beat(client, instance_figures())
+                    await beat(client, figures())
                     stats.incr("heartbeats")
                     failures = 0
                 except (redis.RedisError, OSError) as exc:

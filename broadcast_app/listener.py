@@ -33,8 +33,8 @@ from .events import frame_head
 from .feed import feed
 from .hub import hub
 from .layer import MESSAGE_TYPE, RESET_TYPE, group_name
+from .model_configs import ModelConfig, all_configs, get_config
 from .probe import DISCONNECTED, PROBE_TYPE, Probes
-from .registry import ModelConfig, all_configs, get_config
 from .signals import change_received
 from .stats import stats
 

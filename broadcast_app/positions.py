@@ -17,14 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-
-import redis
+from typing import TYPE_CHECKING
 
 from .conf import conf
 from .hub import hub
 from .layer import route
-from .redis_clients import make_client
+from .redis_clients import failures, make_client
 from .testenv import held_back
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def _from_log(label: str) -> str | None:
             if client is None:
                 client = _clients[r.key] = make_client(r.host, conf.BROADCAST_REDIS_TIMEOUT)
         last = client.hget(r.meta, "last")
-    except (redis.RedisError, OSError) as exc:
+    except failures() as exc:
         _quiet_until = time.monotonic() + RETRY_AFTER
         logger.warning(
             "broadcast_app could not read %s's last event id from Redis (%s); pages render "

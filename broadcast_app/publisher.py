@@ -13,7 +13,7 @@ every publishing process.
 Events that cannot be published (queue full, Redis down or slower than
 ``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code. What
 Redis has not taken when the process exits is written to the outbox table (see
-:func:`.outbox.spill_events`), from where a relay publishes it.
+:func:`.outbox_rows.spill_events`), from where a relay publishes it.
 
 In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same script with
 :meth:`Publisher.send_now`, synchronously, with no thread or queue.
@@ -32,20 +32,20 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from .conf import conf
 from .events import Change, Saved, event_body, frame_from_body, iso_time, resolved
 from .failover import PublishedIds
 from .layer import MESSAGE_TYPE, RESET_TYPE, Route, new_epoch, route
-from .redis_clients import make_client
+from .redis_clients import failures, make_client
 from .stats import stats
 from .testenv import held_back
 from .throttle import Throttle
 from .upstream.channels_redis import LayerSender
-from .upstream.redis_py import commands_for
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +135,10 @@ _BATCH = 500
 # queued, before it reads Redis's replies, unless an event is queued meanwhile. The
 # events are on their way by then; Redis answers this process first, then writes them
 # to the instances, and a thread that reads the reply at once takes a core from the
-# instance and its clients at the very moment they handle the event: on a 2-core
-# machine that cost about 35-125 us of commit -> websocket latency per event (benchmark,
-# 1 client). 0.5 ms covers an instance's fan-out to tens of clients (50 clients, p50
-# over the floor: 1.37-1.41 with 0.2 ms, 1.29-1.32 with 0.5, no better with 1).
+# instance and its clients at the very moment they handle the event, which showed up as
+# commit -> websocket latency on small machines. The delay is long enough to cover an
+# instance's fan-out to tens of clients and short enough not to hold the next batch
+# (the figures that chose it: docs/benchmark.md, "Where the time goes", Replies).
 _REPLY_DELAY = 0.0005
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
@@ -408,7 +408,7 @@ class Publisher:
         self, pending: dict[str, _Waiting], q: queue.SimpleQueue[Queued | _Flush], spill: _Spill
     ) -> None:
         """Write every event still held, and every reset still owed, to the outbox."""
-        from .outbox import spill_events  # outbox imports this module
+        from .outbox_rows import spill_events  # needed only at exit, with events left
 
         rest: list[Queued] = []
         with contextlib.suppress(queue.Empty):
@@ -486,7 +486,7 @@ class Publisher:
                     # NOSCRIPT; the batch is retried on a new client, which loads it.
                     calls.append(("EVALSHA", client.script, len(keys), *keys, *args))
                 results = client.call(calls, pause)
-            except (redis.RedisError, OSError) as exc:
+            except failures() as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
                     "redis",
@@ -550,7 +550,7 @@ class Publisher:
         for r, names in by_host.values():
             try:
                 self._client(r).redis.delete(*names)
-            except (redis.RedisError, OSError):
+            except failures():
                 self._drop_client(r)  # they expire by themselves
 
     def send_resets(self, labels: set[str], why: str) -> set[str]:
@@ -571,7 +571,7 @@ class Publisher:
                 if not r.channel:
                     message = {"type": RESET_TYPE, "model": label, "reason": "lost"}
                     client.layer_send([(r.group, message)])
-            except (redis.RedisError, OSError):
+            except failures():
                 self._drop_client(r)
                 continue
             told.add(label)
@@ -608,6 +608,9 @@ class _Client:
     fast path allows it)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        # Imported with the first client, as redis-py is (see redis_clients).
+        from .upstream.redis_py import commands_for
+
         self.redis = client
         self.script = client.script_load(PUBLISH_SCRIPT)
         self._commands = commands_for(client)

@@ -2,16 +2,26 @@
 
 A host entry is what channels-redis accepts in ``CONFIG["hosts"]``: an address URL, a
 Sentinel config (``sentinels`` + ``master_name``), or ``redis.Redis`` keyword arguments.
+
+redis-py is imported when the first client is made, not with this module: the saving
+side (registry, capture, the publisher's queue) is loaded at ``django.setup()``, and the
+publisher thread makes its client, so neither the startup nor a save pays that import.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aioredis
+
+
+def failures() -> tuple[type[BaseException], ...]:
+    """What a failed Redis call raises, for an ``except`` (evaluated only on a failure)."""
+    import redis
+
+    return (redis.RedisError, OSError)
 
 
 def _options(timeout: float, retry: Any) -> dict[str, Any]:
@@ -27,6 +37,10 @@ def _options(timeout: float, retry: Any) -> dict[str, Any]:
 
 def make_client(host: dict[str, Any], timeout: float) -> redis.Redis:
     """A sync client (the publisher thread's)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     host, options = dict(host), _options(timeout, Retry(NoBackoff(), 0))
     if "address" in host:
         return redis.Redis.from_url(host.pop("address"), **{**host, **options})
@@ -47,7 +61,9 @@ def make_client(host: dict[str, Any], timeout: float) -> redis.Redis:
 
 def make_async_client(host: dict[str, Any], timeout: float, **extra: Any) -> aioredis.Redis:
     """An asyncio client (for reading logs in an instance's event loop)."""
+    import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import NoBackoff
 
     host, options = dict(host), {**_options(timeout, AsyncRetry(NoBackoff(), 0)), **extra}
     if "address" in host:

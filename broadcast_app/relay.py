@@ -37,11 +37,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import buffer, publisher
+from .backoff import Backoff
 from .conf import conf
 from .events import event_body
 from .layer import once_key
 from .models import OutboxEvent, OutboxLock
-from .outbox import Item, LostEvents, from_payload
+from .outbox_rows import Item, LostEvents, from_payload
 from .publisher import Publisher
 from .rows import RowSet
 from .stats import stats
@@ -337,8 +338,6 @@ class InProcessRelay:
     def _supervise(loop: RelayLoop) -> None:
         """Run ``loop`` until stopped; if it fails, log it and run it again with backoff
         (the instance runtime's restart policy)."""
-        from .runtime import Backoff
-
         backoff = Backoff()
         while not loop.stopping.is_set():
             began = time.monotonic()

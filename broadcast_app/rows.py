@@ -22,7 +22,7 @@ from typing import Any
 from django.db import router
 
 from .events import Change, Op, field_values, serialize
-from .registry import ModelConfig
+from .model_configs import ModelConfig
 
 CHUNK = 500
 

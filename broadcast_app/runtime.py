@@ -13,12 +13,12 @@ An instance (one ASGI process, one event loop) runs, beside the requests it serv
 
 Every task runs under :meth:`InstanceRuntime.spawn`: one that raises (or, meant to run
 forever, returns) is logged once with its traceback, counted (``task_restarts``) and
-started again after a backoff that doubles from ``_FIRST_DELAY`` up to ``_MAX_DELAY``
-and starts over once a run lasted ``_HEALTHY`` seconds. The relay thread applies the
-same :class:`Backoff`. :meth:`InstanceRuntime.stop` cancels and awaits every task,
-stops and joins the thread, and closes the per-loop Redis clients (the logs' reader);
-each task closes its own clients (the listener's channel layer, the heartbeat's client)
-as it is cancelled.
+started again after a backoff that doubles from ``FIRST_DELAY`` up to ``MAX_DELAY``
+and starts over once a run lasted ``HEALTHY`` seconds (:mod:`.backoff`). The relay
+thread applies the same :class:`~.backoff.Backoff`. :meth:`InstanceRuntime.stop`
+cancels and awaits every task, stops and joins the thread, and closes the per-loop
+Redis clients (the logs' reader); each task closes its own clients (the listener's
+channel layer, the heartbeat's client) as it is cancelled.
 """
 
 from __future__ import annotations
@@ -26,39 +26,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from asgiref.sync import sync_to_async
 
 from . import cache, quiet
+from .backoff import FIRST_DELAY as _FIRST_DELAY
+from .backoff import MAX_DELAY as _MAX_DELAY
+from .backoff import Backoff
 from .conf import conf
+from .figures import instance_figures
 from .heartbeat import heartbeat
 from .log import event_log
 from .stats import stats
 
 logger = logging.getLogger(__name__)
 
-_FIRST_DELAY = 0.5  # seconds before the first restart of a failed task
-_MAX_DELAY = 30.0  # seconds between two restarts at most while a task keeps failing
-_HEALTHY = 60.0  # seconds a run must last for the next failure to restart promptly again
 _STARTUP_WAIT = 5.0  # seconds start() waits for the subscription before returning
 _STOP_WAIT = 5.0  # seconds stop() waits for the tasks to close their connections
 
 Job = Callable[[], Awaitable[None]]
-
-
-class Backoff:
-    """Delays between restarts: doubling while runs keep failing, reset by a long run."""
-
-    def __init__(self, first: float = _FIRST_DELAY, most: float = _MAX_DELAY) -> None:
-        self.first, self.most = first, most
-        self._next = first
-
-    def after(self, lasted: float) -> float:
-        """The delay before the next run, after one that failed having lasted ``lasted`` s."""
-        if lasted >= _HEALTHY:
-            self._next = self.first
-        delay, self._next = self._next, min(self._next * 2, self.most)
-        return delay
 
 
 class InstanceRuntime:
@@ -164,7 +151,7 @@ class InstanceRuntime:
             # The dashboard lists instances by their heartbeats: one beside each listener.
             if not self.running("heartbeat"):
                 heartbeat.sent.clear()
-                self.spawn("heartbeat", heartbeat.run)
+                self.spawn("heartbeat", partial(heartbeat.run, instance_figures))
             # In best_effort mode too: processes that exited while Redis was unreachable
             # left their events in the outbox table.
             if conf.BROADCAST_OUTBOX_RELAY:

@@ -12,75 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from typing import Any
 
 import redis
-from django.core.cache import caches
 
-from . import __version__
 from .conf import conf
 from .events import origin_id
 from .feed import feed, iso
+from .figures import STARTED_AT, cache_entries, instance_figures
 from .hub import hub
-from .registry import all_configs
-from .stats import stats
-from .upstream.django_cache import locmem_keys
+from .model_configs import all_configs
+
+# Where they were before figures.py held them.
+__all__ = ["STARTED_AT", "cache_entries", "gather", "instance_figures", "visible_labels"]
 
 logger = logging.getLogger(__name__)
-
-#: when this process's broadcast_app started (close enough to the server's start: the
-#: listener imports this module through the heartbeat as the instance starts)
-STARTED_AT = time.time()
-
-
-def cache_entries() -> int | None:
-    """Entries in this instance's broadcast cache; None when the backend cannot tell.
-
-    Only a local-memory cache can be counted without scanning a shared server.
-    """
-    keys = locmem_keys(caches[conf.BROADCAST_CACHE_ALIAS])
-    if keys is None:
-        return None
-    marker = f":{conf.BROADCAST_GROUP_PREFIX}:obj:"
-    return sum(1 for key in keys if marker in key)
-
-
-def instance_figures() -> dict[str, Any]:
-    """This instance's figures, as its heartbeat publishes them."""
-    from .listener import listener  # the listener module imports this one indirectly
-
-    now = time.time()
-    last = feed.last
-    counts = stats.snapshot()
-    return {
-        "id": conf.BROADCAST_INSTANCE_ID,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "version": __version__,
-        "started_at": iso(STARTED_AT),
-        "uptime_s": round(now - STARTED_AT, 1),
-        "listening": listener.running and listener.subscribed.is_set(),
-        "connections": counts.get("connections_opened", 0) - counts.get("connections_closed", 0),
-        "subscriptions": hub.count(),
-        "published": counts.get("published", 0),
-        "received": counts.get("received", 0),
-        "delivered": counts.get("delivered", 0),
-        "dropped": counts.get("dropped", 0),
-        # resets sent to this instance's clients, and clients closed for falling behind
-        "resets": counts.get("resets", 0),
-        "slow_clients_closed": counts.get("slow_clients_closed", 0),
-        "errors": sum(
-            counts.get(name, 0)
-            for name in ("publish_errors", "listener_errors", "cache_errors", "bad_events")
-        ),
-        "cache_entries": cache_entries(),
-        "last_event_at": None if last is None else iso(last.received_at),
-        "last_lag_ms": None if last is None else last.lag_ms,
-        "reported_at": iso(now),
-    }
 
 
 def visible_labels(user: Any) -> set[str]:

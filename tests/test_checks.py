@@ -8,7 +8,7 @@ import pytest
 from django.test import override_settings
 
 from broadcast_app import checks
-from broadcast_app.conf import Settings
+from broadcast_app.conf import SETTINGS, Settings
 
 
 def ids(messages: list[Any]) -> list[str]:
@@ -23,6 +23,8 @@ def test_project_settings_pass() -> None:
     assert checks.check_numbers(None) == []
     assert checks.check_delivery(None) == []
     assert checks.check_limits(None) == []
+    assert checks.check_flags(None) == []
+    assert checks.check_text(None) == []
 
 
 @override_settings(BROADCAST_CHANNEL_LAYER="missing")
@@ -182,3 +184,52 @@ def test_fast_paths_of_known_names_pass(value: Any, settings: Any) -> None:
 
     settings.BROADCAST_FAST_PATHS = value
     assert check_fast_paths(None) == []
+
+
+def _broadcast_checks() -> list[Any]:
+    from django.core.checks.registry import registry
+
+    return [check for check in registry.registered_checks if check.__module__ == checks.__name__]
+
+
+class _Hostile:
+    """A value no setting accepts (not a bool, string, number, name or collection)."""
+
+    def __repr__(self) -> str:
+        return "<hostile>"
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_every_setting_is_validated(name: str) -> None:
+    # conf.SETTINGS is the one list of settings: each kind has its check id, and a value
+    # no kind accepts is reported under that id, naming the setting (not a traceback).
+    expected = checks.CHECK_OF_KIND[SETTINGS[name].kind]
+    with override_settings(**{name: _Hostile()}):
+        messages = [m for check in _broadcast_checks() for m in check(app_configs=None)]
+    assert expected in [m.id for m in messages if name in m.msg]
+    assert all(m.hint for m in messages)
+
+
+@pytest.mark.parametrize("value", ["False", 0, 1, None])
+@pytest.mark.parametrize("name", [n for n, s in SETTINGS.items() if s.kind == "flag"])
+def test_flags_that_are_not_bools_are_e012(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        messages = checks.check_flags(None)
+    assert ids(messages) == ["broadcast_app.E012"]
+    assert name in messages[0].msg
+
+
+@pytest.mark.parametrize("value", [5, ["default"], b"default"])
+@pytest.mark.parametrize(
+    "name", [n for n, s in SETTINGS.items() if s.kind in ("text", "instance_id")]
+)
+def test_text_that_is_not_a_string_is_e013(name: str, value: Any) -> None:
+    with override_settings(**{name: value}):
+        messages = checks.check_text(None)
+    assert ids(messages) == ["broadcast_app.E013"]
+    assert name in messages[0].msg
+
+
+def test_instance_id_of_none_passes() -> None:
+    with override_settings(BROADCAST_INSTANCE_ID=None):
+        assert checks.check_text(None) == []

@@ -48,3 +48,54 @@ def test_a_forked_child_has_its_own_default_instance_id(
     os.waitpid(pid, 0)
     assert parent.endswith(f":{os.getpid()}")
     assert child == f"{socket.gethostname()}:{pid}"
+
+
+def test_each_property_reads_its_default_from_the_table() -> None:
+    from broadcast_app.conf import SETTINGS, Settings
+
+    properties = {name for name, member in vars(Settings).items() if isinstance(member, property)}
+    assert properties == set(SETTINGS)
+    for name, setting in SETTINGS.items():
+        assert getattr(Settings, name).__doc__ == setting.meaning
+    with override_settings():
+        from django.conf import settings
+
+        for name, setting in SETTINGS.items():
+            if setting.default is None or hasattr(settings, name):
+                continue  # None: resolved at use (the instance id); set: not the default
+            value = getattr(conf, name)
+            assert value == setting.default, name
+
+
+def test_override_settings_is_read_and_forgotten() -> None:
+    before = conf.BROADCAST_QUEUE_SIZE
+    with override_settings(BROADCAST_QUEUE_SIZE=7):
+        assert conf.BROADCAST_QUEUE_SIZE == 7
+    assert before == conf.BROADCAST_QUEUE_SIZE
+
+
+def _readme_settings() -> dict[str, str]:
+    """The README's configuration table: setting -> its default as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(BROADCAST_[A-Z_]+)` \| (.+?) \| ", section, flags=re.M)
+    assert rows, "the README's configuration table was not found"
+    return dict(rows)
+
+
+def _as_written(value: object) -> str:
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value}`"
+
+
+def test_readme_table_lists_every_setting_with_its_default() -> None:
+    from broadcast_app.conf import SETTINGS
+
+    readme = _readme_settings()
+    assert list(readme) == list(SETTINGS)  # same settings, same order
+    for name, setting in SETTINGS.items():
+        assert readme[name] == (setting.shown or _as_written(setting.default)), name

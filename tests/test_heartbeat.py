@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from django.test import override_settings
 
 from broadcast_app import heartbeat as hb
 from broadcast_app.conf import conf
+from broadcast_app.figures import instance_figures
 from broadcast_app.runtime import InstanceRuntime, runtime
 from broadcast_app.stats import stats
 from tests.conftest import layers_for
@@ -54,7 +56,7 @@ async def test_an_instance_whose_heartbeat_expired_is_pruned(client: aioredis.Re
 async def test_the_task_beats_at_once_and_withdraws_on_stop(client: aioredis.Redis) -> None:
     beat, tasks = hb.Heartbeat(), InstanceRuntime()
     with override_settings(BROADCAST_INSTANCE_ID="task-test"):
-        tasks.spawn("heartbeat", beat.run)
+        tasks.spawn("heartbeat", partial(beat.run, instance_figures))
         try:
             await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
             (listed,) = await hb.live_instances(client)
@@ -70,7 +72,7 @@ async def test_redis_down_is_counted_not_raised() -> None:
     beat, tasks = hb.Heartbeat(), InstanceRuntime()
     errors = stats.get("heartbeat_errors")
     with override_settings(CHANNEL_LAYERS=layers_for("redis://127.0.0.1:1/0")):
-        tasks.spawn("heartbeat", beat.run)
+        tasks.spawn("heartbeat", partial(beat.run, instance_figures))
         await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
         assert tasks.running("heartbeat")
         await asyncio.wait_for(tasks.cancel("heartbeat"), TIMEOUT)
@@ -86,7 +88,7 @@ async def test_a_failure_that_is_not_redis_is_logged_and_the_task_goes_on(
     errors = stats.get("heartbeat_errors")
     with override_settings(BROADCAST_INSTANCE_ID="failing", BROADCAST_HEARTBEAT_INTERVAL=0.05):
         with override_settings(BROADCAST_CACHE_ALIAS="no-such-cache"):
-            tasks.spawn("heartbeat", beat.run)
+            tasks.spawn("heartbeat", partial(beat.run, instance_figures))
             await asyncio.wait_for(beat.sent.wait(), TIMEOUT)
             assert tasks.running("heartbeat")
             assert stats.get("heartbeat_errors") == errors + 1
@@ -122,7 +124,7 @@ async def test_stop_survives_a_cancellation_turned_into_a_timeout(
 
     monkeypatch.setattr(hb, "beat", racing_beat)
     beat, tasks = hb.Heartbeat(), InstanceRuntime()
-    tasks.spawn("heartbeat", beat.run)
+    tasks.spawn("heartbeat", partial(beat.run, instance_figures))
     await asyncio.wait_for(entered.wait(), TIMEOUT)
     await asyncio.wait_for(tasks.cancel("heartbeat"), TIMEOUT)
     assert not tasks.running("heartbeat")

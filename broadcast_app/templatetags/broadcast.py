@@ -38,8 +38,8 @@ from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from ..events import field_values, serialize, to_json_data
+from ..model_configs import ModelConfig, NotRegistered, get_config
 from ..positions import render_since
-from ..registry import ModelConfig, NotRegistered, get_config
 
 register = template.Library()
 
