@@ -187,6 +187,28 @@ def check_limits(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list
 
 
 @register()
+def check_frame_burst(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    names = ("BROADCAST_FRAME_BURST", "BROADCAST_MAX_SUBSCRIPTIONS")
+    if not all(_valid(name) for name in names):
+        return []  # E006 says what is wrong
+    if conf.BROADCAST_FRAME_BURST > conf.BROADCAST_MAX_SUBSCRIPTIONS:
+        return []
+    return [
+        Warning(
+            f"BROADCAST_FRAME_BURST ({conf.BROADCAST_FRAME_BURST}) leaves no room for a client "
+            f"that subscribes to its BROADCAST_MAX_SUBSCRIPTIONS "
+            f"({conf.BROADCAST_MAX_SUBSCRIPTIONS}) at once, as broadcast.js does on connecting: "
+            "some of its subscribe frames would get error rate_limited.",
+            hint="Set BROADCAST_FRAME_BURST above BROADCAST_MAX_SUBSCRIPTIONS (the default "
+            "is twice the default subscriptions).",
+            id="broadcast_app.W021",
+        )
+    ]
+
+
+@register()
 def check_wrap_querysets(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:

@@ -216,6 +216,17 @@ SETTINGS: dict[str, Setting] = {
         "Wrap ``QuerySet.update/bulk_create/bulk_update/delete`` so bulk writes of registered"
         " models broadcast; False leaves QuerySet alone (use ``publish_changes``).",
     ),
+    "BROADCAST_FRAME_BURST": Setting(
+        200,
+        "positive",
+        "Frames a websocket client may send at once (then ``BROADCAST_FRAME_RATE`` per "
+        "second); more get ``error`` ``rate_limited``.",
+    ),
+    "BROADCAST_FRAME_RATE": Setting(
+        20.0,
+        "positive",
+        "Frames per second a websocket client may send, past its ``BROADCAST_FRAME_BURST``.",
+    ),
 }
 
 # Read on every save: a setting left at its default would otherwise cost an
@@ -408,6 +419,14 @@ class Settings:
     @property
     def BROADCAST_WRAP_QUERYSETS(self) -> bool:
         return bool(_setting("BROADCAST_WRAP_QUERYSETS"))
+
+    @property
+    def BROADCAST_FRAME_BURST(self) -> int:
+        return int(_setting("BROADCAST_FRAME_BURST"))
+
+    @property
+    def BROADCAST_FRAME_RATE(self) -> float:
+        return float(_setting("BROADCAST_FRAME_RATE"))
 
     @property
     def BROADCAST_FAST_PATHS(self) -> bool | frozenset[str]:

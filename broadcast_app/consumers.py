@@ -36,7 +36,7 @@ from .events import frame_head
 from .floors import Floors
 from .frames import ProtocolError, parse_frame, valid_text
 from .hub import hub
-from .limits import ResumeBucket, resume_turn
+from .limits import FrameBucket, ResumeBucket, resume_turn
 from .listener import listener
 from .log import Replay, covers, event_log, position
 from .probe import DISCONNECTED
@@ -100,6 +100,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.floors = Floors()
         self.permissions: dict[str, bool] = {}
         self.closing = False
+        self.frames = FrameBucket()
         await self.accept()
         # Straight to the server's send: AsyncWebsocketConsumer.send only builds the
         # message, and it runs for every frame of every client (past the session
@@ -221,6 +222,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Handle one frame; every way it can fail ends in an ``error`` frame."""
         ref = None
         try:
+            if not self.frames.take():
+                raise ProtocolError(
+                    "rate_limited",
+                    f"At most {conf.BROADCAST_FRAME_BURST} frames at once, then "
+                    f"{conf.BROADCAST_FRAME_RATE:g} per second.",
+                )
             if not isinstance(text_data, str):
                 raise ProtocolError("bad_request", "Only JSON text frames are accepted.")
             limit = conf.BROADCAST_MAX_FRAME_BYTES

@@ -1,4 +1,11 @@
-"""What one client can make an instance do when it resumes (``subscribe`` with ``since``).
+"""What one client can make an instance do: frames it sends, and resumes
+(``subscribe`` with ``since``).
+
+Every frame a connection sends is handled in the event loop every connection of the
+instance shares, and some cost a Redis call (a ``subscribe`` reads the model's last
+id): each connection may send ``BROADCAST_FRAME_BURST`` frames at once, then
+``BROADCAST_FRAME_RATE`` per second (a token bucket); a frame beyond it gets an
+``error`` (``rate_limited``) and no other work.
 
 A resume reads the model's log from Redis and parses what it returns, in the event loop
 every connection of the instance shares. Two budgets bound that work: each connection
@@ -22,26 +29,55 @@ from .log import parse_since
 from .stats import stats
 
 
-class ResumeBucket:
-    """One connection's resume allowance (a token bucket)."""
+class _Bucket:
+    """A token bucket: a burst of ``capacity()``, then ``per_second()`` more each
+    second (both read at each use, so a changed setting applies at once)."""
 
     __slots__ = ("_stamp", "_tokens")
 
     def __init__(self) -> None:
-        self._tokens = float(conf.BROADCAST_RESUME_RATE)
+        self._tokens = self.capacity()
         self._stamp = asyncio.get_running_loop().time()
 
+    def capacity(self) -> float:
+        raise NotImplementedError
+
+    def per_second(self) -> float:
+        raise NotImplementedError
+
     def take(self) -> bool:
-        """Spend one resume if the allowance has one; False if not."""
-        rate = conf.BROADCAST_RESUME_RATE
+        """Spend one token if there is one; False if not."""
         now = asyncio.get_running_loop().time()
-        refill = (now - self._stamp) * rate / conf.BROADCAST_RESUME_WINDOW
-        self._tokens = min(float(rate), self._tokens + refill)
+        self._tokens = min(self.capacity(), self._tokens + (now - self._stamp) * self.per_second())
         self._stamp = now
         if self._tokens < 1:
             return False
         self._tokens -= 1
         return True
+
+
+class ResumeBucket(_Bucket):
+    """One connection's resume allowance."""
+
+    __slots__ = ()
+
+    def capacity(self) -> float:
+        return float(conf.BROADCAST_RESUME_RATE)
+
+    def per_second(self) -> float:
+        return conf.BROADCAST_RESUME_RATE / conf.BROADCAST_RESUME_WINDOW
+
+
+class FrameBucket(_Bucket):
+    """One connection's frame allowance."""
+
+    __slots__ = ()
+
+    def capacity(self) -> float:
+        return float(conf.BROADCAST_FRAME_BURST)
+
+    def per_second(self) -> float:
+        return conf.BROADCAST_FRAME_RATE
 
 
 #: each event loop's gate on log reads for resumes, with the size it was made with

@@ -25,6 +25,20 @@ def test_project_settings_pass() -> None:
     assert checks.check_limits(None) == []
     assert checks.check_flags(None) == []
     assert checks.check_text(None) == []
+    assert checks.check_frame_burst(None) == []
+
+
+@override_settings(BROADCAST_FRAME_BURST=100, BROADCAST_MAX_SUBSCRIPTIONS=100)
+def test_a_frame_burst_a_full_resubscription_would_exceed_is_w021() -> None:
+    messages = checks.check_frame_burst(None)
+    assert ids(messages) == ["broadcast_app.W021"]
+    assert "BROADCAST_MAX_SUBSCRIPTIONS (100)" in messages[0].msg
+
+
+@override_settings(BROADCAST_FRAME_BURST=0)
+def test_an_invalid_frame_burst_is_left_to_e006() -> None:
+    assert checks.check_frame_burst(None) == []
+    assert "broadcast_app.E006" in ids(checks.check_numbers(None))
 
 
 @override_settings(BROADCAST_CHANNEL_LAYER="missing")

@@ -79,6 +79,40 @@ async def test_ping_pong(anon_ws: WebsocketCommunicator) -> None:
     assert await ask(anon_ws, {"type": "ping"}) == {"type": "pong"}
 
 
+async def test_frames_beyond_the_connection_allowance_get_rate_limited_and_no_work(
+    running_listener: Any, redis_client: Any
+) -> None:
+    with override_settings(BROADCAST_FRAME_BURST=3, BROADCAST_FRAME_RATE=0.001):
+        ws = await connect(AnonymousUser())
+        try:
+            assert [await ask(ws, {"type": "ping"}) for _ in range(3)] == [{"type": "pong"}] * 3
+            before = redis_client.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
+            for frame in ({"type": "subscribe", "model": "demo.product", "ref": 1}, "x" * 10**5):
+                error = await ask(ws, frame)
+                assert (error["type"], error["code"], error["ref"]) == (
+                    "error", "rate_limited", None
+                ), error  # fmt: skip
+            assert (
+                redis_client.info("commandstats").get("cmdstat_hget", {}).get("calls", 0) == before
+            )  # the subscribe was not read: no last id asked of Redis
+            # Another connection has its own allowance.
+            other = await connect(AnonymousUser())
+            assert await ask(other, {"type": "ping"}) == {"type": "pong"}
+            await other.disconnect()
+        finally:
+            await ws.disconnect()
+
+
+@override_settings(BROADCAST_FRAME_BURST=2, BROADCAST_FRAME_RATE=4)
+async def test_the_frame_allowance_comes_back_at_its_rate(running_listener: Any) -> None:
+    ws = await connect(AnonymousUser())
+    replies = [(await ask(ws, {"type": "ping"}))["type"] for _ in range(3)]
+    assert replies == ["pong", "pong", "error"]
+    await asyncio.sleep(0.25)  # one frame's worth at 4/s: the rate itself is the subject
+    assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
+    await ws.disconnect()
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [

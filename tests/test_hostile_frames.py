@@ -225,9 +225,12 @@ def runner() -> Iterator[asyncio.Runner]:
     connections.close_all()
 
 
-# Resumes are budgeted per connection: lift the budget so every resume reads the log;
+# Frames and resumes are budgeted per connection: lift the budgets so every frame is
+# read and every resume reads the log;
 # and few subscriptions, so that the limit is reached.
-@override_settings(BROADCAST_RESUME_RATE=10**9, BROADCAST_MAX_SUBSCRIPTIONS=10)
+@override_settings(
+    BROADCAST_RESUME_RATE=10**9, BROADCAST_FRAME_BURST=10**9, BROADCAST_MAX_SUBSCRIPTIONS=10
+)
 def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_behind(
     runner: asyncio.Runner, caplog: pytest.LogCaptureFixture
 ) -> None:
