@@ -33,7 +33,7 @@ from django.db.models.signals import (
 from . import echo, outbox
 from .buffer import record
 from .conf import conf
-from .django_compat import prefetched
+from .django_compat import loaded_values, prefetched
 from .events import _MISSING, Change, Saved, normalize, raw_values, serialize
 from .registry import ModelConfig
 from .rows import RowSet
@@ -205,7 +205,7 @@ def _on_post_save(
 def _complete(config: ModelConfig, instance: models.Model) -> bool:
     """Whether the instance holds everything its event needs (no deferred field, every
     many-to-many field prefetched)."""
-    if not instance.__dict__.keys() >= config.attnames:
+    if not loaded_values(instance).keys() >= config.attnames:
         return False
     if config.m2m_fields:
         cache = prefetched(instance)
@@ -254,10 +254,11 @@ def _on_post_delete(
         return
     try:
         # Only what is loaded: a deferred field cannot be fetched from a deleted row.
+        loaded = loaded_values(instance)
         values = {
-            f.name: normalize(f, instance.__dict__[f.attname])
+            f.name: normalize(f, loaded[f.attname])
             for f in config.broadcast_fields
-            if f.attname in instance.__dict__
+            if f.attname in loaded
         }
         try:
             data = _loaded_data(config, instance, values)

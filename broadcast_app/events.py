@@ -24,7 +24,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils.crypto import salted_hmac
 
-from .django_compat import prefetched
+from .django_compat import loaded_values, prefetched
 
 if TYPE_CHECKING:
     from .registry import ModelConfig
@@ -125,7 +125,7 @@ def kept(field: models.Field[Any, Any], value: Any) -> Any:
 def raw_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
     """Attribute values of the broadcast fields as loaded, without touching deferred ones
     (the snapshot the next save compares with; see :func:`kept`)."""
-    loaded = instance.__dict__
+    loaded = loaded_values(instance)
     values: dict[str, Any] = {}
     for f in config.captured_fields:
         raw = loaded.get(f.attname, _MISSING)
