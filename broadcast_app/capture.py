@@ -192,6 +192,10 @@ def _on_post_save(
             # Compared later (by the publisher thread after an autocommit save) when no
             # instance is needed for it.
             item = saved if config.needs_no_instance else saved.change(instance)
+        elif created and _inserted_whole(config, instance):
+            # The row was inserted by this save: no many-to-many row can point to it yet.
+            empty: dict[str, list[Any]] = {f.name: [] for f in config.m2m_fields}
+            item = _read(config, key, instance, created).change(instance, empty)
         else:
             item = _read_later(config, key, instance, created)
     except Exception:
@@ -211,6 +215,20 @@ def _complete(config: ModelConfig, instance: models.Model) -> bool:
         cache = prefetched(instance)
         return all(f.name in cache for f in config.m2m_fields)
     return True
+
+
+def _inserted_whole(config: ModelConfig, instance: models.Model) -> bool:
+    """Whether a created instance holds everything its event needs but its many-to-many
+    relations, which are empty: its fields all loaded, no serializer hook (which may read
+    relations itself), its row is ``config``'s own and so are its many-to-many fields (a
+    multi-table child created for an existing parent row inserts no parent row, whose
+    relations may exist)."""
+    return (
+        config.serializer is None
+        and type(instance)._meta.concrete_model is config.model
+        and all(f.model is config.model for f in config.m2m_fields)
+        and loaded_values(instance).keys() >= config.attnames
+    )
 
 
 def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) -> Saved:

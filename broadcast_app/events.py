@@ -152,7 +152,10 @@ def m2m_values(config: ModelConfig, instance: models.Model) -> dict[str, list[An
 
 
 def serialize(
-    config: ModelConfig, instance: models.Model, values: dict[str, Any]
+    config: ModelConfig,
+    instance: models.Model,
+    values: dict[str, Any],
+    m2m: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``data`` of an event: the serializer hook's output, or the field values.
 
@@ -162,7 +165,7 @@ def serialize(
     if config.serializer is None:
         data = dict(values)
         if config.m2m_fields:
-            data.update(m2m_values(config, instance))
+            data.update(m2m_values(config, instance) if m2m is None else m2m)
         return data
     data = dict(config.serializer(instance))
     for name in config.private_names.intersection(data):
@@ -295,9 +298,12 @@ class Saved:
     def label(self) -> str:
         return self.config.label
 
-    def change(self, instance: models.Model | None = None) -> Change:
+    def change(
+        self, instance: models.Model | None = None, m2m: dict[str, list[Any]] | None = None
+    ) -> Change:
         """The change this save made (``instance``: for a serializer hook, many-to-many
-        data and fields read through ``value_from_object()``)."""
+        data and fields read through ``value_from_object()``; ``m2m``: the many-to-many
+        data, where known without the instance's relations)."""
         config, current, snapshot, created = self.config, self.current, self.snapshot, self.created
         values: dict[str, Any] = {}
         before: dict[str, Any] = {}
@@ -327,7 +333,7 @@ class Saved:
                 old_value = before[f.name] = normalize(f.field, old)
                 if f.tracked and old_value != value:
                     changed.append(f.name)
-        data = dict(values) if instance is None else serialize(config, instance, values)
+        data = dict(values) if instance is None else serialize(config, instance, values, m2m)
         op: Op = "created" if created else "updated"
         return Change(
             config,

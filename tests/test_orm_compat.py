@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.core.exceptions import FieldError
@@ -81,6 +82,29 @@ def test_save_and_delete_with_unprefetched_m2m_query_nothing_more() -> None:
         assert not [q for q in queries if "testapp_tag" in q["sql"]]
     # Not prefetched: the deleted row's data leaves the m2m field out.
     assert "tags" not in events.assert_one(op="deleted", pk=pk)["data"]
+
+
+def test_create_of_a_model_with_m2m_fields_costs_only_its_insert(
+    django_assert_num_queries: Any,
+) -> None:
+    # A row the save inserted has no many-to-many rows: they are known empty, not read.
+    with capture_events() as events:
+        with django_assert_num_queries(1):
+            alone = Article.objects.create(title="alone")  # autocommit: published at once
+        with CaptureQueriesContext(connection) as queries, transaction.atomic():
+            committed = Article.objects.create(title="committed")  # read at commit, if
+    with override_settings(BROADCAST_ENABLED=False):
+        with CaptureQueriesContext(connection) as django_alone, transaction.atomic():
+            Article.objects.create(title="django alone")
+    assert len(queries) == len(django_alone), [q["sql"] for q in queries]  # BEGIN, COMMIT
+    assert events.assert_one(op="created", pk=alone.pk)["data"]["tags"] == []
+    assert events.assert_one(op="created", pk=committed.pk)["data"]["title"] == "committed"
+    tag = Tag.objects.create(name="t")
+    with capture_events() as events, transaction.atomic():
+        tagged = Article.objects.create(title="tagged")
+        tagged.tags.add(tag)
+    # The add() is read back at commit and folds into the created event.
+    assert events.assert_one(op="created", pk=tagged.pk)["data"]["tags"] == [tag.pk]
 
 
 def test_update_with_annotations_runs_as_django_runs_it() -> None:
