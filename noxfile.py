@@ -25,8 +25,9 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-#: outside the tree: ruff and pytest must not walk into them
-nox.options.envdir = str(Path(tempfile.gettempdir()) / "broadcast_app-matrix")
+#: outside the tree (ruff and pytest must not walk into them), one directory per
+#: checkout (two checkouts' runs on one machine must not share virtualenvs)
+nox.options.envdir = str(Path(tempfile.gettempdir()) / f"broadcast_app-nox-{ROOT.name}")
 nox.options.error_on_missing_interpreters = True
 nox.options.download_python = "never"  # a missing interpreter fails its session
 # Matrix runs are on SQLite: a DATABASE_URL of the caller's must not reach the sessions.

@@ -7,8 +7,11 @@ snapshot is kept beside the instance (:data:`snapshots`), never in it: users pic
 their instances into caches.
 
 A save never queries: when the instance lacks what the event needs (deferred fields,
-many-to-many fields not prefetched), the row is recorded by pk and read back at commit
-(:class:`~.rows.RowSet`), and a delete's event carries only what was loaded.
+many-to-many fields not prefetched), its event carries what is loaded and names the
+rest (:mod:`.incomplete`), or, where the whole row is needed (a serializer hook, an
+object check, outbox delivery), the row is recorded by pk and read back at commit
+(:class:`~.rows.RowSet`); a created row's many-to-many fields are known empty. A
+delete's event carries only what was loaded.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from django.db.models.signals import (
     post_save,
 )
 
-from . import echo, outbox
+from . import echo, incomplete, outbox
 from .buffer import record
 from .conf import conf
 from .django_compat import loaded_values, prefetched
@@ -240,14 +243,18 @@ def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) 
     return Saved(config, str(instance.pk), created, current, snapshot, frozenset())
 
 
-def _read_later(config: ModelConfig, key: str, instance: models.Model, created: bool) -> RowSet:
-    """A save of an instance lacking part of its event: the row, read back at commit
-    (off the save path: the save itself costs no query), with the old values of the
-    fields the instance has loaded. A field still deferred was not saved (Django saves
-    only loaded fields), so it cannot have changed."""
+def _read_later(
+    config: ModelConfig, key: str, instance: models.Model, created: bool
+) -> RowSet | Change:
+    """A save of an instance lacking part of its event: published as it is, naming what
+    it leaves out (:mod:`.incomplete`), or else the row, read back at commit, with the old
+    values of the fields the instance has loaded. A field still deferred was not saved
+    (Django saves only loaded fields), so it cannot have changed."""
     current = raw_values(config, instance)
     snapshot = snapshots.get(instance, key) or {}
     snapshots.set(instance, key, current)
+    if incomplete.applies(config, created):
+        return incomplete.change(config, instance, current, snapshot)
     pk = str(instance.pk)
     if created:
         return RowSet(config, "created", [pk])

@@ -232,6 +232,8 @@ class Change:
     #: the websocket whose page made the change (``X-Socket-ID``), and whether to skip it
     socket_id: str | None = None
     to_others: bool = False
+    #: broadcast fields ``data`` leaves out, unchanged by this change (see incomplete.py)
+    unknown: tuple[str, ...] = ()
     #: ``changed()``, once computed (a change is not modified after it is made)
     _changed: list[str] | None = None
 
@@ -379,18 +381,24 @@ def _combined(
     before: dict[str, object] | None,
     partial: bool = False,
 ) -> Change:
+    data, values, unknown = later.data, later.values, later.unknown
+    if unknown and op != "deleted":
+        # What ``later`` leaves out it did not change: ``first`` may know it.
+        data, values = {**first.data, **data}, {**first.values, **values}
+        unknown = tuple(n for n in unknown if n not in data)
     return Change(
         config=first.config,
         pk=first.pk,
         op=op,  # type: ignore[arg-type]
-        data=later.data,
-        values=later.values,
+        data=data,
+        values=values,
         before=before,
         confirmed=True,
         partial=partial,
         forced=first.forced | later.forced,
         socket_id=later.socket_id or first.socket_id,
         to_others=later.to_others or first.to_others,
+        unknown=unknown,
     )
 
 
@@ -438,6 +446,8 @@ def event_body(change: Change, ts: str, instance_id: str) -> str:
     if change.socket_id is not None:
         event["socket_id"] = change.socket_id
         event["to_others"] = change.to_others
+    if change.unknown:
+        event["unknown"] = list(change.unknown)
     return _encode(event)[1:]
 
 
