@@ -19,7 +19,6 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.admin.utils import unquote
 from django.core import checks
 from django.core.exceptions import ValidationError
 from django.forms import Media
@@ -28,6 +27,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
+from .django_compat import admin_unquote
 from .model_configs import NotRegistered, get_config
 from .positions import render_since
 
@@ -106,7 +106,7 @@ class LiveAdminMixin(_Base):
 
     def _live_pk(self, object_id: str) -> str | None:
         try:
-            return str(self.model._meta.pk.to_python(unquote(object_id)))
+            return str(self.model._meta.pk.to_python(admin_unquote(object_id)))
         except ValidationError:
             return None
 

@@ -19,6 +19,11 @@ cleanup work as ever), with the ``post_delete`` captures gathered into one compa
 instances read, and the queries are Django's own with any receiver; beyond, the pks are
 selected and the rows deleted a chunk at a time, where the collector alone would load
 every matching row at once (our ``post_delete`` receiver keeps it from deleting fast).
+Where that chunked path cannot run on the installed Django (its internals, all in
+:mod:`.django_compat`, are not as known), Django's own ``delete()`` runs, and its rows
+are captured the same way.
+
+Every Django internal this module relies on is read through :mod:`.django_compat`.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from contextvars import ContextVar
 from functools import wraps
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import NotSupportedError, connections, router, transaction
 from django.db.models import Model, QuerySet
-from django.db.models.deletion import Collector
 
+from . import django_compat
 from .capture import collect_deleted, record_item, snapshot_key, snapshots
 from .conf import conf
 from .events import _MISSING, Op, normalize, raw_values
@@ -115,32 +120,44 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     configs = _configs(self)
     chosen = [(c, _broadcast_fields(c, kwargs)) for c in configs]
     chosen = [(c, fields) for c, fields in chosen if fields]
-    if not chosen or self.query.is_sliced or self.query.combinator:
+    if not chosen or not _narrowable(self):
         # Nothing broadcast is set (or Django will refuse the update itself).
         return int(_original["update"](self, **kwargs))
     # One read for every config: a child's fields include its parents'.
     read = list({f.attname: f for _, fields in chosen for f in fields}.values())
-    self._for_write = True  # type: ignore[attr-defined]  # as update() does: the write db
+    using = django_compat.write_db(self)
+    qs = self.using(using)  # read where update() writes (a replica may lag)
     token = _inside.set(True)
     try:
-        with _transaction(self.db):
-            pks, before = _lock_and_read(self, read)
+        with _transaction(using):
+            pks, before = _lock_and_read(qs, read)
             count = 0
             # At least once: with no row, Django must still accept or refuse the update.
             for start in range(0, max(len(pks), 1), _CHUNK):
                 # The user's queryset itself, narrowed to the rows read: its annotations,
                 # ordering and class stay, so Django accepts or refuses the update (with
                 # its own message) and builds its SQL exactly as without us.
-                chunk = self.filter(pk__in=pks[start : start + _CHUNK])
+                chunk = qs.filter(pk__in=pks[start : start + _CHUNK])
                 count += _original["update"](chunk, **kwargs)
             if pks:
                 for config, fields in chosen:
                     names = [f.name for f in fields]
                     mine = {pk: {n: values[n] for n in names} for pk, values in before.items()}
-                    record_item(RowSet(config, "updated", pks, before=mine), self.db)
+                    record_item(RowSet(config, "updated", pks, before=mine), using)
     finally:
         _inside.reset(token)
     return count
+
+
+def _narrowable(qs: QuerySet[Any]) -> bool:
+    """Whether ``qs`` can be narrowed with ``filter()``: Django refuses that of a sliced or
+    combined (``union()`` …) queryset, as it refuses their ``update()``: such an update
+    goes to Django unchanged, to be refused with Django's own message."""
+    try:
+        qs.filter(pk__in=())
+    except (TypeError, NotSupportedError):
+        return False
+    return True
 
 
 def _transaction(using: str, *, savepoint: bool = False) -> AbstractContextManager[Any]:
@@ -164,10 +181,17 @@ def _broadcast_fields(config: ModelConfig, kwargs: dict[str, Any]) -> list[Any]:
 def _locked(qs: QuerySet[Any]) -> QuerySet[Any]:
     """``qs`` unordered, its rows locked until commit where the database can."""
     features = connections[qs.db].features
-    # FOR UPDATE is refused with GROUP BY (a filter on an aggregate annotation).
-    if features.has_select_for_update and qs.query.group_by is None:
-        qs = qs.select_for_update(of=("self",) if features.has_select_for_update_of else ())
-    return qs.order_by()
+    if not features.has_select_for_update:
+        return qs.order_by()
+    lockable = django_compat.may_lock(qs)
+    if lockable is False:
+        return qs.order_by()  # FOR UPDATE is refused with GROUP BY: read without a lock
+    if lockable is None:
+        # Unknown: lock the rows by pk, selected by a subquery (valid with GROUP BY too).
+        qs = type(qs)(model=qs.model, using=qs.db).filter(pk__in=qs.order_by().values("pk"))
+    return qs.select_for_update(
+        of=("self",) if features.has_select_for_update_of else ()
+    ).order_by()
 
 
 def _lock_and_read(qs: QuerySet[Any], fields: list[Any]) -> tuple[list[str], dict[str, Any]]:
@@ -184,18 +208,13 @@ def _lock_and_read(qs: QuerySet[Any], fields: list[Any]) -> tuple[list[str], dic
 
 def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
     configs = _configs(self)
-    if (
-        not configs
-        or self.query.combinator
-        or self.query.is_sliced
-        or self.query.distinct_fields
-        or self._fields is not None  # type: ignore[attr-defined]  # values() before delete()
-    ):
-        # Not ours, or a delete Django refuses: let it say so.
+    if not configs:
         return _original["delete"](self)  # type: ignore[no-any-return]
+    if not django_compat.deletes_in_chunks(self):
+        # A delete Django refuses (it says so), or the public path.
+        return _django_delete(self, configs)
     # As Django's delete(): no select_related(), on the database that deletes the rows.
-    qs = self.select_related(None)
-    qs._for_write = True  # type: ignore[attr-defined]
+    qs = self.select_related(None).using(django_compat.write_db(self))
     per_model: Counter[str] = Counter()
     # The rows themselves, locked: up to a chunk, the collector takes these instances
     # and selects nothing again (the queries are those of Django's own delete() with a
@@ -210,8 +229,22 @@ def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
         # nothing deleted, as with Django (which collects everything before deleting).
         with _transaction(qs.db, savepoint=len(first) > _CHUNK):
             _delete_batches(self, qs, configs, batches, per_model)
-    self._result_cache = None
+    django_compat.forget_results(self)  # as Django's delete(): evaluated afresh if reused
     return sum(per_model.values()), dict(per_model)
+
+
+def _django_delete(
+    qs: QuerySet[Any], configs: tuple[ModelConfig, ...]
+) -> tuple[int, dict[str, int]]:
+    """Django's own ``delete()`` of ``qs``, its deleted rows of ``configs`` captured as
+    in a chunk (the collector loads every matching row at once)."""
+    with collect_deleted(configs) as deleted:
+        result: tuple[int, dict[str, int]] = _original["delete"](qs)
+    using = django_compat.write_db(qs)
+    for config, changes in deleted.items():
+        if changes:
+            record_item(DeletedRows.pack(config, changes), using)
+    return result
 
 
 def _delete_batches(
@@ -224,7 +257,7 @@ def _delete_batches(
     """Delete each batch (instances or a queryset) with Django's collector."""
     for batch in batches:
         # Not batch.delete(): its origin would be the batch, not the user's queryset.
-        collector = Collector(using=qs.db, origin=origin)
+        collector = django_compat.deletion_collector(qs.db, origin)
         collector.collect(batch)
         # _inside stays unset: receivers run in there, and their bulk writes (or the
         # collector's own update() for on_delete=SET_NULL) must broadcast.
@@ -242,13 +275,15 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
         created = _original["bulk_create"](self, objs, *args, **kwargs)
         _refresh_snapshots(self, created)
         return created
-    self._for_write = True  # type: ignore[attr-defined]  # as bulk_create() does
+    using = django_compat.write_db(self)
     token = _inside.set(True)
     try:
         # No transaction of ours around it: Django opens one where the write needs it
         # (from 6.1, not for a single query), and the rows are recorded only once it
-        # returned: at the caller's commit, or at once in autocommit.
-        created = _original["bulk_create"](self, objs, *args, **kwargs)
+        # returned: at the caller's commit, or at once in autocommit. On the write
+        # database from the start (Django checks the options against the read one's
+        # features before it switches).
+        created = _original["bulk_create"](self.using(using), objs, *args, **kwargs)
         pks = _pk_texts(configs[0], created)
         if len(pks) < len(created):
             # ignore_conflicts, or a database that returns no ids (MySQL).
@@ -264,7 +299,7 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
         if pks:
             op: Op = "updated" if upsert else "created"
             for config in configs:
-                record_item(RowSet(config, op, pks, forced=forced), self.db)
+                record_item(RowSet(config, op, pks, forced=forced), using)
     finally:
         _inside.reset(token)
     _refresh_snapshots(self, created)
@@ -306,15 +341,15 @@ def _bulk_update(
         return _original["bulk_update"](self, objs, fields, *args, **kwargs)
     objs = list(objs)
     befores = [(config, _before(config, fields, objs)) for config, fields in chosen]
-    self._for_write = True  # type: ignore[attr-defined]  # as bulk_update() does
+    using = django_compat.write_db(self)
     token = _inside.set(True)
     try:
-        with transaction.atomic(using=self.db, savepoint=False):
+        with transaction.atomic(using=using, savepoint=False):
             count = _original["bulk_update"](self, objs, fields, *args, **kwargs)
             for config, before in befores:
                 if before:
                     pks = list(before)
-                    record_item(RowSet(config, "updated", pks, before=before), self.db)
+                    record_item(RowSet(config, "updated", pks, before=before), using)
     finally:
         _inside.reset(token)
     _refresh_snapshots(self, objs)

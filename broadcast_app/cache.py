@@ -4,7 +4,9 @@ Built on Django's cache framework (alias ``BROADCAST_CACHE_ALIAS``). A miss load
 row from the database and stores it with ``add`` (never overwriting), so a load that
 raced with an incoming event cannot put stale data over the event's. ``created`` and
 ``updated`` events overwrite the entry; ``deleted`` replaces it with a short-lived
-tombstone so a racing miss cannot bring the row back. Entries hold broadcast data only,
+tombstone so a racing miss cannot bring the row back. An event naming ``unknown``
+fields completes the entry it finds, or else leaves a short-lived marker under which
+reads go to the database. Entries hold broadcast data only,
 exactly as in events (after a JSON round trip): never an excluded field.
 
 Entries are only as current as the events that reached this instance. So where a
@@ -109,6 +111,8 @@ def fetch(model: type[models.Model] | str, pk: Any) -> Lookup:
     cache = _cache()
     key = cache_key(config.label, str(pk), cache)
     entry = cache.get(key)
+    if entry is not None and "unknown" in entry:
+        return Lookup(load(config, pk), False)  # partly known: not stored (apply_event)
     if entry is not None:
         return Lookup(entry.get("data"), True)
     data = load(config, pk)
@@ -134,5 +138,15 @@ def apply_event(event: dict[str, Any]) -> None:
     key = cache_key(event["model"], event["pk"], cache)
     if event["op"] == "deleted":
         cache.set(key, {"id": event["id"], "data": None}, _TOMBSTONE_TIMEOUT)
+    elif event.get("unknown"):
+        # Data without some fields, which the event did not change: completed from the
+        # entry, or else the row is read from the database until the marker expires
+        # (a load that raced with the event cannot add its older data over it).
+        entry = cache.get(key)
+        if entry is not None and entry.get("data") is not None:
+            data = {**entry["data"], **event["data"]}
+            cache.set(key, {"id": event["id"], "data": data}, conf.BROADCAST_CACHE_TIMEOUT)
+        else:
+            cache.set(key, {"id": event["id"], "unknown": True}, _TOMBSTONE_TIMEOUT)
     else:
         cache.set(key, {"id": event["id"], "data": event["data"]}, conf.BROADCAST_CACHE_TIMEOUT)

@@ -7,8 +7,11 @@ snapshot is kept beside the instance (:data:`snapshots`), never in it: users pic
 their instances into caches.
 
 A save never queries: when the instance lacks what the event needs (deferred fields,
-many-to-many fields not prefetched), the row is recorded by pk and read back at commit
-(:class:`~.rows.RowSet`), and a delete's event carries only what was loaded.
+many-to-many fields not prefetched), its event carries what is loaded and names the
+rest (:mod:`.incomplete`), or, where the whole row is needed (a serializer hook, an
+object check, outbox delivery), the row is recorded by pk and read back at commit
+(:class:`~.rows.RowSet`); a created row's many-to-many fields are known empty. A
+delete's event carries only what was loaded.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from django.db.models.signals import (
     post_save,
 )
 
-from . import echo, outbox
+from . import echo, incomplete, outbox
 from .buffer import record
 from .conf import conf
-from .django_compat import prefetched
+from .django_compat import loaded_values, prefetched
 from .events import _MISSING, Change, Saved, normalize, raw_values, serialize
 from .model_configs import ModelConfig, all_configs
 from .rows import RowSet
@@ -190,6 +193,10 @@ def _on_post_save(
             # Compared later (by the publisher thread after an autocommit save) when no
             # instance is needed for it.
             item = saved if config.needs_no_instance else saved.change(instance)
+        elif created and _inserted_whole(config, instance):
+            # The row was inserted by this save: no many-to-many row can point to it yet.
+            empty: dict[str, list[Any]] = {f.name: [] for f in config.m2m_fields}
+            item = _read(config, key, instance, created).change(instance, empty)
         else:
             item = _read_later(config, key, instance, created)
     except Exception:
@@ -203,12 +210,26 @@ def _on_post_save(
 def _complete(config: ModelConfig, instance: models.Model) -> bool:
     """Whether the instance holds everything its event needs (no deferred field, every
     many-to-many field prefetched)."""
-    if not instance.__dict__.keys() >= config.attnames:
+    if not loaded_values(instance).keys() >= config.attnames:
         return False
     if config.m2m_fields:
         cache = prefetched(instance)
         return all(f.name in cache for f in config.m2m_fields)
     return True
+
+
+def _inserted_whole(config: ModelConfig, instance: models.Model) -> bool:
+    """Whether a created instance holds everything its event needs but its many-to-many
+    relations, which are empty: its fields all loaded, no serializer hook (which may read
+    relations itself), its row is ``config``'s own and so are its many-to-many fields (a
+    multi-table child created for an existing parent row inserts no parent row, whose
+    relations may exist)."""
+    return (
+        config.serializer is None
+        and type(instance)._meta.concrete_model is config.model
+        and all(f.model is config.model for f in config.m2m_fields)
+        and loaded_values(instance).keys() >= config.attnames
+    )
 
 
 def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) -> Saved:
@@ -220,14 +241,18 @@ def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) 
     return Saved(config, str(instance.pk), created, current, snapshot, frozenset())
 
 
-def _read_later(config: ModelConfig, key: str, instance: models.Model, created: bool) -> RowSet:
-    """A save of an instance lacking part of its event: the row, read back at commit
-    (off the save path: the save itself costs no query), with the old values of the
-    fields the instance has loaded. A field still deferred was not saved (Django saves
-    only loaded fields), so it cannot have changed."""
+def _read_later(
+    config: ModelConfig, key: str, instance: models.Model, created: bool
+) -> RowSet | Change:
+    """A save of an instance lacking part of its event: published as it is, naming what
+    it leaves out (:mod:`.incomplete`), or else the row, read back at commit, with the old
+    values of the fields the instance has loaded. A field still deferred was not saved
+    (Django saves only loaded fields), so it cannot have changed."""
     current = raw_values(config, instance)
     snapshot = snapshots.get(instance, key) or {}
     snapshots.set(instance, key, current)
+    if incomplete.applies(config, created):
+        return incomplete.change(config, instance, current, snapshot)
     pk = str(instance.pk)
     if created:
         return RowSet(config, "created", [pk])
@@ -252,10 +277,11 @@ def _on_post_delete(
         return
     try:
         # Only what is loaded: a deferred field cannot be fetched from a deleted row.
+        loaded = loaded_values(instance)
         values = {
-            f.name: normalize(f, instance.__dict__[f.attname])
+            f.name: normalize(f, loaded[f.attname])
             for f in config.broadcast_fields
-            if f.attname in instance.__dict__
+            if f.attname in loaded
         }
         try:
             data = _loaded_data(config, instance, values)

@@ -8,11 +8,15 @@ a clear message when Django changes it, and a public fallback that keeps events 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.deletion import Collector
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 
 
 def prefetched(instance: models.Model) -> dict[str, Any]:
@@ -24,6 +28,39 @@ def prefetched(instance: models.Model) -> dict[str, Any]:
     """
     cache = getattr(instance, "_prefetched_objects_cache", None)
     return cache if isinstance(cache, dict) else {}
+
+
+def loaded_values(instance: models.Model) -> dict[str, Any]:
+    """The field values ``instance`` has loaded (or been assigned), by attname: its
+    ``__dict__``, where a deferred field has no entry (what ``get_deferred_fields()``
+    itself reads). Read on every load and save, so no call per field."""
+    return instance.__dict__
+
+
+def plain_attribute(model: type[models.Model], f: models.Field[Any, Any]) -> bool:
+    """Whether reading ``f`` from an instance of ``model`` is just reading its
+    :func:`loaded_values` entry: the field's descriptor is Django's own
+    (``DeferredAttribute``, ``ForeignKeyDeferredAttribute``: undocumented classes) and
+    its ``value_from_object()`` is not overridden. False (events then read the value
+    through ``value_from_object()``: correct, slower) for any other descriptor."""
+    if type(f).value_from_object is not models.Field.value_from_object:
+        return False
+    try:
+        descriptor = inspect.getattr_static(model, f.attname)
+    except AttributeError:
+        return False
+    return type(descriptor) in (DeferredAttribute, ForeignKeyDeferredAttribute)
+
+
+def admin_unquote(object_id: str) -> str:
+    """An admin URL's object id as the pk it quotes: ``django.contrib.admin.utils.unquote``
+    (public name, undocumented; the inverse of the admin's ``quote()``). Without it, the
+    id as given (pks with characters the admin quotes then match nothing)."""
+    try:
+        from django.contrib.admin.utils import unquote
+    except ImportError:
+        return object_id
+    return str(unquote(object_id))
 
 
 #: False when the installed Django's ``run_on_commit`` is not a list of
@@ -70,3 +107,75 @@ def keep_last(conn: BaseDatabaseWrapper, func: Callable[[], Any]) -> bool:
     # Empty sids: no savepoint rollback may discard it; only a full rollback does.
     hooks.append((set(), func, True))
     return True
+
+
+#: False to take the public paths of the QuerySet internals below (chunked deletes,
+#: the lock test), as on a Django where they are not as known. Tests set it.
+QUERYSET_INTERNALS = True
+
+_UNKNOWN: Any = object()
+# Collector(origin=) since Django 4.1: what pre_delete/post_delete receivers get as origin.
+_COLLECTOR_TAKES_ORIGIN = "origin" in inspect.signature(Collector.__init__).parameters
+
+
+def write_db(qs: models.QuerySet[Any]) -> str:
+    """The database a write through ``qs`` goes to, chosen as Django's own ``update()``,
+    ``delete()`` and bulk methods choose it (``qs.using()``, else the routers'
+    ``db_for_write`` with the queryset's hints).
+
+    Public calls only (instead of setting ``QuerySet._for_write``): Django routes
+    ``select_for_update()`` querysets to the write database (ticket #19918, since 1.6;
+    not documented, hence the contract test). Nothing is evaluated.
+    """
+    return qs.select_for_update().db
+
+
+def deletes_in_chunks(qs: models.QuerySet[Any]) -> bool:
+    """Whether ``qs.delete()`` may be run by broadcast_app itself, in chunks (bulk.py).
+
+    Reads ``query.is_sliced``, ``combinator``, ``distinct_fields`` and
+    ``QuerySet._fields`` (values()): Django refuses such deletes, and must say so with its
+    own message. The chunked delete also needs :func:`deletion_collector` and
+    :func:`forget_results`. False on a Django where any of them is not as known (or with
+    :data:`QUERYSET_INTERNALS` off): Django's own ``delete()`` then runs it (the public
+    path: its checks, its collector, every matching row loaded at once).
+    """
+    if not QUERYSET_INTERNALS or not _COLLECTOR_TAKES_ORIGIN:
+        return False
+    query = qs.query
+    sliced = getattr(query, "is_sliced", _UNKNOWN)
+    combinator = getattr(query, "combinator", _UNKNOWN)
+    distinct_fields = getattr(query, "distinct_fields", _UNKNOWN)
+    fields = getattr(qs, "_fields", _UNKNOWN)
+    if _UNKNOWN in (sliced, combinator, distinct_fields, fields) or not hasattr(
+        qs, "_result_cache"
+    ):
+        return False
+    return not (sliced or combinator or distinct_fields or fields is not None)
+
+
+def deletion_collector(using: str, origin: models.QuerySet[Any]) -> Collector:
+    """Django's deletion collector (``django.db.models.deletion``, undocumented), with the
+    user's queryset as the ``origin`` its receivers get, as in Django's ``delete()``.
+    Only called where :func:`deletes_in_chunks` allowed it."""
+    return Collector(using=using, origin=origin)
+
+
+def forget_results(qs: models.QuerySet[Any]) -> None:
+    """Empty ``qs``'s result cache (``QuerySet._result_cache``), as Django's ``delete()``
+    does: the deleted queryset is evaluated afresh if used again. Only called where
+    :func:`deletes_in_chunks` allowed it."""
+    qs._result_cache = None
+
+
+def may_lock(qs: models.QuerySet[Any]) -> bool | None:
+    """Whether ``FOR UPDATE`` may be added to ``qs``'s SELECT: not with ``GROUP BY`` (a
+    filter on an aggregate annotation), which the databases refuse. Reads
+    ``query.group_by``; None where it cannot (the caller then locks the rows through a
+    subquery of their pks, valid either way)."""
+    if not QUERYSET_INTERNALS:
+        return None
+    group_by = getattr(qs.query, "group_by", _UNKNOWN)
+    if group_by is _UNKNOWN:
+        return None
+    return group_by is None

@@ -24,7 +24,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils.crypto import salted_hmac
 
-from .django_compat import prefetched
+from .django_compat import loaded_values, prefetched
 
 if TYPE_CHECKING:
     from .model_configs import ModelConfig
@@ -125,7 +125,7 @@ def kept(field: models.Field[Any, Any], value: Any) -> Any:
 def raw_values(config: ModelConfig, instance: models.Model) -> dict[str, Any]:
     """Attribute values of the broadcast fields as loaded, without touching deferred ones
     (the snapshot the next save compares with; see :func:`kept`)."""
-    loaded = instance.__dict__
+    loaded = loaded_values(instance)
     values: dict[str, Any] = {}
     for f in config.captured_fields:
         raw = loaded.get(f.attname, _MISSING)
@@ -152,7 +152,10 @@ def m2m_values(config: ModelConfig, instance: models.Model) -> dict[str, list[An
 
 
 def serialize(
-    config: ModelConfig, instance: models.Model, values: dict[str, Any]
+    config: ModelConfig,
+    instance: models.Model,
+    values: dict[str, Any],
+    m2m: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``data`` of an event: the serializer hook's output, or the field values.
 
@@ -162,7 +165,7 @@ def serialize(
     if config.serializer is None:
         data = dict(values)
         if config.m2m_fields:
-            data.update(m2m_values(config, instance))
+            data.update(m2m_values(config, instance) if m2m is None else m2m)
         return data
     data = dict(config.serializer(instance))
     for name in config.private_names.intersection(data):
@@ -229,6 +232,8 @@ class Change:
     #: the websocket whose page made the change (``X-Socket-ID``), and whether to skip it
     socket_id: str | None = None
     to_others: bool = False
+    #: broadcast fields ``data`` leaves out, unchanged by this change (see incomplete.py)
+    unknown: tuple[str, ...] = ()
     #: ``changed()``, once computed (a change is not modified after it is made)
     _changed: list[str] | None = None
 
@@ -295,9 +300,12 @@ class Saved:
     def label(self) -> str:
         return self.config.label
 
-    def change(self, instance: models.Model | None = None) -> Change:
+    def change(
+        self, instance: models.Model | None = None, m2m: dict[str, list[Any]] | None = None
+    ) -> Change:
         """The change this save made (``instance``: for a serializer hook, many-to-many
-        data and fields read through ``value_from_object()``)."""
+        data and fields read through ``value_from_object()``; ``m2m``: the many-to-many
+        data, where known without the instance's relations)."""
         config, current, snapshot, created = self.config, self.current, self.snapshot, self.created
         values: dict[str, Any] = {}
         before: dict[str, Any] = {}
@@ -327,7 +335,7 @@ class Saved:
                 old_value = before[f.name] = normalize(f.field, old)
                 if f.tracked and old_value != value:
                     changed.append(f.name)
-        data = dict(values) if instance is None else serialize(config, instance, values)
+        data = dict(values) if instance is None else serialize(config, instance, values, m2m)
         op: Op = "created" if created else "updated"
         return Change(
             config,
@@ -373,18 +381,24 @@ def _combined(
     before: dict[str, object] | None,
     partial: bool = False,
 ) -> Change:
+    data, values, unknown = later.data, later.values, later.unknown
+    if unknown and op != "deleted":
+        # What ``later`` leaves out it did not change: ``first`` may know it.
+        data, values = {**first.data, **data}, {**first.values, **values}
+        unknown = tuple(n for n in unknown if n not in data)
     return Change(
         config=first.config,
         pk=first.pk,
         op=op,  # type: ignore[arg-type]
-        data=later.data,
-        values=later.values,
+        data=data,
+        values=values,
         before=before,
         confirmed=True,
         partial=partial,
         forced=first.forced | later.forced,
         socket_id=later.socket_id or first.socket_id,
         to_others=later.to_others or first.to_others,
+        unknown=unknown,
     )
 
 
@@ -432,6 +446,8 @@ def event_body(change: Change, ts: str, instance_id: str) -> str:
     if change.socket_id is not None:
         event["socket_id"] = change.socket_id
         event["to_others"] = change.to_others
+    if change.unknown:
+        event["unknown"] = list(change.unknown)
     return _encode(event)[1:]
 
 

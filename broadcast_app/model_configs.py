@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from inspect import getattr_static
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.apps import apps
 from django.db import models
-from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
-from django.db.models.query_utils import DeferredAttribute
 
+from .django_compat import plain_attribute
 from .events import NORMAL_TYPES
 
 if TYPE_CHECKING:
@@ -124,7 +122,7 @@ class ModelConfig:
                 name=f.name,
                 attname=f.attname,
                 normal=NORMAL_TYPES.get(type(f)),
-                direct=_plain_attribute(self.model, f),
+                direct=plain_attribute(self.model, f),
                 tracked=not f.primary_key and f.name not in self.volatile_names,
             )
             for f in chosen
@@ -153,17 +151,6 @@ class ModelConfig:
         names = {f.name for f in opts.concrete_fields} | {f.name for f in opts.many_to_many}
         given = list(self.fields or ()) + list(self.exclude)
         return [n for n in given if n not in names]
-
-
-def _plain_attribute(model: type[models.Model], f: models.Field[Any, Any]) -> bool:
-    """Whether reading ``f`` from an instance is just reading its ``__dict__`` entry."""
-    if type(f).value_from_object is not models.Field.value_from_object:
-        return False
-    try:
-        descriptor = getattr_static(model, f.attname)
-    except AttributeError:
-        return False
-    return type(descriptor) in (DeferredAttribute, ForeignKeyDeferredAttribute)
 
 
 _registry: dict[str, ModelConfig] = {}

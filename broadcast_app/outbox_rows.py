@@ -51,6 +51,8 @@ def to_payload(item: Item) -> str:
         common["pks"] = item.pks
     else:
         common.update(pk=item.pk, data=item.data, values=item.values, partial=item.partial)
+        if item.unknown:
+            common["unknown"] = list(item.unknown)
     return json.dumps(common, cls=DjangoJSONEncoder, separators=(",", ":"))
 
 
@@ -77,6 +79,7 @@ def from_payload(label: str, payload: str) -> Item | LostEvents:
         data=state["data"],
         values=state["values"],
         partial=state["partial"],
+        unknown=tuple(state.get("unknown", ())),
         **shared,
     )
 

@@ -8,16 +8,27 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import NotSupportedError, connection, transaction
 from django.db.models import Count
-from django.db.models.deletion import Collector
+from django.db.models.signals import post_delete
 from django.test import override_settings
 
-from broadcast_app import django_compat
-from broadcast_app.django_compat import hook_pending, keep_last, prefetched
+from broadcast_app import django_compat, model_configs
+from broadcast_app.django_compat import (
+    admin_unquote,
+    deletes_in_chunks,
+    hook_pending,
+    keep_last,
+    loaded_values,
+    may_lock,
+    plain_attribute,
+    prefetched,
+    write_db,
+)
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
-from tests.testapp.models import Article, Tag
+from tests.test_bulk import ReadsFromAReplica
+from tests.testapp.models import Article, Comment, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,21 +47,133 @@ def test_run_on_commit_holds_savepoint_ids_callable_robust_tuples() -> None:
         assert entries[-1][2] is True
 
 
-def test_queryset_private_attributes_used_by_bulk() -> None:
+def test_select_for_update_querysets_go_to_the_write_database() -> None:
     qs = Product.objects.all()
-    for name in ("_for_write", "_fields", "_result_cache"):
-        assert hasattr(qs, name), f"QuerySet.{name} is gone: bulk.py uses it"
-    assert Product.objects.values("pk")._fields == ("pk",), "QuerySet._fields changed"
-    query = Product.objects.annotate(n=Count("pk")).query
-    for name in ("is_sliced", "combinator", "distinct_fields", "group_by"):
-        assert hasattr(query, name), f"Query.{name} is gone: bulk.py uses it"
-    assert Product.objects.all()[:1].query.is_sliced is True
+    with override_settings(DATABASE_ROUTERS=[ReadsFromAReplica()]):
+        assert qs.db == "replica"
+        assert write_db(qs) == "default", (
+            "select_for_update() no longer routes to the write database: "
+            "django_compat.write_db() (bulk writes' reads) must follow"
+        )
+        assert write_db(qs.using("other")) == "other"
 
 
-def test_collector_takes_an_origin() -> None:
-    qs = Product.objects.none()
-    collector = Collector(using="default", origin=qs)
-    assert collector.origin is qs, "Collector(origin=) changed: bulk.py's delete passes it"
+def test_filter_is_refused_where_update_is() -> None:
+    # bulk._narrowable(): an update of a queryset that filter() refuses goes to Django.
+    sliced = Product.objects.all()[:1]
+    combined = Product.objects.all().union(Product.objects.all())
+    with pytest.raises(TypeError):
+        sliced.filter(pk__in=())
+    with pytest.raises(NotSupportedError):
+        combined.filter(pk__in=())
+    with pytest.raises(TypeError, match="Cannot update a query once a slice"):
+        sliced.update(stock=1)
+    with pytest.raises(NotSupportedError, match=r"update\(\) after union\(\)"):
+        combined.update(stock=1)
+
+
+def test_queryset_internals_read_for_chunked_deletes() -> None:
+    plain = Product.objects.filter(stock=1)
+    refused = {
+        "sliced (Query.is_sliced)": plain[:1],
+        "combined (Query.combinator)": plain.union(plain),
+        "after distinct(*fields) (Query.distinct_fields)": plain.distinct("name"),
+        "after values() (QuerySet._fields)": plain.values("pk"),
+    }
+    assert deletes_in_chunks(plain), (
+        "Query.is_sliced/combinator/distinct_fields, QuerySet._fields or _result_cache or "
+        "Collector(origin=) changed: django_compat.deletes_in_chunks() must follow"
+    )
+    for what, qs in refused.items():
+        assert not deletes_in_chunks(qs), f"a delete {what} is no longer told apart"
+
+
+def test_group_by_tells_an_aggregate_filter() -> None:
+    assert may_lock(Product.objects.filter(stock=1)) is True, "Query.group_by changed"
+    grouped = Article.objects.annotate(n=Count("comments")).filter(n=0)
+    assert may_lock(grouped) is False, "Query.group_by no longer marks a GROUP BY"
+
+
+@pytest.fixture(params=["internals", "public"])
+def delete_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: with the QuerySet internals, and on the public paths (as on a
+    Django where they are not as known)."""
+    if request.param == "public":
+        monkeypatch.setattr(django_compat, "QUERYSET_INTERNALS", False)
+    return str(request.param)
+
+
+def seed(n: int) -> None:
+    with override_settings(BROADCAST_ENABLED=False):
+        Product.objects.bulk_create(
+            Product(name=f"P{i}", sku=f"S{i}", price=Decimal("1.00"), stock=i) for i in range(n)
+        )
+
+
+def test_delete_receivers_get_the_users_queryset_as_origin(delete_path: str) -> None:
+    # Collector(origin=) on the chunked path; Django's own delete() on the public one.
+    seed(2)
+    origins: list[Any] = []
+
+    def receiver(origin: Any, **kwargs: Any) -> None:
+        origins.append(origin)
+
+    qs = Product.objects.filter(stock__gte=0)
+    post_delete.connect(receiver, sender=Product)
+    try:
+        qs.delete()
+    finally:
+        post_delete.disconnect(receiver, sender=Product)
+    assert origins == [qs, qs], f"{delete_path}: origin is not the deleted queryset"
+
+
+def test_a_deleted_queryset_is_evaluated_afresh(delete_path: str) -> None:
+    # QuerySet._result_cache emptied on the chunked path, by Django on the public one.
+    seed(2)
+    qs = Product.objects.all()
+    assert len(qs) == 2
+    with capture_events() as events:
+        assert qs.delete() == (2, {"demo.Product": 2})
+    assert list(qs) == [], f"{delete_path}: the deleted queryset kept its rows"
+    assert sorted(e["data"]["name"] for e in events.matching(op="deleted")) == ["P0", "P1"]
+
+
+@pytest.mark.usefixtures("delete_path")
+def test_deletes_django_refuses_keep_its_messages() -> None:
+    seed(1)
+    with pytest.raises(TypeError, match="Cannot use 'limit' or 'offset' with delete"):
+        Product.objects.all()[:1].delete()
+    with pytest.raises(TypeError, match=r"after \.values\(\)"):
+        Product.objects.values("pk").delete()
+    with pytest.raises(NotSupportedError, match=r"delete\(\) after union\(\)"):
+        Product.objects.all().union(Product.objects.all()).delete()
+    assert Product.objects.count() == 1
+
+
+def test_public_path_deletes_and_cascades_publish_as_the_chunked_one(delete_path: str) -> None:
+    with override_settings(BROADCAST_ENABLED=False):
+        article = Article.objects.create(title="a")
+        Comment.objects.create(article=article, body="c")
+    with capture_events() as events:
+        assert Article.objects.filter(title="a").delete() == (
+            2,
+            {"testapp.Comment": 1, "testapp.Article": 1},
+        )
+    got = sorted((e["model"], e["op"]) for e in events)
+    assert got == [("testapp.article", "deleted"), ("testapp.comment", "deleted")], delete_path
+    assert events.matching(model="testapp.article")[0]["data"]["title"] == "a"
+
+
+def test_public_path_locks_an_aggregate_filtered_update_through_a_subquery(
+    delete_path: str,
+) -> None:
+    # On PostgreSQL and MariaDB (CI runs both), the public path's FOR UPDATE is taken on
+    # the rows of a pk subquery: valid where the user's query has GROUP BY.
+    lonely, busy = Article.objects.create(title="lonely"), Article.objects.create(title="busy")
+    Comment.objects.create(article=busy)
+    with capture_events() as events, transaction.atomic():
+        assert Article.objects.annotate(n=Count("comments")).filter(n=0).update(hits=5) == 1
+    assert events.assert_one(op="updated", model="testapp.article")["pk"] == str(lonely.pk)
 
 
 def test_prefetched_objects_cache_holds_prefetched_relations() -> None:
@@ -70,6 +193,68 @@ def test_prefetched_falls_back_to_nothing_prefetched() -> None:
     assert prefetched(article) == {}
     article.__dict__["_prefetched_objects_cache"] = "not a dict"
     assert prefetched(article) == {}
+
+
+def test_loaded_field_values_live_in_the_instance_dict() -> None:
+    # django_compat.loaded_values(): loaded fields told from deferred ones by the
+    # instance's __dict__ (what Model.get_deferred_fields() itself reads), with no call
+    # per field on the load and save paths.
+    Product.objects.create(name="a", sku="A", price=Decimal("1"), stock=1)
+    loaded = Product.objects.only("stock").get()
+    deferred = {f.attname for f in Product._meta.concrete_fields} - loaded_values(loaded).keys()
+    assert deferred == loaded.get_deferred_fields(), (
+        "a model instance no longer keeps its loaded field values in __dict__ by attname: "
+        "django_compat.loaded_values() must follow"
+    )
+    assert loaded.__dict__["stock"] == 1
+
+
+def test_django_field_descriptors_are_told_apart() -> None:
+    plain = [Product._meta.get_field("name"), Comment._meta.get_field("article")]
+    assert all(plain_attribute(f.model, f) for f in plain), (
+        "Django's field descriptors (DeferredAttribute, ForeignKeyDeferredAttribute) "
+        "changed: django_compat.plain_attribute() must follow, or every field is read "
+        "through value_from_object()"
+    )
+
+
+def test_fields_read_through_value_from_object_capture_the_same(
+    reregister: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The public path: as on a Django whose descriptors are not known (patched only
+    # while registering: reregister's teardown registers the model as it was).
+    with monkeypatch.context() as patch:
+        patch.setattr(model_configs, "plain_attribute", lambda model, f: False)
+        config = reregister(exclude=["cost_price"])
+    assert not any(f.direct for f in config.captured_fields)
+    product = Product.objects.create(name="a", sku="A", price=Decimal("1.50"), stock=1)
+    with capture_events() as events:
+        product.stock = 2
+        product.save()
+    event = events.assert_one(op="updated")
+    assert event["changed"] == ["stock"]
+    assert (event["data"]["stock"], event["data"]["price"]) == (2, "1.50")
+
+
+def test_admin_object_ids_are_unquoted_as_the_admin_quotes_them() -> None:
+    from django.contrib.admin.utils import quote
+
+    assert admin_unquote(quote("a/b_c:1")) == "a/b_c:1", (
+        "django.contrib.admin.utils.unquote() no longer inverts quote(): "
+        "django_compat.admin_unquote() must follow"
+    )
+
+
+def test_model_metadata_names_read() -> None:
+    # Options and field attributes beyond the documented get_field()/get_fields(), read
+    # by registry.py and capture.py.
+    opts = Article._meta
+    for name in ("pk", "concrete_model", "concrete_fields", "many_to_many", "label_lower"):
+        assert hasattr(opts, name), f"Options.{name} is gone: registry.py/capture.py use it"
+    assert callable(opts.get_parent_list), "Options.get_parent_list() is gone: registry.py"
+    tags = opts.get_field("tags")
+    assert tags.remote_field.through._meta.auto_created, "ManyToManyField.remote_field.through"
+    assert opts.pk.attname == "id"
 
 
 def test_keep_last_moves_a_hook_after_every_other() -> None:

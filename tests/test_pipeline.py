@@ -201,6 +201,29 @@ def test_cache_miss_loads_from_database_and_never_overwrites(db: None) -> None:
     assert cache.get(Product, 10_000_000) is None
 
 
+def test_cache_completes_an_event_with_unknown_fields_or_reads_the_row(db: None) -> None:
+    with override_settings(BROADCAST_ENABLED=False):
+        product = make(sku="C-2", price=Decimal("3.5"))
+    pk = str(product.pk)
+    loaded = cache.fetch(Product, product.pk).data
+    assert loaded is not None and loaded["sku"] == "C-2"
+    # A save of an instance that had only ``stock`` loaded: the entry keeps the rest.
+    cache.apply_event({"model": "demo.product", "pk": pk, "op": "updated", "id": "9-0",
+                       "data": {"id": product.pk, "stock": 7}, "unknown": ["sku"]})  # fmt: skip
+    merged = cache.fetch(Product, product.pk)
+    assert merged.hit and merged.data == {**loaded, "stock": 7}
+    # No entry to complete: the row is read from the database, and nothing is stored,
+    # not even by a miss that loaded the row before the event (it only adds).
+    cache.delete(Product, product.pk)
+    cache.apply_event({"model": "demo.product", "pk": pk, "op": "updated", "id": "9-1",
+                       "data": {"id": product.pk, "stock": 8}, "unknown": ["sku"]})  # fmt: skip
+    with override_settings(BROADCAST_ENABLED=False):
+        Product.objects.filter(pk=product.pk).update(stock=8)
+    for _ in range(2):
+        read = cache.fetch(Product, product.pk)
+        assert (read.hit, read.data and read.data["stock"]) == (False, 8)
+
+
 def _count(name: str) -> int:
     return stats.get(name)
 
