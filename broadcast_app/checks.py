@@ -9,6 +9,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .conf import conf
 from .layer import PUBSUB_BACKEND, layer_config
@@ -45,6 +46,9 @@ DELIVERY_MODES = ("best_effort", "outbox")
 # Delivery guarantees: gap repair and the liveness probe. Zero would spin the listener's
 # loops; a negative age or cache timeout would keep nothing.
 _DELIVERY_FLOATS = ("BROADCAST_RECOVERY_INTERVAL", "BROADCAST_CONFIRM_TIMEOUT")
+# Presence's bounds: a 0 would refuse every join (or expire members at once).
+_POSITIVE_INTS += ("BROADCAST_PRESENCE_STATE_BYTES", "BROADCAST_PRESENCE_MAX_MEMBERS")
+_POSITIVE_FLOATS += ("BROADCAST_PRESENCE_TTL", "BROADCAST_PRESENCE_RATE")
 #: the numeric settings that must be a positive, finite number (E006)
 POSITIVE: tuple[str, ...] = _POSITIVE_INTS + _POSITIVE_FLOATS + _DELIVERY_FLOATS
 #: settings where 0 (or None) has a documented meaning, and only a negative is wrong
@@ -237,3 +241,28 @@ def check_fast_paths(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> 
             )
         ]
     return []
+
+
+@register()
+def check_presence_user(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    hook = getattr(settings, "BROADCAST_PRESENCE_USER", None)
+    if hook is None or callable(hook):
+        return []
+    try:
+        found = import_string(hook) if isinstance(hook, str) else None
+    except ImportError as exc:
+        found, problem = None, f"it cannot be imported ({exc})"
+    else:
+        problem = "it is not a callable"
+    if callable(found):
+        return []
+    return [
+        Error(
+            f"BROADCAST_PRESENCE_USER must be a callable or its dotted path: {problem}.",
+            hint="Name a function taking the user and returning a dict of what presence "
+            "members show of it, e.g. 'broadcast_app.presence.default_user'.",
+            id="broadcast_app.E030",
+        )
+    ]

@@ -251,5 +251,34 @@ class Settings:
         value = _setting("BROADCAST_FAST_PATHS", True)
         return value if isinstance(value, bool) else frozenset(value)
 
+    @property
+    def BROADCAST_PRESENCE_TTL(self) -> float:
+        """Seconds a presence member outlives the last refresh by its instance (every third
+        of it): a killed instance's members are gone within 4/3 of it."""
+        return float(_setting("BROADCAST_PRESENCE_TTL", 6.0))
+
+    @property
+    def BROADCAST_PRESENCE_STATE_BYTES(self) -> int:
+        """Largest ``state`` (bytes of its JSON) a presence member may carry."""
+        return int(_setting("BROADCAST_PRESENCE_STATE_BYTES", 1024))
+
+    @property
+    def BROADCAST_PRESENCE_MAX_MEMBERS(self) -> int:
+        """Users present on one object at most; a further one's join is refused."""
+        return int(_setting("BROADCAST_PRESENCE_MAX_MEMBERS", 100))
+
+    @property
+    def BROADCAST_PRESENCE_RATE(self) -> float:
+        """Presence joins and updates per second one connection may send (a burst of as
+        many, then that rate); more are refused (``rate_limited``)."""
+        return float(_setting("BROADCAST_PRESENCE_RATE", 10.0))
+
+    @property
+    def BROADCAST_PRESENCE_USER(self) -> str | Callable[[Any], dict[str, Any]]:
+        """What a presence member shows of its user: a callable (or its dotted path) given
+        the user, returning a JSON-able dict (default: id, username, full name)."""
+        value = _setting("BROADCAST_PRESENCE_USER", "broadcast_app.presence.default_user")
+        return value if callable(value) else str(value)
+
 
 conf = Settings()

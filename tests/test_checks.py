@@ -23,6 +23,7 @@ def test_project_settings_pass() -> None:
     assert checks.check_numbers(None) == []
     assert checks.check_delivery(None) == []
     assert checks.check_limits(None) == []
+    assert checks.check_presence_user(None) == []
 
 
 @override_settings(BROADCAST_CHANNEL_LAYER="missing")
@@ -182,3 +183,19 @@ def test_fast_paths_of_known_names_pass(value: Any, settings: Any) -> None:
 
     settings.BROADCAST_FAST_PATHS = value
     assert check_fast_paths(None) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["broadcast_app.presence.no_such_hook", "nodots", "broadcast_app.conf.conf", 5],
+)
+def test_presence_user_hook_that_is_not_a_callable_is_e030(value: Any, settings: Any) -> None:
+    settings.BROADCAST_PRESENCE_USER = value
+    messages = checks.check_presence_user(None)
+    assert ids(messages) == ["broadcast_app.E030"]
+
+
+@pytest.mark.parametrize("value", ["broadcast_app.presence.default_user", lambda user: {}])
+def test_presence_user_hook_that_is_a_callable_passes(value: Any, settings: Any) -> None:
+    settings.BROADCAST_PRESENCE_USER = value
+    assert checks.check_presence_user(None) == []
