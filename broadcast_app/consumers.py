@@ -120,7 +120,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Unregister this connection (idempotent: a close and ``__call__`` both call it)."""
         self.closing = True
         self._unsubscribe_all()
-        presence_protocol.forget(self)
         self.resuming = {}
         self.floors.clear()
         if self.counted:
@@ -455,3 +454,4 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for label, pk in getattr(self, "subscriptions", ()):
             hub.remove(self, label, pk)
         self.subscriptions = set()
+        presence_protocol.forget(self)  # (a close, a revocation, a client that stopped reading)

@@ -158,6 +158,9 @@ class LocalPresence:
             if not watching:
                 del self.watchers[key]
                 self.last.pop(key, None)
+        fresh = self._fresh.get(key)
+        if fresh is not None:
+            fresh.discard(connection)
 
     def leave(self, connection: Connection, key: Key) -> None:
         """Remove ``connection``'s entry on the object (now, by the send task)."""
@@ -177,9 +180,6 @@ class LocalPresence:
             self.leave(connection, key)
         for key in list(self.watching.get(connection, ())):
             self.unwatch(connection, key)
-            fresh = self._fresh.get(key)
-            if fresh is not None:
-                fresh.discard(connection)
 
     def want(self, key: Key) -> None:
         """Read the object's list again and send it where it changed."""

@@ -468,3 +468,43 @@ async def test_lists_are_read_from_redis_not_accumulated_from_notifications(
     await join(bob, "58", {"n": 1})
     members = await members_until(bob, "58", lambda m: m[-1]["state"] == {"n": 1})
     assert names(members) == ["bob"]
+
+
+@override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+async def test_a_revoked_session_closes_the_socket_and_removes_the_member(
+    users: dict[str, User], sockets: list[WebsocketCommunicator]
+) -> None:
+    from channels.auth import AuthMiddlewareStack
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client
+
+    from broadcast_app.access import revalidator
+
+    def log_in() -> str:
+        client = Client()
+        assert client.login(username="alice", password="x")
+        return str(client.cookies["sessionid"].value)
+
+    key = await database_sync_to_async(log_in)()
+    alice = WebsocketCommunicator(
+        AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "/ws/broadcast/",
+        headers=[(b"cookie", f"sessionid={key}".encode())],
+    )
+    assert (await alice.connect(TIMEOUT))[0]
+    bob = await open_socket(sockets, users["bob"])
+    for ws in (alice, bob):
+        await subscribe(ws, "59")
+    try:
+        await join(alice, "59")
+        await members_until(bob, "59", lambda m: names(m) == ["alice"])
+        await database_sync_to_async(SessionStore(key).delete)()  # what logout does
+        assert await members_until(bob, "59", lambda m: not m) == []
+        # Alice's socket was closed (4003), not just forgotten.
+        output = await alice.receive_output(TIMEOUT)
+        while output.get("type") == "websocket.send":
+            output = await alice.receive_output(TIMEOUT)
+        assert output == {"type": "websocket.close", "code": 4003}
+        await alice.disconnect(code=4003)
+    finally:
+        await revalidator.stop()
