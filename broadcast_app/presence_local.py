@@ -181,6 +181,14 @@ class LocalPresence:
         for key in list(self.watching.get(connection, ())):
             self.unwatch(connection, key)
 
+    def counts(self) -> dict[str, int]:
+        """Connections of this instance present on an object, per model (dashboard)."""
+        found: dict[str, int] = {}
+        for entries in self.joined.values():
+            for label, _pk in entries:
+                found[label] = found.get(label, 0) + 1
+        return found
+
     def want(self, key: Key) -> None:
         """Read the object's list again and send it where it changed."""
         self._pending.add(key)

@@ -309,6 +309,9 @@ async def test_dashboard_lists_both_instances_and_counts_events(
     models = page.locator('[data-dashboard="models"]')
     await expect(models).to_contain_text("demo.product")
     await expect(models).not_to_contain_text("cost_price")  # excluded names are not shown
+    # Connections present on the model's objects (presence), over both instances.
+    present = models.locator('td[data-figure="present"]').first
+    await expect(present).to_have_text(re.compile(r"^\d+$"))
     received = instances.locator('tr[data-instance="e2e-B"] td[data-figure="received"]')
     before = await received.text_content()
 

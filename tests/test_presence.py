@@ -508,3 +508,27 @@ async def test_a_revoked_session_closes_the_socket_and_removes_the_member(
         await alice.disconnect(code=4003)
     finally:
         await revalidator.stop()
+
+
+async def test_the_dashboard_counts_present_connections_per_visible_model(
+    users: dict[str, User], sockets: list[WebsocketCommunicator]
+) -> None:
+    from broadcast_app import status
+
+    tabs = [await open_socket(sockets, users["alice"]) for _ in range(2)]
+    for tab in tabs:
+        await subscribe(tab, "60")
+        await join(tab, "60")
+    await members_until(tabs[0], "60", lambda m: bool(m) and m[0]["connections"] == 2)
+    seen = await status.gather({PRODUCT})
+    (product,) = [m for m in seen["models"] if m["label"] == PRODUCT]
+    assert product["present"] == 2
+    assert seen["instance"]["presence"] == {PRODUCT: 2}
+    # A user who may not see the model sees nothing of it, not even its label.
+    hidden = await status.gather(set())
+    assert all(figures["presence"] == {} for figures in hidden["instances"])
+    assert PRODUCT not in json.dumps(hidden)
+    await tabs[1].send_json_to({"type": "presence.leave", "model": PRODUCT, "pk": "60"})
+    await members_until(tabs[0], "60", lambda m: m[0]["connections"] == 1)
+    (product,) = [m for m in (await status.gather({PRODUCT}))["models"] if m["label"] == PRODUCT]
+    assert product["present"] == 1
