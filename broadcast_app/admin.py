@@ -8,10 +8,10 @@
 
 The changelist then follows changes made elsewhere without a reload (changed cells
 highlighted, new rows inserted, deleted rows marked) and the change form shows a banner
-when its object is changed or deleted elsewhere. Nothing is overridden but the views'
-``media``: the mixin adds one stylesheet and one ES module, so the project's own admin
-templates keep working. The model must be registered with ``broadcast_app.register``
-(checked: ``broadcast_app.E101``).
+when its object is changed or deleted elsewhere, and who else has it open. Nothing is
+overridden but the views' ``media``: the mixin adds one stylesheet and one ES module,
+so the project's own admin templates keep working. The model must be registered with
+``broadcast_app.register`` (checked: ``broadcast_app.E101``).
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class LiveAdminMixin(_Base):
         }
         if pk is not None:
             attributes["data-pk"] = pk
+            # Presence: who else has the object open ("<name> is also editing"), not us.
+            attributes["data-user-id"] = str(request.user.pk)
         since = render_since(label)
         if since is not None:
             # The page shows the state as of this event: a resuming server can replay

@@ -9,6 +9,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .conf import DELIVERY_MODES, SETTINGS, Kind, conf
 from .layer import PUBSUB_BACKEND, layer_config
@@ -33,6 +34,7 @@ CHECK_OF_KIND: dict[Kind, str] = {
     "positive_or_none": "broadcast_app.E010",
     "delivery": "broadcast_app.E007",
     "fast_paths": "broadcast_app.E011",
+    "callable": "broadcast_app.E030",
 }
 
 
@@ -278,4 +280,29 @@ def check_text(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[C
         for value in [getattr(settings, name, SETTINGS[name].default)]
         for none_ok in [SETTINGS[name].kind == "instance_id"]
         if not (isinstance(value, str) or (none_ok and value is None))
+    ]
+
+
+@register()
+def check_presence_user(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    hook = getattr(settings, "BROADCAST_PRESENCE_USER", None)
+    if hook is None or callable(hook):
+        return []
+    try:
+        found = import_string(hook) if isinstance(hook, str) else None
+    except ImportError as exc:
+        found, problem = None, f"it cannot be imported ({exc})"
+    else:
+        problem = "it is not a callable"
+    if callable(found):
+        return []
+    return [
+        Error(
+            f"BROADCAST_PRESENCE_USER must be a callable or its dotted path: {problem}.",
+            hint="Name a function taking the user and returning a dict of what presence "
+            "members show of it, e.g. 'broadcast_app.presence.default_user'.",
+            id="broadcast_app.E030",
+        )
     ]

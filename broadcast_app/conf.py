@@ -28,6 +28,7 @@ Kind = Literal[
     "positive_or_none",  # a finite number above 0, or None (None has a documented meaning)
     "delivery",  # one of DELIVERY_MODES
     "fast_paths",  # True, False or a collection of fast path names
+    "callable",  # a callable, or the dotted path of one
 ]
 
 DELIVERY_MODES = ("best_effort", "outbox")
@@ -226,6 +227,34 @@ SETTINGS: dict[str, Setting] = {
         20.0,
         "positive",
         "Frames per second a websocket client may send, past its ``BROADCAST_FRAME_BURST``.",
+    ),
+    "BROADCAST_PRESENCE_TTL": Setting(
+        6.0,
+        "positive",
+        "Seconds a presence member outlives the last refresh by its instance (every third "
+        "of it): a killed instance's members are gone within 4/3 of it.",
+    ),
+    "BROADCAST_PRESENCE_STATE_BYTES": Setting(
+        1024,
+        "positive",
+        "Largest ``state`` (bytes of its JSON) a presence member may carry.",
+    ),
+    "BROADCAST_PRESENCE_MAX_MEMBERS": Setting(
+        100,
+        "positive",
+        "Users present on one object at most; a further one's join is refused.",
+    ),
+    "BROADCAST_PRESENCE_RATE": Setting(
+        10.0,
+        "positive",
+        "Presence joins and updates per second one connection may send (a burst of as "
+        "many, then that rate); more are refused (``rate_limited``).",
+    ),
+    "BROADCAST_PRESENCE_USER": Setting(
+        "broadcast_app.presence.default_user",
+        "callable",
+        "What a presence member shows of its user: a callable (or its dotted path) given "
+        "the user, returning a JSON-able dict (default: id, username, full name).",
     ),
 }
 
@@ -432,6 +461,27 @@ class Settings:
     def BROADCAST_FAST_PATHS(self) -> bool | frozenset[str]:
         value = _setting("BROADCAST_FAST_PATHS")
         return value if isinstance(value, bool) else frozenset(value)
+
+    @property
+    def BROADCAST_PRESENCE_TTL(self) -> float:
+        return float(_setting("BROADCAST_PRESENCE_TTL"))
+
+    @property
+    def BROADCAST_PRESENCE_STATE_BYTES(self) -> int:
+        return int(_setting("BROADCAST_PRESENCE_STATE_BYTES"))
+
+    @property
+    def BROADCAST_PRESENCE_MAX_MEMBERS(self) -> int:
+        return int(_setting("BROADCAST_PRESENCE_MAX_MEMBERS"))
+
+    @property
+    def BROADCAST_PRESENCE_RATE(self) -> float:
+        return float(_setting("BROADCAST_PRESENCE_RATE"))
+
+    @property
+    def BROADCAST_PRESENCE_USER(self) -> str | Callable[[Any], dict[str, Any]]:
+        value = _setting("BROADCAST_PRESENCE_USER")
+        return value if callable(value) else str(value)
 
 
 # Each property's docstring is its setting's meaning, from the one table.

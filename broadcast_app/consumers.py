@@ -28,7 +28,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
-from . import access, cache
+from . import access, cache, presence_protocol
 from .access import revalidator, session_key
 from .conf import conf
 from .echo import bind
@@ -239,7 +239,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise ProtocolError(
-                    "bad_request", "Unknown 'type'; expected subscribe, unsubscribe or ping."
+                    "bad_request",
+                    "Unknown 'type'; expected subscribe, unsubscribe, ping, presence.join "
+                    "or presence.leave.",
                 )
             await handler(self, message)
         except ProtocolError as error:
@@ -282,6 +284,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.subscriptions.add(key)
             hub.add(self, config.label, pk)
         await self._follow(config, pk, since, message.get("ref"))
+        presence_protocol.subscribed(self, config.label, pk)
 
     async def _follow(self, config: ModelConfig, pk: str | None, since: object, ref: Any) -> None:
         """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
@@ -375,11 +378,13 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.subscriptions.discard((config.label, pk))
         self.floors.discard((config.label, pk))
         hub.remove(self, config.label, pk)
+        presence_protocol.unsubscribed(self, config.label, pk)
 
     handlers: dict[str, Callable[[BroadcastConsumer, dict[str, Any]], Awaitable[None]]] = {
         "ping": on_ping,
         "subscribe": on_subscribe,
         "unsubscribe": on_unsubscribe,
+        **presence_protocol.HANDLERS,
     }
 
     # -- helpers ----------------------------------------------------------------------
@@ -440,6 +445,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.forbidden.add(label)
         self.subscriptions.discard((label, pk))
         hub.remove(self, label, pk)
+        presence_protocol.unsubscribed(self, label, pk)
         self.reply(
             {
                 "type": "error",
@@ -455,3 +461,4 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for label, pk in getattr(self, "subscriptions", ()):
             hub.remove(self, label, pk)
         self.subscriptions = set()
+        presence_protocol.forget(self)  # (a close, a revocation, a client that stopped reading)

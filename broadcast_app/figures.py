@@ -16,6 +16,7 @@ from .conf import conf
 from .feed import feed, iso
 from .hub import hub
 from .listener import listener
+from .presence_local import local as presence
 from .stats import stats
 from .upstream.django_cache import locmem_keys
 
@@ -63,6 +64,8 @@ def instance_figures() -> dict[str, Any]:
             for name in ("publish_errors", "listener_errors", "cache_errors", "bad_events")
         ),
         "cache_entries": cache_entries(),
+        # connections present (presence) per model; status.gather() shows visible ones only
+        "presence": presence.counts(),
         "last_event_at": None if last is None else iso(last.received_at),
         "last_lag_ms": None if last is None else last.lag_ms,
         "reported_at": iso(now),

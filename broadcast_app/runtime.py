@@ -9,6 +9,8 @@ An instance (one ASGI process, one event loop) runs, beside the requests it serv
 - ``heartbeat``: this instance's figures in Redis for the dashboard (:mod:`.heartbeat`);
 - ``revalidate``: the periodic check of websocket users, only while a connection holds a
   subscription (started by :mod:`.access`, it ends by itself when none does);
+- ``presence-*``: presence's sending, refreshing and notification tasks, started by
+  :mod:`.presence_local` under this runtime when a connection first needs them;
 - the outbox relay thread (``BROADCAST_OUTBOX_RELAY``; :class:`.relay.InProcessRelay`).
 
 Every task runs under :meth:`InstanceRuntime.spawn`: one that raises (or, meant to run
@@ -38,6 +40,7 @@ from .conf import conf
 from .figures import instance_figures
 from .heartbeat import heartbeat
 from .log import event_log
+from .presence_local import local as presence
 from .stats import stats
 
 logger = logging.getLogger(__name__)
@@ -128,6 +131,7 @@ class InstanceRuntime:
         self._lock = asyncio.Lock()
         listener.bind()
         heartbeat.bind()
+        presence.attach(self)  # its tasks start when a connection first needs them
 
     # -- the instance -----------------------------------------------------------------
 

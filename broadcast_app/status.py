@@ -79,6 +79,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _visible_presence(figures: dict[str, Any], visible: set[str]) -> dict[str, int]:
+    """An instance's present connections per model, of the ``visible`` models only."""
+    counts = figures.get("presence")
+    if not isinstance(counts, dict):
+        return {}  # (an instance of a version without presence)
+    return {label: int(n) for label, n in counts.items() if label in visible}
+
+
 async def gather(visible: set[str]) -> dict[str, Any]:
     """Everything ``status.json`` returns: this instance, the live ones, Redis, and the
     models in ``visible`` (see :func:`visible_labels`) with their latest events."""
@@ -101,6 +109,13 @@ async def gather(visible: set[str]) -> dict[str, Any]:
     for figures in instances:
         figures["origin"] = origin_id(str(figures.get("id")))
         origins[figures["origin"]] = figures.get("id")
+    # Presence per model over every instance, of the models this user may see only.
+    present: dict[str, int] = {}
+    this["presence"] = _visible_presence(this, visible)
+    for figures in instances:
+        figures["presence"] = _visible_presence(figures, visible)
+        for label, n in figures["presence"].items():
+            present[label] = present.get(label, 0) + n
     receipts = [receipt.as_dict() for receipt in feed.latest() if receipt.model in visible]
     for receipt in receipts:
         receipt["origin_instance"] = origins.get(receipt["origin"])
@@ -110,7 +125,7 @@ async def gather(visible: set[str]) -> dict[str, Any]:
         "instances": instances,
         "rate": {"step_s": 5, "window_s": 300, "per_second": feed.rate(step=5, window=300)},
         "feed": receipts,
-        "models": models(visible),
+        "models": [{**row, "present": present.get(row["label"], 0)} for row in models(visible)],
         "redis": redis_info,
         "settings": {
             "heartbeat_interval_s": conf.BROADCAST_HEARTBEAT_INTERVAL,

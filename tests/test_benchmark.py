@@ -61,6 +61,10 @@ def test_quick_benchmark_writes_results_with_nothing_lost(tmp_path: Path) -> Non
         assert not [answer for answer in load["answers"] if answer.startswith("error")]
     assert "broadcast_benchmark results" in done.stdout
     assert "(h) victim ping" in done.stdout
+    # (i): every join on instance A was seen on instance B.
+    assert results["presence"]["samples"] == 20
+    assert 0 < results["presence"]["p50_ms"] <= results["presence"]["p99_ms"]
+    assert "(i) presence join on instance A" in done.stdout
 
 
 def test_the_resume_verdict_holds_both_targets() -> None:

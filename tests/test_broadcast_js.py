@@ -267,3 +267,54 @@ async def test_close_stops_reconnecting(page: Any) -> None:
         }"""
     )
     assert result == {"timers": 0, "sockets": 1, "status": "closed"}
+
+
+async def test_presence_joins_after_subscribing_follows_members_and_leaves(page: Any) -> None:
+    result = await page.evaluate(
+        """() => {
+          const client = broadcast.connect();
+          const seen = [];
+          const errors = [];
+          // Before the socket opens: both frames go out once it does, in order.
+          const here = client.presence("demo.product", 7, { editing: false },
+                                       { onError: (e) => errors.push(e.code) });
+          const stop = here.onChange((members) => seen.push(members.map((m) => m.user.id)));
+          const ws = sockets[0];
+          ws.serverOpen();
+          const opened = ws.sent.slice();
+          const member = (id) => ({ user: { id }, state: {}, connections: 1, since: "t" });
+          ws.serverSend({ type: "presence", model: "demo.product", pk: "7",
+                          members: [member(1)] });
+          ws.serverSend({ type: "presence", model: "demo.product", pk: "8",
+                          members: [member(9)] });  // another object
+          here.update({ editing: true });
+          ws.serverSend({ type: "presence", model: "demo.product", pk: "7",
+                          members: [member(1), member(2)] });
+          ws.serverSend({ type: "error", code: "forbidden", detail: "no", ref: opened[1].ref });
+          const late = [];
+          here.onChange((members) => late.push(members.length));  // told at once
+          stop();
+          ws.serverSend({ type: "presence", model: "demo.product", pk: "7", members: [] });
+          // A reconnection subscribes, then joins again with the latest state.
+          ws.serverClose();
+          return { opened, seen, late, errors, members: here.members, sent: ws.sent };
+        }"""
+    )
+    subscribe = {"type": "subscribe", "model": "demo.product", "ref": "s2", "pk": "7"}
+    join = {"type": "presence.join", "model": "demo.product", "pk": "7", "ref": "p1"}
+    assert result["opened"] == [subscribe, {**join, "state": {"editing": False}}]
+    assert result["sent"][2] == {**join, "state": {"editing": True}}
+    assert result["seen"] == [[1], [1, 2]]
+    assert result["late"] == [2, 0]
+    assert result["errors"] == ["forbidden"]
+    assert result["members"] == []
+    result = await page.evaluate(
+        """async () => {
+          await until(() => sockets.length > 1);
+          const ws = sockets[1];
+          ws.serverOpen();
+          const reopened = ws.sent.slice();
+          return { reopened };
+        }"""
+    )
+    assert result["reopened"] == [subscribe, {**join, "state": {"editing": True}}]

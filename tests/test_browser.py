@@ -51,6 +51,9 @@ from project.demo.seed import seed_products
 from project.demo.models import Product
 
 User.objects.create_superuser("browser-admin", password=os.environ["E2E_PASSWORD"])
+User.objects.create_superuser(
+    "browser-editor", password=os.environ["E2E_PASSWORD"], first_name="Edna", last_name="Editor"
+)
 seed_products()
 print(json.dumps(dict(Product.objects.values_list("sku", "pk"))))
 """
@@ -64,6 +67,8 @@ class Stack:
     b: Instance
     session_id: str
     pks: dict[str, int]
+    #: a second admin's session (presence: "Edna Editor is also editing")
+    editor_session_id: str
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,8 @@ def stack(
     password = secrets.token_urlsafe(16)
     with demo_stack(redis_server.url, directory, SETUP, password, "browser-setup") as demo:
         session_id = login(demo.a.base_url, ADMIN, password)
-        yield Stack(demo.a, demo.b, session_id, demo.setup_output)
+        editor = login(demo.a.base_url, "browser-editor", password)
+        yield Stack(demo.a, demo.b, session_id, demo.setup_output, editor)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -210,6 +216,37 @@ async def test_change_form_on_b_warns_when_a_edits_the_same_object(
     assert errors == []
 
 
+async def test_change_form_shows_who_else_has_the_object_open(
+    browser: Browser, context: BrowserContext, stack: Stack
+) -> None:
+    path = f"{CHANGELIST}{stack.pks['HDY-009']}/change/"
+    page, errors = await open_live(context, f"{stack.b.base_url}{path}")
+    others = page.locator(".broadcast-others")
+    # Alone (the admin's own second tab does not count): nothing is shown.
+    own_tab, _ = await open_live(context, f"{stack.a.base_url}{path}")
+    await expect(own_tab.locator(".broadcast-others")).to_be_hidden()
+    await own_tab.close()
+    editor_context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        await editor_context.add_cookies(
+            [{"name": "sessionid", "value": stack.editor_session_id, "domain": "127.0.0.1",
+              "path": "/"}]
+        )  # fmt: skip
+        editor_page, editor_errors = await open_live(editor_context, f"{stack.a.base_url}{path}")
+        # Each sees the other, across the two instances, before anyone saves.
+        await expect(others).to_have_text("Edna Editor is also editing")
+        await expect(editor_page.locator(".broadcast-others")).to_have_text(
+            "browser-admin is also editing"
+        )
+        await screenshot(page, "admin-presence")
+        await editor_page.close()  # the tab goes: so does its member
+        await expect(others).to_be_hidden()
+        assert editor_errors == []
+    finally:
+        await editor_context.close()
+    assert errors == []
+
+
 async def test_demo_page_on_b_follows_changes_made_on_a(
     browser: Browser, context: BrowserContext, stack: Stack, on_a: httpx.AsyncClient
 ) -> None:
@@ -272,6 +309,9 @@ async def test_dashboard_lists_both_instances_and_counts_events(
     models = page.locator('[data-dashboard="models"]')
     await expect(models).to_contain_text("demo.product")
     await expect(models).not_to_contain_text("cost_price")  # excluded names are not shown
+    # Connections present on the model's objects (presence), over both instances.
+    present = models.locator('td[data-figure="present"]').first
+    await expect(present).to_have_text(re.compile(r"^\d+$"))
     received = instances.locator('tr[data-instance="e2e-B"] td[data-figure="received"]')
     before = await received.text_content()
 

@@ -26,6 +26,7 @@ def test_project_settings_pass() -> None:
     assert checks.check_flags(None) == []
     assert checks.check_text(None) == []
     assert checks.check_frame_burst(None) == []
+    assert checks.check_presence_user(None) == []
 
 
 @override_settings(BROADCAST_FRAME_BURST=100, BROADCAST_MAX_SUBSCRIPTIONS=100)
@@ -247,3 +248,19 @@ def test_text_that_is_not_a_string_is_e013(name: str, value: Any) -> None:
 def test_instance_id_of_none_passes() -> None:
     with override_settings(BROADCAST_INSTANCE_ID=None):
         assert checks.check_text(None) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["broadcast_app.presence.no_such_hook", "nodots", "broadcast_app.conf.conf", 5],
+)
+def test_presence_user_hook_that_is_not_a_callable_is_e030(value: Any, settings: Any) -> None:
+    settings.BROADCAST_PRESENCE_USER = value
+    messages = checks.check_presence_user(None)
+    assert ids(messages) == ["broadcast_app.E030"]
+
+
+@pytest.mark.parametrize("value", ["broadcast_app.presence.default_user", lambda user: {}])
+def test_presence_user_hook_that_is_a_callable_passes(value: Any, settings: Any) -> None:
+    settings.BROADCAST_PRESENCE_USER = value
+    assert checks.check_presence_user(None) == []

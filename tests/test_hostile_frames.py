@@ -35,6 +35,7 @@ from broadcast_app.hub import hub
 from broadcast_app.layer import route
 from broadcast_app.listener import listener
 from broadcast_app.log import event_log
+from broadcast_app.presence_local import local as presence_local
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.stats import stats
 from project.demo.models import Product
@@ -47,7 +48,7 @@ BATCHES = 200  # BATCH x BATCHES frames in all
 #: error codes a frame may get (docs/protocol.md); ``internal`` would be a bug
 CLIENT_ERRORS = {
     "bad_json", "bad_request", "unknown_model", "forbidden", "too_many_subscriptions",
-    "too_large",
+    "too_large", "rate_limited", "too_many_members",
 }  # fmt: skip
 RESET_REASONS = {
     "malformed", "epoch", "too_old", "unknown", "unavailable", "too_many", "overflow",
@@ -89,7 +90,9 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
     """A JSON object with the protocol's keys, each of any type (json.dumps writes NaN,
     Infinity and escaped lone surrogates as they arrive from a hostile client)."""
     # The right values come up more often than wrong ones, so that frames go deep.
-    kind = st.sampled_from(["subscribe", "subscribe", "unsubscribe", "ping"])
+    kind = st.sampled_from(
+        ["subscribe", "subscribe", "unsubscribe", "ping", "presence.join", "presence.leave"]
+    )
     label = st.just("demo.product") | st.sampled_from(["DEMO.PRODUCT", "auth.user", "", "x" * 300])
     pk = (
         st.integers(1, 10**6).map(str)
@@ -103,6 +106,7 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
             "pk": pk | VALUES,
             "since": since_values(real_since),
             "ref": VALUES,
+            "state": st.dictionaries(TEXT, VALUES, max_size=3) | VALUES,
             "extra": VALUES,
         },
     )
@@ -202,7 +206,7 @@ def check(reply: Any) -> None:
     elif kind == "reset":
         assert reply["reason"] in RESET_REASONS, reply
     else:
-        assert kind in {"pong", "subscribed", "change"}, reply
+        assert kind in {"pong", "subscribed", "change", "presence"}, reply
 
 
 def sender_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
@@ -225,11 +229,14 @@ def runner() -> Iterator[asyncio.Runner]:
     connections.close_all()
 
 
-# Frames and resumes are budgeted per connection: lift the budgets so every frame is
-# read and every resume reads the log;
-# and few subscriptions, so that the limit is reached.
+# Frames, resumes and presence joins are budgeted per connection: lift the budgets so
+# every frame is read, every resume reads the log and every join reaches Redis; and few
+# subscriptions, so that the limit is reached.
 @override_settings(
-    BROADCAST_RESUME_RATE=10**9, BROADCAST_FRAME_BURST=10**9, BROADCAST_MAX_SUBSCRIPTIONS=10
+    BROADCAST_RESUME_RATE=10**9,
+    BROADCAST_FRAME_BURST=10**9,
+    BROADCAST_PRESENCE_RATE=10**9,
+    BROADCAST_MAX_SUBSCRIPTIONS=10,
 )
 def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_behind(
     runner: asyncio.Runner, caplog: pytest.LogCaptureFixture
@@ -273,8 +280,10 @@ def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_beh
     with caplog.at_level(logging.WARNING):
         property_()
         runner.run(ws.send_json_to({"type": "ping"}))
-        pong = runner.run(ws.receive_from(TIMEOUT))
-        assert json.loads(pong) == {"type": "pong"}
+        reply = json.loads(runner.run(ws.receive_from(TIMEOUT)))
+        while reply["type"] == "presence":  # (a member list sent after the last marker)
+            reply = json.loads(runner.run(ws.receive_from(TIMEOUT)))
+        assert reply == {"type": "pong"}
         runner.run(ws.disconnect())
         runner.run(other.disconnect())
     assert sum(sent) >= 10_000
@@ -287,6 +296,7 @@ def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_beh
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert hub.count() == subscriptions_before
+    assert (presence_local.joined, presence_local.watchers) == ({}, {})
     assert sender_tasks(runner.get_loop()) == []
     assert stats.get("connections_opened") - stats.get("connections_closed") == opened_before
     del bystander

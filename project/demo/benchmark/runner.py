@@ -33,6 +33,7 @@ from ..models import Product
 from . import report
 from .bulk import bulk_delete_throughput, bulk_throughput
 from .environment import benchmark_data, database, layers_on, login, redis_server
+from .presence import presence_line, presence_row
 from .processes import (
     BenchmarkError,
     Children,
@@ -85,6 +86,10 @@ class Plan:
     resume_log: int = 10_000
     #: measure (h) alone
     resume_only: bool = False
+    #: (i): joins timed from instance A to a subscriber on B, joins a second, A's tabs
+    presence_samples: int = 200
+    presence_rate: float = 20.0
+    presence_tabs: int = 10
     targets: dict[str, Any] = field(
         default_factory=lambda: {
             "save_ratio": 1.10,
@@ -108,6 +113,7 @@ QUICK = Plan(
     bulk_rows=2_000,
     resume_clients=5,
     resume_seconds=1.0,
+    presence_samples=20,
 )
 
 
@@ -140,6 +146,10 @@ def run_benchmark(plan: Plan, redis_url: str | None, write: Write) -> dict[str, 
                 results = Measurements(
                     plan, children, ports, cookie, (url, redis_pid), products, write
                 ).run()
+                if not plan.resume_only:
+                    write("(i) presence: joins on a second instance A, seen on B…")
+                    results["presence"] = presence_row(children, env, ports["ours"], cookie, plan)
+                    write(presence_line(results["presence"]))
             finally:
                 with ignoring_signals():
                     _stop(children)

@@ -11,7 +11,9 @@
  * see) is exactly what a reload would show, and action checkboxes keep their state.
  *
  * Change form: a change or deletion of the object elsewhere shows a banner (reload /
- * see what changed); saving over it needs one more, explicit click.
+ * see what changed); saving over it needs one more, explicit click. Whoever else has
+ * the same object's change form open is named above the form ("Ann is also editing"),
+ * through presence, before anyone saves.
  *
  * @module admin
  */
@@ -282,9 +284,11 @@ function unmark(row) {
 
 /** The change form's guard against silently overwriting someone else's change. */
 class ConflictWatch {
-  constructor({ model, pk, since, verboseName, changelistUrl }) {
+  constructor({ model, pk, since, verboseName, changelistUrl, userId }) {
     this.model = model;
     this.pk = pk;
+    this.userId = userId;
+    this.others = null;
     this.since = since;
     this.name = verboseName || "object";
     this.changelistUrl = changelistUrl;
@@ -308,6 +312,23 @@ class ConflictWatch {
       onChange: (event) => this.onChange(event),
       onReset: () => this.onMissed(),
     });
+    const here = pageClient().presence(this.model, this.pk, { editing: true });
+    here.onChange((members) => this.renderOthers(members));
+  }
+
+  /** Name the other users who have this object's form open (not this user's own tabs). */
+  renderOthers(members) {
+    const names = members
+      .filter((member) => String(member.user.id) !== this.userId)
+      .map((member) => member.user.name || member.user.username || "Someone");
+    if (!this.others) {
+      this.others = document.createElement("p");
+      this.others.className = "broadcast-others";
+      this.others.setAttribute("role", "status");
+      (document.getElementById("content-main") ?? this.form).prepend(this.others);
+    }
+    this.others.hidden = names.length === 0;
+    this.others.textContent = editingText(names);
   }
 
   onChange(event) {
@@ -443,6 +464,14 @@ class ConflictWatch {
     const label = this.form.querySelector(`label[for="id_${CSS.escape(name)}"]`);
     return label ? label.textContent.trim().replace(/:$/, "") : name;
   }
+}
+
+/** "Ann is also editing", "Ann and Ben are also editing", "Ann, Ben and 2 others are …". */
+function editingText(names) {
+  if (names.length === 0) return "";
+  if (names.length === 1) return `${names[0]} is also editing`;
+  const shownNames = names.length > 3 ? [...names.slice(0, 2), `${names.length - 2} others`] : names;
+  return `${shownNames.slice(0, -1).join(", ")} and ${shownNames.at(-1)} are also editing`;
 }
 
 /** A form control's value as the page loaded it (before the user's edits). */

@@ -18,6 +18,15 @@
  * keeps a position after a reset (the id live events followed from, or the last event
  * seen), so a reconnection later still resumes rather than skipping what it missed.
  *
+ * Presence: `client.presence(model, pk, state)` makes this page a member of one object
+ * (who has it open, with what state) and reports the object's members each time they
+ * change, across every server instance:
+ *
+ *     const here = client.presence("demo.product", 12, { editing: false });
+ *     here.onChange((members) => render(members.map((m) => m.user.name)));
+ *     here.update({ editing: true });
+ *     here.leave();
+ *
  * Status changes go to `onStatus` and, as `broadcast:status` events (`detail` is the
  * status), to `document`, so a page can show a connection badge without a reference
  * to the client.
@@ -89,9 +98,43 @@
  */
 
 /**
+ * One user present on an object (all of their tabs and devices together).
+ *
+ * @typedef {object} Member
+ * @property {Object<string, *>} user  What the server's `BROADCAST_PRESENCE_USER` hook
+ *   shows of the user (default: `id`, `username`, `name`).
+ * @property {Object<string, *>} state  The state of the user's latest join or update.
+ * @property {number} connections  How many of the user's connections are present.
+ * @property {string} since  When the user's first present connection joined (ISO 8601).
+ */
+
+/**
+ * @typedef {object} PresenceOptions
+ * @property {(error: ErrorFrame) => void} [onError]  Errors about this presence (codes
+ *   `forbidden`, `too_large`, `rate_limited`, `too_many_members`, `unavailable`, ...).
+ */
+
+/**
+ * This page's presence on one object.
+ *
+ * @typedef {object} Presence
+ * @property {(state: Object<string, *>) => void} update  Replace this page's state (the
+ *   server bounds its size and how often it may change: see docs/protocol.md).
+ * @property {() => void} leave  Stop being a member (and stop receiving the lists).
+ * @property {(callback: (members: Member[]) => void) => () => void} onChange  Call
+ *   `callback` with the object's members now (if known) and on each change; returns the
+ *   function that stops it.
+ * @property {Member[]} members  The latest member list received (`[]` before the first).
+ */
+
+/**
  * @typedef {object} Client
  * @property {(model: string, options: SubscribeOptions) => () => void} subscribe  Start
  *   receiving a model's (or one object's) changes; returns the function that stops it.
+ * @property {(model: string, pk: string | number, state?: Object<string, *>,
+ *   options?: PresenceOptions) => Presence} presence  Be present on one object (the
+ *   logged-in user, who needs the permission to see it) and follow its members. The
+ *   page subscribes to the object for it; the join is sent again after a reconnection.
  * @property {() => void} close  Close the connection for good.
  * @property {Status} status  The connection's current status.
  * @property {string} socketId  This connection's id (sent as `?socket_id=`). Send it
@@ -121,6 +164,8 @@ export function connect(options = {}) {
 
   /** One entry per model or model and pk; several subscribe() calls may share one. */
   const subscriptions = new Map();
+  /** One entry per object this page is present on; several presence() calls may share one. */
+  const presences = new Map();
   const seenIds = new Set();
   let socket = null;
   let status = null;
@@ -157,6 +202,8 @@ export function connect(options = {}) {
       lastHeard = Date.now();
       setStatus("open");
       for (const sub of subscriptions.values()) send(subscribeFrame(sub));
+      // After the subscriptions: the server joins only objects the connection follows.
+      for (const entry of presences.values()) send(joinFrame(entry));
       pingTimer = setInterval(keepalive, pingInterval);
     };
     ws.onmessage = (message) => {
@@ -221,10 +268,12 @@ export function connect(options = {}) {
       }
     } else if (frame.type === "reset") {
       reset(frame);
+    } else if (frame.type === "presence") {
+      presenceChanged(frame);
     } else if (frame.type === "error") {
-      const handlers = [...(byRef(frame.ref)?.listeners ?? [])]
-        .map((listener) => listener.onError)
-        .filter(Boolean);
+      if (frame.code === "rate_limited") retryJoin(presenceByRef(frame.ref));
+      const listeners = byRef(frame.ref)?.listeners ?? presenceByRef(frame.ref)?.handles ?? [];
+      const handlers = [...listeners].map((listener) => listener.onError).filter(Boolean);
       for (const handler of handlers.length ? handlers : [onError]) call(handler, frame);
     }
   }
@@ -286,6 +335,73 @@ export function connect(options = {}) {
     };
   }
 
+  function joinFrame(entry) {
+    return { type: "presence.join", model: entry.model, pk: entry.pk, state: entry.state,
+             ref: entry.ref };
+  }
+
+  function presenceChanged(frame) {
+    const entry = presences.get(`${frame.model}#${frame.pk}`);
+    if (!entry) return;
+    entry.members = frame.members;
+    for (const handle of [...entry.handles]) {
+      for (const callback of [...handle.callbacks]) call(callback, frame.members);
+    }
+  }
+
+  function retryJoin(entry) {
+    // Updates came faster than the server takes them: send the latest state once more,
+    // a second later, rather than leave the members seeing an older one.
+    if (!entry || entry.retry) return;
+    entry.retry = setTimeout(() => {
+      entry.retry = null;
+      if (presences.get(`${entry.model}#${entry.pk}`) === entry) send(joinFrame(entry));
+    }, 1000);
+  }
+
+  function presenceByRef(ref) {
+    for (const entry of presences.values()) if (entry.ref === ref) return entry;
+    return undefined;
+  }
+
+  function presence(model, pk, state = {}, options = {}) {
+    const key = `${model}#${pk}`;
+    let entry = presences.get(key);
+    if (!entry) {
+      entry = { model, pk: String(pk), state, ref: `p${++refs}`, members: [],
+                handles: new Set() };
+      // The lists come to the object's subscribers: follow it for as long as present.
+      entry.unsubscribe = subscribe(model, { pk, onChange: () => {} });
+      presences.set(key, entry);
+    }
+    const handle = { callbacks: new Set(), onError: options.onError };
+    entry.handles.add(handle);
+    entry.state = state;
+    send(joinFrame(entry));
+    return {
+      update(next) {
+        if (!entry.handles.has(handle)) return;
+        entry.state = next;
+        send(joinFrame(entry));
+      },
+      leave() {
+        if (!entry.handles.delete(handle) || entry.handles.size) return;
+        presences.delete(key);
+        clearTimeout(entry.retry);
+        send({ type: "presence.leave", model, pk: entry.pk });
+        entry.unsubscribe();
+      },
+      onChange(callback) {
+        handle.callbacks.add(callback);
+        if (entry.members.length) call(callback, entry.members);
+        return () => handle.callbacks.delete(callback);
+      },
+      get members() {
+        return entry.members;
+      },
+    };
+  }
+
   function close() {
     closed = true;
     clearTimeout(retryTimer);
@@ -298,6 +414,7 @@ export function connect(options = {}) {
   open();
   return {
     subscribe,
+    presence,
     close,
     socketId,
     get status() {

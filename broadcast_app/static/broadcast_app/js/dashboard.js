@@ -181,6 +181,8 @@ function renderModels(table, models) {
       cell(model.serializer ?? "default"),
       cell(model.object_check ?? "—"),
       cell(model.last_id ?? "—"),
+      // Connections present on its objects (presence), over every live instance.
+      cell(model.present ?? 0, "", "present"),
     );
     return row;
   });
