@@ -49,7 +49,10 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
 from django.utils.crypto import constant_time_compare
 
+from . import cache
 from .conf import conf
+from .filters import Where
+from .frames import ProtocolError
 from .registry import ModelConfig, NotRegistered, get_config
 from .runtime import runtime
 from .stats import stats
@@ -69,6 +72,8 @@ class Watched(Protocol):
     user: Any
     permissions: dict[str, bool]
     subscriptions: set[tuple[str, str | None]]
+    #: labels whose permission was lost (their events still queued are dropped)
+    forbidden: set[str]
     closing: bool
     #: ``time.monotonic()`` of the last check (the handshake counts as one)
     checked_at: float
@@ -256,7 +261,8 @@ def visible_frame(config: ModelConfig, user: Any, frame: str, event: dict[str, A
         return frame
     stats.incr("previous_withheld")
     return json.dumps(
-        {key: value for key, value in event.items() if key != "previous"},
+        # ("sub": a filtered subscription's key, see filters.fan_out)
+        {key: value for key, value in event.items() if key not in ("previous", "sub")},
         separators=(",", ":"),
     )
 
@@ -281,6 +287,27 @@ def allows(config: ModelConfig, user: Any, data: Mapping[str, Any]) -> bool:
             _failure_logged[config.label] = time.monotonic()
             logger.exception("object_check of %s failed (denied)", config.label)
         return False
+
+
+async def authorize(connection: Watched, config: ModelConfig, pk: str | None) -> None:
+    """Let ``connection`` subscribe to ``config``'s model (its object ``pk``, if given),
+    or raise ``forbidden``; from then on, check it every interval."""
+    # The user loaded at the handshake may be out of date.
+    await refresh(connection)
+    if connection.closing:
+        return
+    perm = config.view_permission
+    if perm not in connection.permissions:
+        has_perm = database_sync_to_async(connection.user.has_perm)
+        connection.permissions[perm] = await has_perm(perm)
+    if not connection.permissions[perm]:
+        raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
+    if pk is not None and config.object_check is not None and not isinstance(pk, Where):
+        data = await database_sync_to_async(cache.get)(config.model, pk)
+        if data is None or not allows(config, connection.user, data):
+            raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
+    connection.forbidden.discard(config.label)
+    revalidator.watch(connection)
 
 
 async def refresh(connection: Watched) -> None:

@@ -41,6 +41,12 @@ _POSITIVE_INTS += (
     "BROADCAST_RESUME_CONCURRENCY",
 )
 _POSITIVE_FLOATS += ("BROADCAST_RESUME_WINDOW",)
+# What a filtered subscription may ask of every event: a 0 would refuse every filter.
+_POSITIVE_INTS += (
+    "BROADCAST_FILTER_MAX_CONDITIONS",
+    "BROADCAST_FILTER_MAX_VALUES",
+    "BROADCAST_FILTER_MAX_TEXT",
+)
 DELIVERY_MODES = ("best_effort", "outbox")
 # Delivery guarantees: gap repair and the liveness probe. Zero would spin the listener's
 # loops; a negative age or cache timeout would keep nothing.

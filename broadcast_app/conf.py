@@ -251,5 +251,20 @@ class Settings:
         value = _setting("BROADCAST_FAST_PATHS", True)
         return value if isinstance(value, bool) else frozenset(value)
 
+    @property
+    def BROADCAST_FILTER_MAX_CONDITIONS(self) -> int:
+        """Conditions one filtered subscription's ``where`` may hold."""
+        return int(_setting("BROADCAST_FILTER_MAX_CONDITIONS", 10))
+
+    @property
+    def BROADCAST_FILTER_MAX_VALUES(self) -> int:
+        """Values one ``__in`` condition of a ``where`` may list."""
+        return int(_setting("BROADCAST_FILTER_MAX_VALUES", 100))
+
+    @property
+    def BROADCAST_FILTER_MAX_TEXT(self) -> int:
+        """Characters one string value of a ``where`` may hold."""
+        return int(_setting("BROADCAST_FILTER_MAX_TEXT", 200))
+
 
 conf = Settings()

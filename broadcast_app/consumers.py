@@ -22,26 +22,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
-from . import access, cache
-from .access import revalidator, session_key
+from . import access
+from .access import session_key
 from .conf import conf
 from .echo import bind
 from .events import frame_head
-from .frames import ProtocolError, parse_frame, valid_text
+from .filters import Where, held_keys, naming, replay_frames
+from .frames import ProtocolError, parse_frame
 from .hub import hub
 from .limits import ResumeBucket, resume_turn
 from .listener import listener
 from .log import Replay, event_log
 from .probe import DISCONNECTED
-from .registry import ModelConfig, NotRegistered, get_config
+from .registry import ModelConfig, get_config
 from .sender import Sender
 from .stats import stats
+from .targets import target
 from .upstream.asgi import server_send
 
 logger = logging.getLogger(__name__)
@@ -165,12 +165,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def reset(self, label: str, pk: str | None, reason: str) -> None:
         """Tell the client its subscription missed events it cannot get back."""
         stats.incr("resets")
-        self.reply({"type": "reset", "model": label, "pk": pk, "reason": reason})
+        self.reply({"type": "reset", "model": label, **naming(pk), "reason": reason})
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Called by the hub for each event this connection subscribed to."""
         if self.resuming:
-            for key in ((event["model"], None), (event["model"], event["pk"])):
+            for key in held_keys(event):
                 if key in self.resuming:
                     held = self.resuming[key]
                     if held is not None and len(held) < self.sender.limit:
@@ -253,7 +253,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         Live events arriving while the log is read are held back meanwhile, and the
         ones the replay already carried are not sent twice.
         """
-        config, pk = self._target(message)
+        config, pk = target(message)
         key = (config.label, pk)
         since = message.get("since")
         if key not in self.subscriptions:
@@ -262,7 +262,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     "too_many_subscriptions",
                     f"At most {conf.BROADCAST_MAX_SUBSCRIPTIONS} subscriptions per connection.",
                 )
-            await self._authorize(config, pk)
+            await access.authorize(self, config, pk)
             if self.closing:
                 return
             self.subscriptions.add(key)
@@ -282,7 +282,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 replay, last_id = await self._read_log(config.label, since, refused)
                 if self.closing:
                     return
-                subscribed = {"type": "subscribed", "model": config.label, "pk": pk}
+                subscribed = {"type": "subscribed", "model": config.label, **naming(pk)}
                 self.reply({**subscribed, "ref": ref, "last_id": last_id})
                 if replay is not None and replay.complete and self.resuming.get(key) is not None:
                     # The read was limited to the room left in the send queue, but
@@ -316,6 +316,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         A few frames at a time, letting the other connections' frames through in
         between; the subscription's live events are held back until the end.
         """
+        if isinstance(pk, Where):
+            frames, pk = replay_frames(pk, frames), None
         sent: set[str] = set()
         for number, (event_id, frame) in enumerate(frames, 1):
             # Routing needs the frame's head only; the whole event when a check reads it.
@@ -351,7 +353,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""
-        config, pk = self._target(message)
+        config, pk = target(message)
         self.subscriptions.discard((config.label, pk))
         hub.remove(self, config.label, pk)
 
@@ -362,49 +364,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     }
 
     # -- helpers ----------------------------------------------------------------------
-
-    def _target(self, message: dict[str, Any]) -> tuple[ModelConfig, str | None]:
-        label = message.get("model")
-        if not isinstance(label, str) or not label:
-            raise ProtocolError("bad_request", "'model' must be a string like 'app_label.model'.")
-        valid_text(label, "model")
-        try:
-            config = get_config(label)
-        except NotRegistered:
-            raise ProtocolError(
-                "unknown_model", f"No broadcasting model {label[:100]!r}."
-            ) from None
-        pk = message.get("pk")
-        if pk is None:
-            return config, None
-        if isinstance(pk, bool) or not isinstance(pk, str | int):
-            raise ProtocolError("bad_request", "'pk' must be a string.")
-        if isinstance(pk, str):
-            valid_text(pk, "pk")
-        try:
-            field = config.model._meta.pk
-            value = field.to_python(pk)
-            field.run_validators(value)  # the field's range and length, as a form would
-        except ValidationError:
-            raise ProtocolError("bad_request", f"{str(pk)[:100]!r} is not a valid pk.") from None
-        return config, str(value)
-
-    async def _authorize(self, config: ModelConfig, pk: str | None) -> None:
-        # The user loaded at the handshake may be out of date (see access.py).
-        await access.refresh(self)
-        if self.closing:
-            return
-        perm = config.view_permission
-        if perm not in self.permissions:
-            self.permissions[perm] = await database_sync_to_async(self.user.has_perm)(perm)
-        if not self.permissions[perm]:
-            raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
-        if pk is not None and config.object_check is not None:
-            data = await database_sync_to_async(cache.get)(config.model, pk)
-            if data is None or not access.allows(config, self.user, data):
-                raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
-        self.forbidden.discard(config.label)
-        revalidator.watch(self)
 
     # -- revocation (see access.py) ---------------------------------------------------
 
@@ -425,7 +384,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "code": "forbidden",
                 "detail": f"You may no longer see {label}.",
                 "model": label,
-                "pk": pk,
+                **naming(pk),
                 "ref": None,
             }
         )

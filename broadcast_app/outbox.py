@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from . import django_compat, publisher
 from .conf import conf
-from .events import Change, to_json_data
+from .events import Change, split_hidden, to_json_data
 from .registry import get_config
 from .rows import DeletedRows, RowSet
 from .stats import stats
@@ -196,7 +196,7 @@ def spill_events(events: Iterable[tuple[str, str]], lost: Iterable[str]) -> int:
     rows: dict[str, list[Any]] = {}
     for label, body in events:
         config = get_config(label)
-        event = json.loads("{" + body)
+        event = json.loads("{" + split_hidden(body)[0])
         using = router.db_for_write(config.model)
         rows.setdefault(using, []).append(_spilled_row(config.label, event))
     for label in lost:

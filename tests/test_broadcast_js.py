@@ -267,3 +267,51 @@ async def test_close_stops_reconnecting(page: Any) -> None:
         }"""
     )
     assert result == {"timers": 0, "sockets": 1, "status": "closed"}
+
+
+async def test_filtered_subscriptions_get_their_own_frames(page: Any) -> None:
+    result = await page.evaluate(
+        """() => {
+          const seen = [];
+          const client = broadcast.connect();
+          const on = (name) => ({
+            onChange: (e) => seen.push([name, e.id, e.match ?? null]),
+            onReset: (f) => seen.push([name, "reset", f.reason]),
+          });
+          const stopLow = client.subscribe("demo.product", {
+            where: { stock__lt: 5, name__icontains: "pro" }, ...on("low"),
+          });
+          client.subscribe("demo.product", { where: { stock__gte: 5 }, ...on("high") });
+          client.subscribe("demo.product", on("plain"));
+          let refused = null;
+          try { client.subscribe("demo.product", { pk: 1, where: { stock: 1 }, ...on("x") }); }
+          catch (error) { refused = error.name; }
+          const ws = sockets[0];
+          ws.serverOpen();
+          const low = { name__icontains: "pro", stock__lt: 5 };  // as the server sorts it
+          ws.serverSend({ ...change("40-0"), match: "enter", where: low });
+          ws.serverSend(change("40-0"));
+          ws.serverSend({ ...change("40-0"), match: "enter", where: low });  // a duplicate
+          ws.serverSend({ ...change("41-0"), match: "leave", where: low });
+          ws.serverSend({ ...change("41-0"), match: "enter", where: { stock__gte: 5 } });
+          ws.serverSend({ type: "reset", model: "demo.product", pk: null, where: low,
+                          reason: "overflow" });
+          stopLow();
+          return { seen, refused, sent: ws.sent };
+        }"""
+    )
+    assert result["refused"] == "TypeError"
+    assert result["seen"] == [
+        ["low", "40-0", "enter"],
+        ["plain", "40-0", None],
+        ["low", "41-0", "leave"],
+        ["high", "41-0", "enter"],
+        ["low", "reset", "overflow"],
+    ]
+    where = {"stock__lt": 5, "name__icontains": "pro"}
+    assert result["sent"] == [
+        {"type": "subscribe", "model": "demo.product", "ref": "s1", "where": where},
+        {"type": "subscribe", "model": "demo.product", "ref": "s2", "where": {"stock__gte": 5}},
+        {"type": "subscribe", "model": "demo.product", "ref": "s3"},
+        {"type": "unsubscribe", "model": "demo.product", "where": where},
+    ]

@@ -182,3 +182,18 @@ def test_fast_paths_of_known_names_pass(value: Any, settings: Any) -> None:
 
     settings.BROADCAST_FAST_PATHS = value
     assert check_fast_paths(None) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "BROADCAST_FILTER_MAX_CONDITIONS",
+        "BROADCAST_FILTER_MAX_VALUES",
+        "BROADCAST_FILTER_MAX_TEXT",
+    ],
+)
+def test_filter_limits_are_positive_numbers(name: str) -> None:
+    with override_settings(**{name: 0}):
+        assert ids(checks.check_numbers(None)) == ["broadcast_app.E006"]
+    with override_settings(**{name: 3}):
+        assert checks.check_numbers(None) == []

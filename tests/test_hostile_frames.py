@@ -85,6 +85,16 @@ def since_values(real: list[str]) -> st.SearchStrategy[Any]:
     return st.sampled_from(real) | looks_real | TEXT | VALUES
 
 
+def wheres() -> st.SearchStrategy[Any]:
+    """Filters: real fields and lookups (and an excluded field) with values of any type,
+    lists for ``__in``, and any other key or value."""
+    key = st.sampled_from(["stock", "stock__lt", "stock__in", "price__gte", "pk__in",
+                           "name__icontains", "name__isnull", "updated_at__gt",
+                           "cost_price", "stock__lt__gt", "nope"]) | TEXT  # fmt: skip
+    value = VALUES | st.lists(SCALARS, max_size=6) | st.sampled_from(["12.50", "2026-01-01"])
+    return st.dictionaries(key, value, max_size=4) | VALUES
+
+
 def structured(real_since: list[str]) -> st.SearchStrategy[str]:
     """A JSON object with the protocol's keys, each of any type (json.dumps writes NaN,
     Infinity and escaped lone surrogates as they arrive from a hostile client)."""
@@ -102,6 +112,7 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
         optional={
             "pk": pk | VALUES,
             "since": since_values(real_since),
+            "where": wheres(),
             "ref": VALUES,
             "extra": VALUES,
         },
