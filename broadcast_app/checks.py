@@ -41,11 +41,14 @@ _POSITIVE_INTS += (
     "BROADCAST_RESUME_CONCURRENCY",
 )
 _POSITIVE_FLOATS += ("BROADCAST_RESUME_WINDOW",)
-# What a filtered subscription may ask of every event: a 0 would refuse every filter.
+# What a filtered subscription may ask of every event, and a snapshot of the database:
+# a 0 would refuse every filter or snapshot.
 _POSITIVE_INTS += (
     "BROADCAST_FILTER_MAX_CONDITIONS",
     "BROADCAST_FILTER_MAX_VALUES",
     "BROADCAST_FILTER_MAX_TEXT",
+    "BROADCAST_SNAPSHOT_MAX_ROWS",
+    "BROADCAST_SNAPSHOT_MAX_SCAN",
 )
 DELIVERY_MODES = ("best_effort", "outbox")
 # Delivery guarantees: gap repair and the liveness probe. Zero would spin the listener's

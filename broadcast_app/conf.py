@@ -266,5 +266,16 @@ class Settings:
         """Characters one string value of a ``where`` may hold."""
         return int(_setting("BROADCAST_FILTER_MAX_TEXT", 200))
 
+    @property
+    def BROADCAST_SNAPSHOT_MAX_ROWS(self) -> int:
+        """Most rows one snapshot (``subscribe`` with ``snapshot``) sends."""
+        return int(_setting("BROADCAST_SNAPSHOT_MAX_ROWS", 1000))
+
+    @property
+    def BROADCAST_SNAPSHOT_MAX_SCAN(self) -> int:
+        """Most rows one snapshot reads from the database (a filter the database cannot
+        answer, or rows an ``object_check`` refuses, are read and skipped)."""
+        return int(_setting("BROADCAST_SNAPSHOT_MAX_SCAN", 10000))
+
 
 conf = Settings()

@@ -24,9 +24,8 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
-from redis.exceptions import RedisError
 
-from . import access
+from . import access, snapshots
 from .access import session_key
 from .conf import conf
 from .echo import bind
@@ -97,6 +96,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         #: (None once more arrived than the send queue holds: a reset replaces them)
         self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
         self.permissions: dict[str, bool] = {}
+        #: what subscriptions' snapshots reflect (see snapshots.below_floor)
+        self.floors: dict[tuple[str, str | None], str] = {}
         self.closing = False
         await self.accept()
         # Straight to the server's send: AsyncWebsocketConsumer.send only builds the
@@ -185,6 +186,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         if self.forbidden and event["model"] in self.forbidden:
             return  # (a replay or held events of a subscription revoked meanwhile)
+        if self.floors and snapshots.below_floor(self.floors, self.subscriptions, event):
+            return
         config = get_config(event["model"])
         if config.object_check is not None:
             checked = access.visible_frame(config, self.user, frame, event)
@@ -256,6 +259,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         config, pk = target(message)
         key = (config.label, pk)
         since = message.get("since")
+        request = snapshots.requested(config, message)
         if key not in self.subscriptions:
             if len(self.subscriptions) >= conf.BROADCAST_MAX_SUBSCRIPTIONS:
                 raise ProtocolError(
@@ -267,9 +271,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 return
             self.subscriptions.add(key)
             hub.add(self, config.label, pk)
-        await self._follow(config, pk, since, message.get("ref"))
+        await self._follow(config, pk, since, message.get("ref"), request)
 
-    async def _follow(self, config: ModelConfig, pk: str | None, since: object, ref: Any) -> None:
+    async def _follow(
+        self,
+        config: ModelConfig,
+        pk: str | None,
+        since: object,
+        ref: Any,
+        request: snapshots.Request | None = None,
+    ) -> None:
         """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
         events held meanwhile (those the replay carried are not sent twice)."""
         key = (config.label, pk)
@@ -283,7 +294,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 if self.closing:
                     return
                 subscribed = {"type": "subscribed", "model": config.label, **naming(pk)}
-                self.reply({**subscribed, "ref": ref, "last_id": last_id})
+                snapshot = snapshots.plan(request, replay)  # (see snapshots.py)
+                answer = {} if snapshot is None else {"snapshot": snapshot}
+                self.reply({**subscribed, "ref": ref, "last_id": last_id, **answer})
                 if replay is not None and replay.complete and self.resuming.get(key) is not None:
                     # The read was limited to the room left in the send queue, but
                     # replies may have taken some meanwhile: a replay that overflowed
@@ -292,6 +305,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         replay = Replay(False, "too_many")
                     else:
                         sent = await self._replay(config, pk, replay.frames)
+            if snapshot and request is not None and not self.closing:
+                await snapshots.send(self, config, pk, request, last_id)
+                replay = None
         finally:
             held = self.resuming.pop(key, [])
         if held is None:
@@ -338,18 +354,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self, label: str, since: object, refused: str | None
     ) -> tuple[Replay | None, str | None]:
         fallback = hub.last_ids.get(label)
-        if refused is not None:
-            return Replay(False, refused), fallback
-        try:
-            async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
-                if since is None:
-                    return None, await event_log.last_id(label)
-                limit = max(0, min(conf.BROADCAST_RESUME_MAX_EVENTS, self.sender.room - 1))
-                replay = await event_log.read_after(label, since, limit)
-                return replay, replay.last_id or fallback
-        except (RedisError, OSError, TimeoutError):
-            stats.incr("log_errors")
-            return (None if since is None else Replay(False, "unavailable")), fallback
+        return await event_log.on_subscribe(label, since, refused, self.sender.room, fallback)
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""

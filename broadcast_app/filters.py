@@ -111,6 +111,9 @@ class Condition:
     value: Any
     #: turns a row's JSON value into what ``value`` compares with
     read: Callable[[Any], Any]
+    #: the database answers it as this module does (not text: case folding and LIKE
+    #: differ between databases; not datetimes: events carry milliseconds)
+    in_db: bool = True
 
     def test(self, row: Any) -> bool:
         if row is None:  # SQL's NULL: only isnull and exact None match it
@@ -150,6 +153,20 @@ class Filter:
     """A compiled ``where``: its conditions, tested against an event's data."""
 
     conditions: tuple[Condition, ...]
+
+    def prefilter(self) -> dict[str, Any]:
+        """``filter()`` arguments selecting every matching row (and maybe more: the
+        conditions the database may answer otherwise are left to :meth:`test`)."""
+        arguments: dict[str, Any] = {}
+        for c in self.conditions:
+            if not c.in_db:
+                continue
+            if c.lookup == "exact" and c.value is None:
+                arguments[f"{c.name}__isnull"] = True
+            else:
+                value = sorted(c.value) if c.lookup == "in" else c.value
+                arguments[f"{c.name}__{c.lookup}"] = value
+        return arguments
 
     def test(self, data: Mapping[str, Any], cache: dict[str, Any], unknown: bool) -> bool | None:
         """Whether ``data`` matches; None if it depends on a value not known. A field
@@ -234,35 +251,43 @@ def _condition(config: ModelConfig, key: str, value: Any) -> Condition:
     valid_text(key, "where")
     name, _, lookup = key.partition("__")
     lookup = lookup or "exact"
-    field = _field(config, name)
+    field = field_of(config, name)
     if lookup not in LOOKUPS:
         raise ProtocolError("bad_request", f"Unknown lookup in {key[:100]!r}.")
     kind = field.get_internal_type()
     if lookup in _TEXT_LOOKUPS and kind not in _TEXT_TYPES:
         raise ProtocolError("bad_request", f"{lookup!r} applies to text fields only.")
     read = _reader(field)
+    in_db = kind not in _TEXT_TYPES and kind not in ("DateTimeField", "TimeField")
+    condition = _checked(field, read, key, lookup, value)
+    return Condition(field.name, lookup, condition, read, in_db)
+
+
+def _checked(
+    field: models.Field[Any, Any], read: Callable[[Any], Any], key: str, lookup: str, value: Any
+) -> Any:
+    """A condition's value as :class:`Condition` holds it, or a ``bad_request``."""
     if lookup == "isnull":
         if not isinstance(value, bool):
             raise ProtocolError("bad_request", f"{key[:100]!r} takes true or false.")
-        return Condition(field.name, lookup, value, read)
+        return value
     if lookup == "in":
         most = conf.BROADCAST_FILTER_MAX_VALUES
         if not isinstance(value, list) or len(value) > most:
             raise ProtocolError("bad_request", f"{key[:100]!r} takes a list of at most {most}.")
-        values = {_value(field, read, key, item) for item in value if item is not None}
-        return Condition(field.name, lookup, frozenset(values), read)
+        return frozenset(_value(field, read, key, item) for item in value if item is not None)
     if value is None and lookup != "exact":
         raise ProtocolError("bad_request", f"{key[:100]!r} cannot compare with null.")
     if lookup in _TEXT_LOOKUPS:
         if not isinstance(value, str):
             raise ProtocolError("bad_request", f"{key[:100]!r} takes a string.")
         _text(key, value)
-        return Condition(field.name, lookup, value.lower() if lookup[0] == "i" else value, read)
-    parsed = None if value is None else _value(field, read, key, value)
-    return Condition(field.name, lookup, parsed, read)
+        return value.lower() if lookup[0] == "i" else value
+    return None if value is None else _value(field, read, key, value)
 
 
-def _field(config: ModelConfig, name: str) -> models.Field[Any, Any]:
+def field_of(config: ModelConfig, name: str) -> models.Field[Any, Any]:
+    """The broadcast field a client names (``forbidden`` if it is not broadcast)."""
     opts = config.model._meta
     if name == "pk":
         name = opts.pk.name

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .conf import conf
 from .events import frame_from_body, split_hidden
 from .layer import route
 from .redis_clients import make_async_client
+from .stats import stats
 
 #: entries read per XRANGE call while replaying: parsing a page is one step of the
 #: event loop, which no other connection's frame can interrupt
@@ -101,6 +103,25 @@ class EventLog:
         client, _, r = self._client(label)
         last = await client.hget(r.meta, "last")
         return str(last) if last else None
+
+    async def on_subscribe(
+        self, label: str, since: object, refused: str | None, room: int, fallback: str | None
+    ) -> tuple[Replay | None, str | None]:
+        """What a subscription reads: the replay after ``since`` (None without one; at
+        most what ``room`` frames hold), or ``refused``'s; and the log's last id (else
+        ``fallback``, the last id the instance received)."""
+        if refused is not None:
+            return Replay(False, refused), fallback
+        try:
+            async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
+                if since is None:
+                    return None, await self.last_id(label)
+                limit = max(0, min(conf.BROADCAST_RESUME_MAX_EVENTS, room - 1))
+                replay = await self.read_after(label, since, limit)
+                return replay, replay.last_id or fallback
+        except (RedisError, OSError, TimeoutError):
+            stats.incr("log_errors")
+            return (None if since is None else Replay(False, "unavailable")), fallback
 
     async def read_after(self, label: str, since: object, limit: int | None = None) -> Replay:
         """Every event after ``since``, in order, if the log still holds all of them;

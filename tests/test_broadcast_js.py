@@ -315,3 +315,45 @@ async def test_filtered_subscriptions_get_their_own_frames(page: Any) -> None:
         {"type": "subscribe", "model": "demo.product", "ref": "s3"},
         {"type": "unsubscribe", "model": "demo.product", "where": where},
     ]
+
+
+async def test_snapshots_reach_on_snapshot_and_reconnections_ask_again(page: Any) -> None:
+    result = await page.evaluate(
+        """async () => {
+          const got = [];
+          const client = broadcast.connect({ minDelay: 1, maxDelay: 1 });
+          const where = { stock__lt: 5 };
+          client.subscribe("demo.product", {
+            where, snapshot: true, limit: 10, order: "-price",
+            onSnapshot: (f) => got.push(["snapshot", f.rows.length]),
+            onChange: (e) => got.push(["change", e.id]),
+          });
+          const ws = sockets[0];
+          ws.serverOpen();
+          ws.serverSend({ type: "subscribed", model: "demo.product", pk: null, where,
+                          ref: ws.sent[0].ref, last_id: "50-0", snapshot: true });
+          ws.serverSend({ type: "snapshot", model: "demo.product", pk: null, where,
+                          rows: [{ pk: "1", data: {} }], last_id: "50-0", complete: true });
+          ws.serverSend({ type: "snapshot", model: "demo.product", pk: null,
+                          rows: [], last_id: "60-0", complete: true });  // not this one's
+          ws.serverSend({ ...change("51-0"), match: "enter", where });
+          // A second part of the page joins with a snapshot of its own.
+          client.subscribe("demo.product", {
+            where, snapshot: true, onSnapshot: () => got.push(["joined"]), onChange() {},
+          });
+          ws.serverClose();
+          await until(() => sockets.length === 2);
+          sockets[1].serverOpen();
+          return { got, first: ws.sent, again: sockets[1].sent };
+        }"""
+    )
+    assert result["got"] == [["snapshot", 1], ["change", "51-0"]]
+    where = {"stock__lt": 5}
+    asked = {"type": "subscribe", "model": "demo.product", "ref": "s1", "where": where}
+    asked |= {"snapshot": True, "limit": 10, "order": "-price"}
+    joined = {"type": "subscribe", "model": "demo.product", "ref": "s1", "where": where}
+    joined["snapshot"] = True  # (no since: the joining part has nothing yet)
+    assert result["first"] == [asked, joined]
+    # After a reconnection: resume from the last event, a snapshot if the log cannot
+    # (with the options the latest subscribe() gave).
+    assert result["again"] == [{**joined, "since": "51-0"}]

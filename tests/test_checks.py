@@ -190,9 +190,11 @@ def test_fast_paths_of_known_names_pass(value: Any, settings: Any) -> None:
         "BROADCAST_FILTER_MAX_CONDITIONS",
         "BROADCAST_FILTER_MAX_VALUES",
         "BROADCAST_FILTER_MAX_TEXT",
+        "BROADCAST_SNAPSHOT_MAX_ROWS",
+        "BROADCAST_SNAPSHOT_MAX_SCAN",
     ],
 )
-def test_filter_limits_are_positive_numbers(name: str) -> None:
+def test_filter_and_snapshot_limits_are_positive_numbers(name: str) -> None:
     with override_settings(**{name: 0}):
         assert ids(checks.check_numbers(None)) == ["broadcast_app.E006"]
     with override_settings(**{name: 3}):

@@ -113,6 +113,9 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
             "pk": pk | VALUES,
             "since": since_values(real_since),
             "where": wheres(),
+            "snapshot": st.just(True) | VALUES,
+            "limit": st.integers(-1, 2000) | VALUES,
+            "order": st.sampled_from(["price", "-stock", "cost_price", "-"]) | VALUES,
             "ref": VALUES,
             "extra": VALUES,
         },
@@ -213,7 +216,7 @@ def check(reply: Any) -> None:
     elif kind == "reset":
         assert reply["reason"] in RESET_REASONS, reply
     else:
-        assert kind in {"pong", "subscribed", "change"}, reply
+        assert kind in {"pong", "subscribed", "change", "snapshot"}, reply
 
 
 def sender_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:

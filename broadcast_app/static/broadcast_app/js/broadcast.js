@@ -27,6 +27,10 @@
  *                                                     : rows.set(event.pk, event.data)),
  *     });
  *
+ * With `snapshot: true`, the server first sends the rows the subscription covers, as of
+ * the position its live events follow from (`onSnapshot`); after a reconnection it
+ * replays what was missed when it can, and sends a fresh snapshot when it cannot.
+ *
  * Status changes go to `onStatus` and, as `broadcast:status` events (`detail` is the
  * status), to `document`, so a page can show a connection badge without a reference
  * to the client.
@@ -80,6 +84,21 @@
  */
 
 /**
+ * The rows a subscription covers, read from the database when it subscribed: every
+ * change after `last_id` arrives as an event, none before it.
+ *
+ * @typedef {object} SnapshotFrame
+ * @property {"snapshot"} type
+ * @property {string} model
+ * @property {string | null} pk
+ * @property {Object<string, *>} [where]
+ * @property {{pk: string, data: Object<string, *>}[]} rows  In the order asked.
+ * @property {string | null} last_id
+ * @property {boolean} complete  False when more rows matched than `limit` (or the
+ *   server's bounds) let through.
+ */
+
+/**
  * @typedef {object} ConnectOptions
  * @property {string} [url]  The websocket URL. Default: `/ws/broadcast/` on this page's
  *   host, `wss:` when the page is served over `https:`.
@@ -103,6 +122,13 @@
  *   not broadcast).
  * @property {string} [since]  The id of the last event the page's state includes (e.g.
  *   rendered by the server); the server replays later ones where it can.
+ * @property {boolean} [snapshot]  Start with the rows the subscription covers
+ *   (`onSnapshot`), consistent with the live events that follow.
+ * @property {number} [limit]  Most rows of the snapshot (the server's bound by default).
+ * @property {string | string[]} [order]  The snapshot's order: field names, `-` first
+ *   for descending (default: by primary key).
+ * @property {(frame: SnapshotFrame) => void} [onSnapshot]  Called with the snapshot:
+ *   replace what the page shows of this subscription with its rows.
  * @property {(event: ChangeEvent) => void} onChange  Called with each change event.
  * @property {(frame: ResetFrame) => void} [onReset]  Called when the server cannot replay
  *   what this subscription missed: reload the state shown (refetch, or reload the page).
@@ -169,6 +195,7 @@ export function connect(options = {}) {
     if (sub.pk !== null) frame.pk = sub.pk;
     if (sub.where !== null) frame.where = sub.where;
     if (sub.lastId !== null) frame.since = sub.lastId;
+    if (sub.snapshot) Object.assign(frame, sub.snapshot);
     return frame;
   }
 
@@ -244,6 +271,8 @@ export function connect(options = {}) {
       }
     } else if (frame.type === "reset") {
       reset(frame);
+    } else if (frame.type === "snapshot") {
+      snapshot(frame);
     } else if (frame.type === "error") {
       const handlers = [...(byRef(frame.ref)?.listeners ?? [])]
         .map((listener) => listener.onError)
@@ -286,13 +315,26 @@ export function connect(options = {}) {
     }
   }
 
+  function snapshot(frame) {
+    const pk = frame.pk === null || frame.pk === undefined ? null : String(frame.pk);
+    const filter = frame.where ? whereKey(frame.where) : null;
+    for (const sub of subscriptions.values()) {
+      if (sub.model !== frame.model || sub.filter !== filter || sub.pk !== pk) continue;
+      // The rows include every event up to last_id: resume from there.
+      if (frame.last_id) sub.lastId = frame.last_id;
+      for (const listener of [...sub.listeners]) {
+        if (listener.onSnapshot) call(listener.onSnapshot, frame);
+      }
+    }
+  }
+
   function byRef(ref) {
     for (const sub of subscriptions.values()) if (sub.ref === ref) return sub;
     return undefined;
   }
 
   function subscribe(model, options = {}) {
-    const { pk = null, where = null, since = null, onChange, onReset } = options;
+    const { pk = null, where = null, since = null, onChange, onReset, onSnapshot } = options;
     const onSubError = options.onError;
     if (typeof onChange !== "function") throw new TypeError("subscribe() needs onChange");
     if (where !== null && pk !== null) throw new TypeError("subscribe() takes pk or where");
@@ -302,13 +344,21 @@ export function connect(options = {}) {
     if (!sub) {
       sub = { model, pk: pk === null ? null : String(pk), where, filter, ref: `s${++refs}` };
       sub.lastId = since || null;
+      sub.snapshot = null;
       sub.subscribedAt = null;
       sub.changedSinceSubscribed = false;
       sub.listeners = new Set();
       subscriptions.set(key, sub);
-      send(subscribeFrame(sub));
     }
-    const listener = { onChange, onReset, onError: onSubError };
+    const fresh = sub.listeners.size === 0;
+    if (options.snapshot) {
+      const { limit, order } = options;
+      sub.snapshot = { snapshot: true, ...(limit ? { limit } : {}), ...(order ? { order } : {}) };
+    }
+    // A subscription already running: a snapshot for the page part that joins it.
+    if (fresh) send(subscribeFrame(sub));
+    else if (options.snapshot) send({ ...subscribeFrame(sub), since: undefined });
+    const listener = { onChange, onReset, onSnapshot, onError: onSubError };
     sub.listeners.add(listener);
     return () => {
       if (!sub.listeners.delete(listener) || sub.listeners.size) return;
