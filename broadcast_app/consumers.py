@@ -249,12 +249,11 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.reply({"type": "pong"})
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:
-        """Check permissions, then deliver a model's or an object's events.
+        """Check permissions, then deliver a model's, an object's or a filter's events.
 
-        Order on the wire: ``subscribed``; with ``since``, the events after it from the
-        log (or a ``reset`` when the log no longer holds all of them); then live events.
-        Live events arriving while the log is read are held back meanwhile, and the
-        ones the replay already carried are not sent twice.
+        Order on the wire: ``subscribed``; the events after ``since`` from the log, or a
+        ``reset``, or the ``snapshot`` asked for (see snapshots.py); then live events.
+        Live events arriving meanwhile are held back, those already carried not sent twice.
         """
         config, pk = target(message)
         key = (config.label, pk)

@@ -9,10 +9,11 @@ never equals, orders or contains anything (SQL's NULL).
 
 "Before" is known without a query: an ``updated`` event carries the old values of its
 changed fields, in ``previous`` where the model opts in, else after the frame's JSON,
-behind :data:`~.events.HIDDEN`, where only instances read it (:func:`~.events.split_hidden`
-cuts it off before any client sees the frame). An event read back from the log (a resume, a gap
-repair) has no such tail: when an old value is unknown, the event is sent as ``enter``
-or ``leave`` by the new values alone, never dropped.
+behind :data:`~.events.HIDDEN`, where only instances read it
+(:func:`~.events.split_hidden` cuts it off before any client sees the frame). An event
+read back from the log (a resume, a gap repair) has no such tail: when an old value is
+unknown, the event is sent as ``enter`` or ``leave`` by the new values alone, never
+dropped.
 """
 
 from __future__ import annotations
@@ -84,12 +85,6 @@ def naming(pk: str | None) -> dict[str, Any]:
     if isinstance(pk, Where):
         return {"pk": None, "where": pk.where}
     return {"pk": pk}
-
-
-def replayed(event: dict[str, Any], pk: str | None, sent: set[str]) -> bool:
-    """Whether a live event held during the replay of ``pk``'s subscription went out in
-    that replay (events of the connection's other subscriptions held meanwhile did not)."""
-    return event["id"] in sent and event.get("sub") == (pk if isinstance(pk, Where) else None)
 
 
 def held_keys(event: dict[str, Any]) -> tuple[tuple[str, str | None], ...]:
