@@ -252,19 +252,34 @@ async def check(connections: list[Watched]) -> None:
 def visible_frame(config: ModelConfig, user: Any, frame: str, event: dict[str, Any]) -> str | None:
     """``frame`` as ``user`` may see it under the model's ``object_check``: None if the
     check refuses the object, and without ``previous`` if it refuses the object as it
-    was before the change (its old values are not for someone who could not see it)."""
+    was before the change (its old values are not for someone who could not see it).
+
+    On a filtered subscription, ``match`` says that the row matched before (``stay``,
+    ``leave``): for a reader the check refused the row before, a ``stay`` is an
+    ``enter`` and a ``leave`` is not sent, as if it had not matched."""
     assert config.object_check is not None
     if not allows(config, user, event["data"]):
         return None
+    old = event.get("old")  # (filters.fan_out: the row before, for a stay or a leave)
+    refused_before = old is not None and not allows(config, user, old)
+    if refused_before:
+        if event["match"] == "leave":
+            return None
+        event = {**event, "match": "enter"}
     previous = event.get("previous")
-    if not previous or allows(config, user, {**event["data"], **previous}):
+    before = {**event["data"], **previous} if previous else None
+    if not refused_before and (before is None or allows(config, user, before)):
         return frame
     stats.incr("previous_withheld")
     return json.dumps(
-        # ("sub": a filtered subscription's key, see filters.fan_out)
-        {key: value for key, value in event.items() if key not in ("previous", "sub")},
+        {key: value for key, value in event.items() if key not in _NOT_SENT},
         separators=(",", ":"),
     )
+
+
+#: what ``visible_frame`` leaves out of a frame it rebuilds (``sub`` and ``old``: what
+#: filters.fan_out hands the consumer beside a filtered subscription's frame)
+_NOT_SENT = frozenset({"previous", "sub", "old"})
 
 
 #: when each model's failing object_check was last logged with its traceback

@@ -196,20 +196,22 @@ class _State:
     """One event as filters read it: the row after and (updated) before, and the
     values read from each so far (shared by every filter of the model)."""
 
-    __slots__ = ("after", "before", "data", "old", "op")
+    __slots__ = ("after", "before", "data", "known", "old", "op")
 
     def __init__(self, event: dict[str, Any], hidden: dict[str, Any] | None) -> None:
         self.op: str = event["op"]
         self.data: dict[str, Any] = event["data"]
         self.after: dict[str, Any] = {}
         self.before: dict[str, Any] = {}
-        self.old = self.data
+        self.old = self.known = self.data
         if self.op == "updated":
             # The changed fields' old values; one the event does not carry is unknown.
             self.old = dict(self.data)
             known = event.get("previous") or hidden or {}
             for name in event.get("changed", ()):
                 self.old[name] = known.get(name, _UNKNOWN)
+            # What an object_check reads of the row before (as for ``previous``).
+            self.known = {**self.data, **known}
 
 
 def _read(condition: Condition, data: Mapping[str, Any]) -> Any:
@@ -361,6 +363,8 @@ def fan_out(
             continue
         text = variant(key, frame, found)
         variant_event = {**full, "match": found, "where": key.where, "sub": key}
+        if found != "enter" and state.op == "updated":
+            variant_event["old"] = state.known  # (see access.visible_frame)
         for subscriber in tuple(members):
             subscriber.deliver(text, variant_event)
         count += len(members)

@@ -176,22 +176,33 @@ async def test_previous_is_sent_only_where_the_model_opts_in(
         await ws.disconnect()
 
 
-async def test_object_check_applies_and_withholds_previous(
-    running_listener: Any, reregister: Any
+@pytest.mark.parametrize("previous", [True, False])
+async def test_the_object_check_hides_what_a_row_was_from_whom_it_refused_then(
+    running_listener: Any, reregister: Any, previous: bool
 ) -> None:
     reregister(
-        exclude=["cost_price"], previous=True, object_check=lambda user, data: data["name"] != "x"
+        exclude=["cost_price"],
+        previous=previous,
+        object_check=lambda user, data: data["name"] != "x",
     )
-    product = await database_sync_to_async(make_quietly)("x", stock=1)
+    hidden = await database_sync_to_async(make_quietly)("x", stock=1)
+    shown = await database_sync_to_async(make_quietly)("y", stock=1)
     ws = await connect(await database_sync_to_async(viewer)())
     try:
         await ask(ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
-        await database_sync_to_async(save)(product, stock=2)  # refused by the check
-        await database_sync_to_async(save)(product, name="y", stock=3)
+        await database_sync_to_async(save)(hidden, stock=2)  # refused now: not sent
+        # Matched before, but the reader could not see it then: not a "stay".
+        await database_sync_to_async(save)(hidden, name="z", stock=3)
         event = await frame(ws)
-        # Seen now, not as it was: its old values are not for this reader.
-        assert (event["match"], event["where"], event["data"]["stock"]) == ("stay", LOW, 3)
-        assert "previous" not in event and "sub" not in event
+        assert (event["pk"], event["match"], event["where"]) == (str(hidden.pk), "enter", LOW)
+        assert "previous" not in event and "sub" not in event and "old" not in event
+        other = await database_sync_to_async(make_quietly)("x2", name="x", stock=1)
+        # Matched before, unseen then, matches no more: no "leave" to tell it matched.
+        await database_sync_to_async(save)(other, name="w", stock=9)
+        await database_sync_to_async(save)(shown, stock=9)  # seen before: its leave comes
+        event = await frame(ws)
+        assert (event["pk"], event["match"]) == (str(shown.pk), "leave")
+        assert ("previous" in event) == previous
     finally:
         await ws.disconnect()
 
