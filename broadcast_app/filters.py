@@ -148,6 +148,8 @@ class Filter:
     """A compiled ``where``: its conditions, tested against an event's data."""
 
     conditions: tuple[Condition, ...]
+    #: the fields its conditions read
+    names: frozenset[str]
 
     def prefilter(self) -> dict[str, Any]:
         """``filter()`` arguments selecting every matching row (and maybe more: the
@@ -186,7 +188,9 @@ class Filter:
         after = self.test(state.data, state.after, False)
         before: bool | None = False
         if op == "updated":
-            before = self.test(state.old, state.before, False)
+            # (Most updates change no field a given filter reads: then nothing moved.)
+            unmoved = self.names.isdisjoint(state.changed)
+            before = after if unmoved else self.test(state.old, state.before, False)
         if after:
             return "stay" if before else "enter"
         return None if before is False else "leave"
@@ -196,7 +200,7 @@ class _State:
     """One event as filters read it: the row after and (updated) before, and the
     values read from each so far (shared by every filter of the model)."""
 
-    __slots__ = ("after", "before", "data", "known", "old", "op")
+    __slots__ = ("after", "before", "changed", "data", "known", "old", "op")
 
     def __init__(self, event: dict[str, Any], hidden: dict[str, Any] | None) -> None:
         self.op: str = event["op"]
@@ -204,6 +208,7 @@ class _State:
         self.after: dict[str, Any] = {}
         self.before: dict[str, Any] = {}
         self.old = self.known = self.data
+        self.changed = frozenset(event.get("changed", ()))
         if self.op == "updated":
             # The changed fields' old values; one the event does not carry is unknown.
             self.old = dict(self.data)
@@ -240,7 +245,7 @@ def compile_where(config: ModelConfig, where: object) -> Where:
     text = json.dumps(where, sort_keys=True, separators=(",", ":"))
     key = Where(_MARK + text)
     key.where = json.loads(text)
-    key.compiled = Filter(conditions)
+    key.compiled = Filter(conditions, frozenset(c.name for c in conditions))
     return key
 
 

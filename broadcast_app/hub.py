@@ -19,7 +19,9 @@ class Subscriber(Protocol):
 
         ``event`` holds at least the event's ``id``, ``model`` and ``pk``, and every key
         when its model has an ``object_check`` or the event names the websocket it came
-        from (``socket_id``); ``frame`` is the whole event.
+        from (``socket_id``); ``frame`` is the whole event. For a filtered subscription
+        (see filters.py), ``frame`` has its ``match`` and ``where``, and ``event`` every
+        key, those two, and ``sub`` (the subscription's key).
         """
 
     def reset(self, label: str, pk: str | None, reason: str) -> None:
