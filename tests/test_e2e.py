@@ -362,3 +362,16 @@ async def test_a_filtered_subscription_on_b_follows_a_row_in_and_out(
             )
             assert "previous" not in event
         await ws.expect_nothing_queued()
+        # And a snapshot of it, read by B from the database, as events carry it.
+        mine = {"sku": "E2E-FILTER"}
+        asked = {"type": "subscribe", "model": PRODUCT, "where": mine, "snapshot": True}
+        reply = await ws.ask(asked)
+        assert (reply["type"], reply["snapshot"]) == ("subscribed", True)
+        snapshot = await ws.receive()
+        assert (snapshot["type"], snapshot["last_id"]) == ("snapshot", reply["last_id"])
+        [row] = snapshot["rows"]
+        assert (row["pk"], row["data"]["stock"], set(row["data"])) == (
+            str(pk),
+            10,
+            BROADCAST_FIELDS,
+        )
