@@ -112,15 +112,24 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
         optional={
             "pk": pk | VALUES,
             "since": since_values(real_since),
-            "where": wheres(),
-            "snapshot": st.just(True) | VALUES,
-            "limit": st.integers(-1, 2000) | VALUES,
-            "order": st.sampled_from(["price", "-stock", "cost_price", "-"]) | VALUES,
             "ref": VALUES,
             "extra": VALUES,
         },
     )
-    return frame.map(lambda message: json.dumps(message, allow_nan=True))
+    # A quarter also filter or ask for a snapshot (most such frames are refused, and
+    # the others must still reach the resumes).
+    extras = st.fixed_dictionaries(
+        {},
+        optional={
+            "where": wheres(),
+            "snapshot": st.just(True) | VALUES,
+            "limit": st.integers(-1, 2000) | VALUES,
+            "order": st.sampled_from(["price", "-stock", "cost_price", "-"]) | VALUES,
+        },
+    )
+    extended = st.builds(lambda message, more: {**message, **more}, frame, extras)
+    chosen = st.one_of(frame, frame, frame, extended)
+    return chosen.map(lambda message: json.dumps(message, allow_nan=True))
 
 
 def nested() -> st.SearchStrategy[str]:
