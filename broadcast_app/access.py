@@ -49,7 +49,10 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
 from django.utils.crypto import constant_time_compare
 
+from . import cache
 from .conf import conf
+from .filters import Where
+from .frames import ProtocolError
 from .model_configs import ModelConfig, NotRegistered, get_config
 from .runtime import runtime
 from .stats import stats
@@ -69,6 +72,8 @@ class Watched(Protocol):
     user: Any
     permissions: dict[str, bool]
     subscriptions: set[tuple[str, str | None]]
+    #: labels whose permission was lost (their events still queued are dropped)
+    forbidden: set[str]
     closing: bool
     #: ``time.monotonic()`` of the last check (the handshake counts as one)
     checked_at: float
@@ -247,18 +252,34 @@ async def check(connections: list[Watched]) -> None:
 def visible_frame(config: ModelConfig, user: Any, frame: str, event: dict[str, Any]) -> str | None:
     """``frame`` as ``user`` may see it under the model's ``object_check``: None if the
     check refuses the object, and without ``previous`` if it refuses the object as it
-    was before the change (its old values are not for someone who could not see it)."""
+    was before the change (its old values are not for someone who could not see it).
+
+    On a filtered subscription, ``match`` says that the row matched before (``stay``,
+    ``leave``): for a reader the check refused the row before, a ``stay`` is an
+    ``enter`` and a ``leave`` is not sent, as if it had not matched."""
     assert config.object_check is not None
     if not allows(config, user, event["data"]):
         return None
+    old = event.get("old")  # (filters.fan_out: the row before, for a stay or a leave)
+    refused_before = old is not None and not allows(config, user, old)
+    if refused_before:
+        if event["match"] == "leave":
+            return None
+        event = {**event, "match": "enter"}
     previous = event.get("previous")
-    if not previous or allows(config, user, {**event["data"], **previous}):
+    before = {**event["data"], **previous} if previous else None
+    if not refused_before and (before is None or allows(config, user, before)):
         return frame
     stats.incr("previous_withheld")
     return json.dumps(
-        {key: value for key, value in event.items() if key != "previous"},
+        {key: value for key, value in event.items() if key not in _NOT_SENT},
         separators=(",", ":"),
     )
+
+
+#: what ``visible_frame`` leaves out of a frame it rebuilds (``sub`` and ``old``: what
+#: filters.fan_out hands the consumer beside a filtered subscription's frame)
+_NOT_SENT = frozenset({"previous", "sub", "old"})
 
 
 #: when each model's failing object_check was last logged with its traceback
@@ -281,6 +302,27 @@ def allows(config: ModelConfig, user: Any, data: Mapping[str, Any]) -> bool:
             _failure_logged[config.label] = time.monotonic()
             logger.exception("object_check of %s failed (denied)", config.label)
         return False
+
+
+async def authorize(connection: Watched, config: ModelConfig, pk: str | None) -> None:
+    """Let ``connection`` subscribe to ``config``'s model (its object ``pk``, if given),
+    or raise ``forbidden``; from then on, check it every interval."""
+    # The user loaded at the handshake may be out of date.
+    await refresh(connection)
+    if connection.closing:
+        return
+    perm = config.view_permission
+    if perm not in connection.permissions:
+        has_perm = database_sync_to_async(connection.user.has_perm)
+        connection.permissions[perm] = await has_perm(perm)
+    if not connection.permissions[perm]:
+        raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
+    if pk is not None and config.object_check is not None and not isinstance(pk, Where):
+        data = await database_sync_to_async(cache.get)(config.model, pk)
+        if data is None or not allows(config, connection.user, data):
+            raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
+    connection.forbidden.discard(config.label)
+    revalidator.watch(connection)
 
 
 async def refresh(connection: Watched) -> None:

@@ -256,6 +256,32 @@ SETTINGS: dict[str, Setting] = {
         "What a presence member shows of its user: a callable (or its dotted path) given "
         "the user, returning a JSON-able dict (default: id, username, full name).",
     ),
+    "BROADCAST_FILTER_MAX_CONDITIONS": Setting(
+        10,
+        "positive",
+        "Conditions one filtered subscription's ``where`` may hold.",
+    ),
+    "BROADCAST_FILTER_MAX_VALUES": Setting(
+        100,
+        "positive",
+        "Values one ``__in`` condition of a ``where`` may list.",
+    ),
+    "BROADCAST_FILTER_MAX_TEXT": Setting(
+        200,
+        "positive",
+        "Characters one string value of a ``where`` may hold.",
+    ),
+    "BROADCAST_SNAPSHOT_MAX_ROWS": Setting(
+        1000,
+        "positive",
+        "Most rows one snapshot (``subscribe`` with ``snapshot``) sends.",
+    ),
+    "BROADCAST_SNAPSHOT_MAX_SCAN": Setting(
+        10000,
+        "positive",
+        "Most rows one snapshot reads from the database (a filter the database cannot "
+        "answer, or rows an ``object_check`` refuses, are read and skipped).",
+    ),
 }
 
 # Read on every save: a setting left at its default would otherwise cost an
@@ -482,6 +508,26 @@ class Settings:
     def BROADCAST_PRESENCE_USER(self) -> str | Callable[[Any], dict[str, Any]]:
         value = _setting("BROADCAST_PRESENCE_USER")
         return value if callable(value) else str(value)
+
+    @property
+    def BROADCAST_FILTER_MAX_CONDITIONS(self) -> int:
+        return int(_setting("BROADCAST_FILTER_MAX_CONDITIONS"))
+
+    @property
+    def BROADCAST_FILTER_MAX_VALUES(self) -> int:
+        return int(_setting("BROADCAST_FILTER_MAX_VALUES"))
+
+    @property
+    def BROADCAST_FILTER_MAX_TEXT(self) -> int:
+        return int(_setting("BROADCAST_FILTER_MAX_TEXT"))
+
+    @property
+    def BROADCAST_SNAPSHOT_MAX_ROWS(self) -> int:
+        return int(_setting("BROADCAST_SNAPSHOT_MAX_ROWS"))
+
+    @property
+    def BROADCAST_SNAPSHOT_MAX_SCAN(self) -> int:
+        return int(_setting("BROADCAST_SNAPSHOT_MAX_SCAN"))
 
 
 # Each property's docstring is its setting's meaning, from the one table.

@@ -22,27 +22,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ValidationError
-from redis.exceptions import RedisError
 
-from . import access, cache, presence_protocol
-from .access import revalidator, session_key
+from . import access, presence_protocol, snapshots
+from .access import session_key
 from .conf import conf
 from .echo import bind
 from .events import frame_head
+from .filters import Where, held_keys, naming, replay_frames
 from .floors import Floors
-from .frames import ProtocolError, parse_frame, valid_text
+from .frames import ProtocolError, parse_frame
 from .hub import hub
 from .limits import FrameBucket, ResumeBucket, resume_turn
 from .listener import listener
 from .log import Replay, covers, event_log, position
 from .probe import DISCONNECTED
-from .registry import ModelConfig, NotRegistered, get_config
+from .registry import ModelConfig, get_config
 from .sender import Sender
 from .stats import stats
+from .targets import target
 from .upstream.asgi import server_send
 
 logger = logging.getLogger(__name__)
@@ -97,6 +96,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         #: subscriptions whose log is being read, with the live events held meanwhile
         #: (None once more arrived than the send queue holds: a reset replaces them)
         self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
+        #: what subscriptions' replays, resets and snapshots covered (see floors.py)
         self.floors = Floors()
         self.permissions: dict[str, bool] = {}
         self.closing = False
@@ -169,16 +169,14 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def reset(self, label: str, pk: str | None, reason: str) -> None:
         """Tell the client its subscription missed events it cannot get back."""
         stats.incr("resets")
-        self.reply({"type": "reset", "model": label, "pk": pk, "reason": reason})
+        self.reply({"type": "reset", "model": label, **naming(pk), "reason": reason})
 
     def deliver(self, frame: str, event: dict[str, Any]) -> None:
         """Called by the hub for each event this connection subscribed to."""
-        if self.floors and self.floors.covered(
-            self.subscriptions, event["model"], event["pk"], event["id"]
-        ):
+        if self.floors and self.floors.covered(held_keys(event), self.subscriptions, event["id"]):
             return
         if self.resuming:
-            for key in ((event["model"], None), (event["model"], event["pk"])):
+            for key in held_keys(event):
                 if key in self.resuming:
                     held = self.resuming[key]
                     if held is not None and len(held) < self.sender.limit:
@@ -262,31 +260,38 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.reply({"type": "pong"})
 
     async def on_subscribe(self, message: dict[str, Any]) -> None:
-        """Check permissions, then deliver a model's or an object's events.
+        """Check permissions, then deliver a model's, an object's or a filter's events.
 
-        Order on the wire: ``subscribed``; with ``since``, the events after it from the
-        log (or a ``reset`` when the log no longer holds all of them); then live events.
-        Live events arriving while the log is read are held back meanwhile, and the
-        ones the replay already carried are not sent twice.
+        Order on the wire: ``subscribed``; the events after ``since`` from the log, or a
+        ``reset``, or the ``snapshot`` asked for (see snapshots.py); then live events.
+        Live events arriving meanwhile are held back, those already carried not sent twice.
         """
-        config, pk = self._target(message)
+        config, pk = target(message)
         key = (config.label, pk)
         since = message.get("since")
+        request = snapshots.requested(config, message)
         if key not in self.subscriptions:
             if len(self.subscriptions) >= conf.BROADCAST_MAX_SUBSCRIPTIONS:
                 raise ProtocolError(
                     "too_many_subscriptions",
                     f"At most {conf.BROADCAST_MAX_SUBSCRIPTIONS} subscriptions per connection.",
                 )
-            await self._authorize(config, pk)
+            await access.authorize(self, config, pk)
             if self.closing:
                 return
             self.subscriptions.add(key)
             hub.add(self, config.label, pk)
-        await self._follow(config, pk, since, message.get("ref"))
+        await self._follow(config, pk, since, message.get("ref"), request)
         presence_protocol.subscribed(self, config.label, pk)
 
-    async def _follow(self, config: ModelConfig, pk: str | None, since: object, ref: Any) -> None:
+    async def _follow(
+        self,
+        config: ModelConfig,
+        pk: str | None,
+        since: object,
+        ref: Any,
+        request: snapshots.Request | None = None,
+    ) -> None:
         """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
         events held meanwhile (those the replay carried are not sent twice)."""
         key = (config.label, pk)
@@ -299,8 +304,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 replay, last_id = await self._read_log(config.label, since, refused)
                 if self.closing:
                     return
-                subscribed = {"type": "subscribed", "model": config.label, "pk": pk}
-                self.reply({**subscribed, "ref": ref, "last_id": last_id})
+                subscribed = {"type": "subscribed", "model": config.label, **naming(pk)}
+                snapshot = snapshots.plan(request, replay)  # (see snapshots.py)
+                answer = {} if snapshot is None else {"snapshot": snapshot}
+                self.reply({**subscribed, "ref": ref, "last_id": last_id, **answer})
                 if replay is not None and replay.complete and self.resuming.get(key) is not None:
                     # The read was limited to the room left in the send queue, but
                     # replies may have taken some meanwhile: a replay that overflowed
@@ -309,10 +316,14 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         replay = Replay(False, "too_many")
                     else:
                         sent = await self._replay(config, pk, replay.frames)
+            if snapshot and request is not None and not self.closing:
+                await snapshots.send(self, config, pk, request, last_id)
+                replay = None
         finally:
             held = self.resuming.pop(key, [])
-        if since is not None and last_id is not None:
-            # What the read covered never goes out again, held or still on its way.
+        if (since is not None or snapshot) and last_id is not None:
+            # What the read (or the snapshot) covered never goes out again, held or
+            # still on its way.
             floor = position(last_id)
             if floor is not None and held:
                 held = [(frame, event) for frame, event in held if not covers(floor, event["id"])]
@@ -339,6 +350,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         A few frames at a time, letting the other connections' frames through in
         between; the subscription's live events are held back until the end.
         """
+        if isinstance(pk, Where):
+            frames, pk = replay_frames(pk, frames), None
         sent: set[str] = set()
         for number, (event_id, frame) in enumerate(frames, 1):
             # Routing needs the frame's head only; the whole event when a check reads it.
@@ -359,22 +372,11 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self, label: str, since: object, refused: str | None
     ) -> tuple[Replay | None, str | None]:
         fallback = hub.last_ids.get(label)
-        if refused is not None:
-            return Replay(False, refused), fallback
-        try:
-            async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
-                if since is None:
-                    return None, await event_log.last_id(label)
-                limit = max(0, min(conf.BROADCAST_RESUME_MAX_EVENTS, self.sender.room - 1))
-                replay = await event_log.read_after(label, since, limit)
-                return replay, replay.last_id or fallback
-        except (RedisError, OSError, TimeoutError):
-            stats.incr("log_errors")
-            return (None if since is None else Replay(False, "unavailable")), fallback
+        return await event_log.on_subscribe(label, since, refused, self.sender.room, fallback)
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""
-        config, pk = self._target(message)
+        config, pk = target(message)
         self.subscriptions.discard((config.label, pk))
         self.floors.discard((config.label, pk))
         hub.remove(self, config.label, pk)
@@ -386,51 +388,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         "unsubscribe": on_unsubscribe,
         **presence_protocol.HANDLERS,
     }
-
-    # -- helpers ----------------------------------------------------------------------
-
-    def _target(self, message: dict[str, Any]) -> tuple[ModelConfig, str | None]:
-        label = message.get("model")
-        if not isinstance(label, str) or not label:
-            raise ProtocolError("bad_request", "'model' must be a string like 'app_label.model'.")
-        valid_text(label, "model")
-        try:
-            config = get_config(label)
-        except NotRegistered:
-            raise ProtocolError(
-                "unknown_model", f"No broadcasting model {label[:100]!r}."
-            ) from None
-        pk = message.get("pk")
-        if pk is None:
-            return config, None
-        if isinstance(pk, bool) or not isinstance(pk, str | int):
-            raise ProtocolError("bad_request", "'pk' must be a string.")
-        if isinstance(pk, str):
-            valid_text(pk, "pk")
-        try:
-            field = config.model._meta.pk
-            value = field.to_python(pk)
-            field.run_validators(value)  # the field's range and length, as a form would
-        except ValidationError:
-            raise ProtocolError("bad_request", f"{str(pk)[:100]!r} is not a valid pk.") from None
-        return config, str(value)
-
-    async def _authorize(self, config: ModelConfig, pk: str | None) -> None:
-        # The user loaded at the handshake may be out of date (see access.py).
-        await access.refresh(self)
-        if self.closing:
-            return
-        perm = config.view_permission
-        if perm not in self.permissions:
-            self.permissions[perm] = await database_sync_to_async(self.user.has_perm)(perm)
-        if not self.permissions[perm]:
-            raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
-        if pk is not None and config.object_check is not None:
-            data = await database_sync_to_async(cache.get)(config.model, pk)
-            if data is None or not access.allows(config, self.user, data):
-                raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
-        self.forbidden.discard(config.label)
-        revalidator.watch(self)
 
     # -- revocation (see access.py) ---------------------------------------------------
 
@@ -452,7 +409,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "code": "forbidden",
                 "detail": f"You may no longer see {label}.",
                 "model": label,
-                "pk": pk,
+                **naming(pk),
                 "ref": None,
             }
         )

@@ -448,10 +448,28 @@ def event_body(change: Change, ts: str, instance_id: str) -> str:
         event["to_others"] = change.to_others
     if change.unknown:
         event["unknown"] = list(change.unknown)
-    return _encode(event)[1:]
+    body: str = _encode(event)[1:]
+    if change.op == "updated" and not change.config.previous:
+        # The old values filtered subscriptions compare with (see filters.py): behind
+        # the JSON, cut off by instances before a client sees the frame.
+        old = change.previous(changed)
+        if old:
+            body += HIDDEN + _encode(old)
+    return body
 
 
 _ENCODER = DjangoJSONEncoder(separators=(",", ":"))
+#: between an event body's JSON and what only instances read (never in JSON text: the
+#: encoder escapes control characters)
+HIDDEN = "\x1e"
+
+
+def split_hidden(frame: str) -> tuple[str, str | None]:
+    """A frame (or event body) without its hidden tail, and the tail (None without one)."""
+    cut = frame.find(HIDDEN)
+    if cut < 0:
+        return frame, None
+    return frame[:cut], frame[cut + 1 :]
 
 
 # The public encoder: one C encoder made once (json.encoder.c_make_encoder, which is

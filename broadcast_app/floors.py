@@ -1,16 +1,17 @@
-"""Live events that a resuming subscription's replay or reset already covered.
+"""Live events that a subscription's replay, reset or snapshot already covered.
 
-A subscription with ``since`` reads the model's log up to its last id. Events up to
-that id can still be on their way to this instance's listener (published, not yet
-received) when the read ends; arriving live afterwards they would be duplicates of the
-replay, or, after a ``reset``, older than the state the client reloads. The position
+A subscription with ``since`` reads the model's log up to its last id; one with a
+snapshot reads the log's last id, then the rows. Events up to that id can still be on
+their way to this instance's listener (published, not yet received) when the read
+ends; arriving live afterwards they would be duplicates of the replay, or older than
+the rows of the snapshot or the state a ``reset`` makes the client reload. The position
 read is the subscription's floor until the listener passes it: live events at or
 before it are dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterable
 
 from .log import covers, position
 
@@ -44,11 +45,12 @@ class Floors:
     def clear(self) -> None:
         self._floors.clear()
 
-    def covered(self, subscriptions: Container[Key], model: str, pk: str, event_id: str) -> bool:
-        """Whether every subscription this event is for already covered it. A floor
-        that a later event passed is dropped: events arrive in log order."""
+    def covered(self, keys: Iterable[Key], subscriptions: Container[Key], event_id: str) -> bool:
+        """Whether every subscription among ``keys`` (those the event may be for) that
+        this connection holds already covered it. A floor that a later event passed is
+        dropped: events arrive in log order."""
         covered = False
-        for key in ((model, None), (model, pk)):
+        for key in keys:
             if key not in subscriptions:
                 continue
             floor = self._floors.get(key)

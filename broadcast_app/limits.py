@@ -68,6 +68,18 @@ class ResumeBucket(_Bucket):
         return conf.BROADCAST_RESUME_RATE / conf.BROADCAST_RESUME_WINDOW
 
 
+class JoinBucket(_Bucket):
+    """One connection's presence join allowance (joins and updates of its state)."""
+
+    __slots__ = ()
+
+    def capacity(self) -> float:
+        return conf.BROADCAST_PRESENCE_RATE
+
+    def per_second(self) -> float:
+        return conf.BROADCAST_PRESENCE_RATE
+
+
 class FrameBucket(_Bucket):
     """One connection's frame allowance."""
 

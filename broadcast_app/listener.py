@@ -29,7 +29,7 @@ from channels.layers import channel_layers
 from . import cache, direct
 from .conf import conf
 from .continuity import Continuity, not_after
-from .events import frame_head
+from .events import frame_head, split_hidden
 from .feed import feed
 from .hub import hub
 from .layer import MESSAGE_TYPE, RESET_TYPE, group_name
@@ -221,6 +221,7 @@ class Listener:
     async def handle(self, frame: str, prev: str | None = None) -> None:
         """Process one event frame (and, first, any events a gap before it hid)."""
         async with self._order:
+            frame, hidden = split_hidden(frame)
             try:
                 event: dict[str, Any] = json.loads(frame)
                 label = get_config(event["model"]).label
@@ -238,7 +239,7 @@ class Listener:
                         await self.continuity.missed(label, upto=event["id"]) or ()
                     ):
                         await self._process(missed)
-            await self._process(frame, event)
+            await self._process(frame, event, hidden)
 
     def handle_now(self, layer: Any, data: Any) -> bool:
         """Process one raw layer message at once, in the layer's reader task, if nothing
@@ -251,7 +252,7 @@ class Listener:
             message = layer.deserialize(data)
             if message.get("type") != MESSAGE_TYPE:
                 return False
-            frame, prev = message["frame"], message.get("prev")
+            (frame, hidden), prev = split_hidden(message["frame"]), message.get("prev")
             # Clients only need the frame routed: the rest is parsed once they have it.
             event: dict[str, Any] = frame_head(frame) or json.loads(frame)
             config = get_config(event["model"])
@@ -263,7 +264,7 @@ class Listener:
             return False  # a first event, or a gap to repair: the ordinary path
         self._turn_taken = True
         try:
-            self._process_now(frame, event, config)
+            self._process_now(frame, event, config, hidden)
         except Exception:  # never into channels-redis' reader, which would pause
             logger.exception("broadcast_app listener failed on a %s event", config.label)
         asyncio.get_running_loop().call_soon(self._next_turn)
@@ -273,13 +274,16 @@ class Listener:
     def _next_turn(self) -> None:
         self._turn_taken = False
 
-    async def _process(self, frame: str, event: dict[str, Any] | None = None) -> None:
-        """Cache, ``change_received``, local clients, for one event in order."""
+    async def _process(
+        self, frame: str, event: dict[str, Any] | None = None, hidden: str | None = None
+    ) -> None:
+        """Cache, ``change_received``, local clients, for one event in order (``hidden``:
+        what the frame carried for filtered subscriptions only, see filters.py)."""
         if event is None:
             event = json.loads(frame)
         config = get_config(event["model"])
         if _nothing_waits():
-            self._process_now(frame, event, config)
+            self._process_now(frame, event, config, hidden)
             return
         self.continuity.last[config.label] = event["id"]
         hub.last_ids[config.label] = event["id"]
@@ -295,9 +299,11 @@ class Listener:
                 await change_received.asend(sender=config.model, event=event)
             except Exception:
                 logger.exception("a change_received receiver failed for %s", config.label)
-        _recorded(event, hub.deliver(frame, event))
+        _recorded(event, hub.deliver(frame, event, hidden))
 
-    def _process_now(self, frame: str, event: dict[str, Any], config: ModelConfig) -> None:
+    def _process_now(
+        self, frame: str, event: dict[str, Any], config: ModelConfig, hidden: str | None = None
+    ) -> None:
         """``_process`` with an in-memory cache and no receivers: nothing waits.
 
         ``event`` may be only the frame's head (see ``events.frame_head``): enough to
@@ -308,7 +314,7 @@ class Listener:
         # Clients first (their frames are written as they are handed over), then the
         # cache: this loop runs nothing else until this method returns, so no request
         # can read the cache in between.
-        delivered = hub.deliver(frame, event)
+        delivered = hub.deliver(frame, event, hidden)
         if "data" not in event:
             event = json.loads(frame)
         _apply(config, event)

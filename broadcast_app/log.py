@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .conf import conf
-from .events import frame_from_body
+from .events import frame_from_body, split_hidden
 from .layer import route
 from .redis_clients import make_async_client
+from .stats import stats
 
 #: entries read per XRANGE call while replaying: parsing a page is one step of the
 #: event loop, which no other connection's frame can interrupt
@@ -117,6 +119,25 @@ class EventLog:
         last = await client.hget(r.meta, "last")
         return str(last) if last else None
 
+    async def on_subscribe(
+        self, label: str, since: object, refused: str | None, room: int, fallback: str | None
+    ) -> tuple[Replay | None, str | None]:
+        """What a subscription reads: the replay after ``since`` (None without one; at
+        most what ``room`` frames hold), or ``refused``'s; and the log's last id (else
+        ``fallback``, the last id the instance received)."""
+        if refused is not None:
+            return Replay(False, refused), fallback
+        try:
+            async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
+                if since is None:
+                    return None, await self.last_id(label)
+                limit = max(0, min(conf.BROADCAST_RESUME_MAX_EVENTS, room - 1))
+                replay = await self.read_after(label, since, limit)
+                return replay, replay.last_id or fallback
+        except (RedisError, OSError, TimeoutError):
+            stats.incr("log_errors")
+            return (None if since is None else Replay(False, "unavailable")), fallback
+
     async def read_after(self, label: str, since: object, limit: int | None = None) -> Replay:
         """Every event after ``since``, in order, if the log still holds all of them;
         with ``limit``, only if they are at most that many (else ``too_many``, known
@@ -182,7 +203,8 @@ class EventLog:
                 if fields.get("p") != previous:
                     return []
                 previous = f"{entry_id}:{epoch}"
-                frames.append((previous, frame_from_body(previous, fields["b"])))
+                # (Without the hidden tail: replays are sent as they are, see filters.py.)
+                frames.append((previous, split_hidden(frame_from_body(previous, fields["b"]))[0]))
             if len(page) < PAGE_SIZE:
                 return frames
             after = page[-1][0]

@@ -26,7 +26,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from .conf import conf
-from .events import Change, to_json_data
+from .events import Change, split_hidden, to_json_data
 from .model_configs import get_config
 from .rows import RowSet
 from .stats import stats
@@ -117,7 +117,7 @@ def spill_events(events: Iterable[tuple[str, str]], lost: Iterable[str]) -> int:
     rows: dict[str, list[Any]] = {}
     for label, body in events:
         config = get_config(label)
-        event = json.loads("{" + body)
+        event = json.loads("{" + split_hidden(body)[0])
         using = router.db_for_write(config.model)
         rows.setdefault(using, []).append(_spilled_row(config.label, event))
     for label in lost:

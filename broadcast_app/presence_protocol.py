@@ -13,7 +13,6 @@ The Redis side is :mod:`.presence`; this instance's side :mod:`.presence_local`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,37 +20,20 @@ from typing import Any
 from channels.db import database_sync_to_async
 from redis.exceptions import RedisError
 
-from . import presence
+from . import access, presence
 from .conf import conf
 from .frames import ProtocolError
+from .limits import JoinBucket
 from .presence_local import Joined, local
 from .stats import stats
+from .targets import target
 
 
-class JoinBucket:
-    """One connection's join allowance: a burst of ``BROADCAST_PRESENCE_RATE``, then
-    that many per second."""
-
-    __slots__ = ("_stamp", "_tokens")
-
-    def __init__(self) -> None:
-        self._tokens = conf.BROADCAST_PRESENCE_RATE
-        self._stamp = asyncio.get_running_loop().time()
-
-    def take(self) -> bool:
-        rate = conf.BROADCAST_PRESENCE_RATE
-        now = asyncio.get_running_loop().time()
-        self._tokens = min(rate, self._tokens + (now - self._stamp) * rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-
-def _object(consumer: Any, message: dict[str, Any]) -> tuple[Any, str]:
-    config, pk = consumer._target(message)
-    if pk is None:
+def _object(message: dict[str, Any]) -> tuple[Any, str]:
+    if message.get("where") is not None:
+        raise ProtocolError("bad_request", "Presence is per object: 'pk', not 'where'.")
+    config, pk = target(message)
+    if not isinstance(pk, str):
         raise ProtocolError("bad_request", "Presence is per object: 'pk' is required.")
     return config, pk
 
@@ -74,7 +56,7 @@ def _state(message: dict[str, Any]) -> str:
 
 async def on_join(consumer: Any, message: dict[str, Any]) -> None:
     """``presence.join``: be one of the object's members, with ``state``; again: update it."""
-    config, pk = _object(consumer, message)
+    config, pk = _object(message)
     key = (config.label, pk)
     if not consumer.user.is_authenticated:
         raise ProtocolError("forbidden", "Log in to join an object's presence.")
@@ -87,7 +69,7 @@ async def on_join(consumer: Any, message: dict[str, Any]) -> None:
         rate = conf.BROADCAST_PRESENCE_RATE
         raise ProtocolError("rate_limited", f"At most {rate:g} presence joins per second.")
     # The permission and object_check as of now (a subscription may be older).
-    await consumer._authorize(config, pk)
+    await access.authorize(consumer, config, pk)
     if consumer.closing:
         return
     if key not in consumer.subscriptions:
@@ -120,7 +102,7 @@ async def on_join(consumer: Any, message: dict[str, Any]) -> None:
 
 async def on_leave(consumer: Any, message: dict[str, Any]) -> None:
     """``presence.leave``: no longer a member (silently, if not one)."""
-    config, pk = _object(consumer, message)
+    config, pk = _object(message)
     local.leave(consumer, (config.label, pk))
 
 
@@ -136,14 +118,14 @@ HANDLERS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[None]]] = {
 
 def subscribed(consumer: Any, label: str, pk: str | None) -> None:
     """After ``subscribe``: an object's subscriber gets its member list, and changes."""
-    if pk is not None and (label, pk) in consumer.subscriptions and not consumer.closing:
+    if isinstance(pk, str) and (label, pk) in consumer.subscriptions and not consumer.closing:
         local.watch(consumer, (label, pk))
 
 
 def unsubscribed(consumer: Any, label: str, pk: str | None) -> None:
     """The subscription ended (``unsubscribe``, or its permission was lost): its presence
     on the object ends with it."""
-    if pk is not None:
+    if isinstance(pk, str):
         local.unwatch(consumer, (label, pk))
 
 

@@ -35,7 +35,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .conf import conf
-from .events import Change, Saved, event_body, frame_from_body, iso_time, resolved
+from .events import (
+    Change,
+    Saved,
+    event_body,
+    frame_from_body,
+    iso_time,
+    resolved,
+    split_hidden,
+)
 from .failover import PublishedIds
 from .layer import MESSAGE_TYPE, RESET_TYPE, Route, new_epoch, route
 from .redis_clients import failures, make_client
@@ -249,7 +257,7 @@ class Publisher:
         if not self.sinks:
             return held_back()
         for _label, body in items:
-            event = json.loads('{"type":"change","id":null,' + body)
+            event = json.loads('{"type":"change","id":null,' + split_hidden(body)[0])
             for sink in self.sinks:
                 sink(event)
         return not self.forward

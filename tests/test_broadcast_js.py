@@ -318,3 +318,93 @@ async def test_presence_joins_after_subscribing_follows_members_and_leaves(page:
         }"""
     )
     assert result["reopened"] == [subscribe, {**join, "state": {"editing": True}}]
+
+
+async def test_filtered_subscriptions_get_their_own_frames(page: Any) -> None:
+    result = await page.evaluate(
+        """() => {
+          const seen = [];
+          const client = broadcast.connect();
+          const on = (name) => ({
+            onChange: (e) => seen.push([name, e.id, e.match ?? null]),
+            onReset: (f) => seen.push([name, "reset", f.reason]),
+          });
+          const stopLow = client.subscribe("demo.product", {
+            where: { stock__lt: 5, name__icontains: "pro" }, ...on("low"),
+          });
+          client.subscribe("demo.product", { where: { stock__gte: 5 }, ...on("high") });
+          client.subscribe("demo.product", on("plain"));
+          let refused = null;
+          try { client.subscribe("demo.product", { pk: 1, where: { stock: 1 }, ...on("x") }); }
+          catch (error) { refused = error.name; }
+          const ws = sockets[0];
+          ws.serverOpen();
+          const low = { name__icontains: "pro", stock__lt: 5 };  // as the server sorts it
+          ws.serverSend({ ...change("40-0"), match: "enter", where: low });
+          ws.serverSend(change("40-0"));
+          ws.serverSend({ ...change("40-0"), match: "enter", where: low });  // a duplicate
+          ws.serverSend({ ...change("41-0"), match: "leave", where: low });
+          ws.serverSend({ ...change("41-0"), match: "enter", where: { stock__gte: 5 } });
+          ws.serverSend({ type: "reset", model: "demo.product", pk: null, where: low,
+                          reason: "overflow" });
+          stopLow();
+          return { seen, refused, sent: ws.sent };
+        }"""
+    )
+    assert result["refused"] == "TypeError"
+    assert result["seen"] == [
+        ["low", "40-0", "enter"],
+        ["plain", "40-0", None],
+        ["low", "41-0", "leave"],
+        ["high", "41-0", "enter"],
+        ["low", "reset", "overflow"],
+    ]
+    where = {"stock__lt": 5, "name__icontains": "pro"}
+    assert result["sent"] == [
+        {"type": "subscribe", "model": "demo.product", "ref": "s1", "where": where},
+        {"type": "subscribe", "model": "demo.product", "ref": "s2", "where": {"stock__gte": 5}},
+        {"type": "subscribe", "model": "demo.product", "ref": "s3"},
+        {"type": "unsubscribe", "model": "demo.product", "where": where},
+    ]
+
+
+async def test_snapshots_reach_on_snapshot_and_reconnections_ask_again(page: Any) -> None:
+    result = await page.evaluate(
+        """async () => {
+          const got = [];
+          const client = broadcast.connect({ minDelay: 1, maxDelay: 1 });
+          const where = { stock__lt: 5 };
+          client.subscribe("demo.product", {
+            where, snapshot: true, limit: 10, order: "-price",
+            onSnapshot: (f) => got.push(["snapshot", f.rows.length]),
+            onChange: (e) => got.push(["change", e.id]),
+          });
+          const ws = sockets[0];
+          ws.serverOpen();
+          ws.serverSend({ type: "subscribed", model: "demo.product", pk: null, where,
+                          ref: ws.sent[0].ref, last_id: "50-0", snapshot: true });
+          ws.serverSend({ type: "snapshot", model: "demo.product", pk: null, where,
+                          rows: [{ pk: "1", data: {} }], last_id: "50-0", complete: true });
+          ws.serverSend({ type: "snapshot", model: "demo.product", pk: null,
+                          rows: [], last_id: "60-0", complete: true });  // not this one's
+          ws.serverSend({ ...change("51-0"), match: "enter", where });
+          // A second part of the page joins with a snapshot of its own.
+          client.subscribe("demo.product", {
+            where, snapshot: true, onSnapshot: () => got.push(["joined"]), onChange() {},
+          });
+          ws.serverClose();
+          await until(() => sockets.length === 2);
+          sockets[1].serverOpen();
+          return { got, first: ws.sent, again: sockets[1].sent };
+        }"""
+    )
+    assert result["got"] == [["snapshot", 1], ["change", "51-0"]]
+    where = {"stock__lt": 5}
+    asked = {"type": "subscribe", "model": "demo.product", "ref": "s1", "where": where}
+    asked |= {"snapshot": True, "limit": 10, "order": "-price"}
+    joined = {"type": "subscribe", "model": "demo.product", "ref": "s1", "where": where}
+    joined["snapshot"] = True  # (no since: the joining part has nothing yet)
+    assert result["first"] == [asked, joined]
+    # After a reconnection: resume from the last event, a snapshot if the log cannot
+    # (with the options the latest subscribe() gave).
+    assert result["again"] == [{**joined, "since": "51-0"}]

@@ -264,3 +264,20 @@ def test_presence_user_hook_that_is_not_a_callable_is_e030(value: Any, settings:
 def test_presence_user_hook_that_is_a_callable_passes(value: Any, settings: Any) -> None:
     settings.BROADCAST_PRESENCE_USER = value
     assert checks.check_presence_user(None) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "BROADCAST_FILTER_MAX_CONDITIONS",
+        "BROADCAST_FILTER_MAX_VALUES",
+        "BROADCAST_FILTER_MAX_TEXT",
+        "BROADCAST_SNAPSHOT_MAX_ROWS",
+        "BROADCAST_SNAPSHOT_MAX_SCAN",
+    ],
+)
+def test_filter_and_snapshot_limits_are_positive_numbers(name: str) -> None:
+    with override_settings(**{name: 0}):
+        assert ids(checks.check_numbers(None)) == ["broadcast_app.E006"]
+    with override_settings(**{name: 3}):
+        assert checks.check_numbers(None) == []

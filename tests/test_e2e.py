@@ -53,7 +53,7 @@ password = os.environ["E2E_PASSWORD"]
 User.objects.create_superuser("e2e-admin", password=password)
 User.objects.create_user("e2e-nobody", password=password, is_staff=True)
 pks = {}
-for sku in ("E2E-ADMIN", "E2E-SHELL", "E2E-FORBIDDEN", "E2E-COHERENT"):
+for sku in ("E2E-ADMIN", "E2E-SHELL", "E2E-FORBIDDEN", "E2E-COHERENT", "E2E-FILTER"):
     product = Product.objects.create(
         name=sku.title(), sku=sku, price=Decimal("10.00"), stock=5, cost_price=Decimal("4.00")
     )
@@ -335,3 +335,43 @@ async def test_events_reach_the_publishing_instance_and_caches_agree(
         for name, client in (("A", http_a), ("B", http_b)):
             response = await client.get(json_url(pk))
             assert (response.headers["X-Cache"], response.json()) == ("hit", data), name
+
+
+async def test_a_filtered_subscription_on_b_follows_a_row_in_and_out(
+    stack: Stack, session_id: str
+) -> None:
+    pk = stack.pks["E2E-FILTER"]
+    where = {"stock__lt": 5, "sku": "E2E-FILTER"}
+    async with (
+        http_client(stack.a.base_url, session_id) as http_a,
+        websocket(stack.b.ws_url, origin=stack.b.origin, session_id=session_id) as ws,
+    ):
+        reply = await ws.ask({"type": "subscribe", "model": PRODUCT, "where": where})
+        assert (reply["type"], reply["where"]) == ("subscribed", {"sku": "E2E-FILTER", **where})
+        # Each change goes through A's publisher, Redis and B's listener; the frame is
+        # parsed as one JSON document (the old values behind it never reach a client).
+        for stock, match in (("3", "enter"), ("4", "stay"), ("9", "leave"), ("10", None)):
+            await admin_change(http_a, PRODUCT, pk, stock=stock, cost_price="1.00")
+            if match is None:
+                continue
+            event = await ws.receive()
+            assert (event["pk"], event["match"], event["data"]["stock"]) == (
+                str(pk),
+                match,
+                int(stock),
+            )
+            assert "previous" not in event
+        await ws.expect_nothing_queued()
+        # And a snapshot of it, read by B from the database, as events carry it.
+        mine = {"sku": "E2E-FILTER"}
+        asked = {"type": "subscribe", "model": PRODUCT, "where": mine, "snapshot": True}
+        reply = await ws.ask(asked)
+        assert (reply["type"], reply["snapshot"]) == ("subscribed", True)
+        snapshot = await ws.receive()
+        assert (snapshot["type"], snapshot["last_id"]) == ("snapshot", reply["last_id"])
+        [row] = snapshot["rows"]
+        assert (row["pk"], row["data"]["stock"], set(row["data"])) == (
+            str(pk),
+            10,
+            BROADCAST_FIELDS,
+        )

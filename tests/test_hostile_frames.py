@@ -86,6 +86,16 @@ def since_values(real: list[str]) -> st.SearchStrategy[Any]:
     return st.sampled_from(real) | looks_real | TEXT | VALUES
 
 
+def wheres() -> st.SearchStrategy[Any]:
+    """Filters: real fields and lookups (and an excluded field) with values of any type,
+    lists for ``__in``, and any other key or value."""
+    key = st.sampled_from(["stock", "stock__lt", "stock__in", "price__gte", "pk__in",
+                           "name__icontains", "name__isnull", "updated_at__gt",
+                           "cost_price", "stock__lt__gt", "nope"]) | TEXT  # fmt: skip
+    value = VALUES | st.lists(SCALARS, max_size=6) | st.sampled_from(["12.50", "2026-01-01"])
+    return st.dictionaries(key, value, max_size=4) | VALUES
+
+
 def structured(real_since: list[str]) -> st.SearchStrategy[str]:
     """A JSON object with the protocol's keys, each of any type (json.dumps writes NaN,
     Infinity and escaped lone surrogates as they arrive from a hostile client)."""
@@ -110,7 +120,20 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
             "extra": VALUES,
         },
     )
-    return frame.map(lambda message: json.dumps(message, allow_nan=True))
+    # A quarter also filter or ask for a snapshot (most such frames are refused, and
+    # the others must still reach the resumes).
+    extras = st.fixed_dictionaries(
+        {},
+        optional={
+            "where": wheres(),
+            "snapshot": st.just(True) | VALUES,
+            "limit": st.integers(-1, 2000) | VALUES,
+            "order": st.sampled_from(["price", "-stock", "cost_price", "-"]) | VALUES,
+        },
+    )
+    extended = st.builds(lambda message, more: {**message, **more}, frame, extras)
+    chosen = st.one_of(frame, frame, frame, extended)
+    return chosen.map(lambda message: json.dumps(message, allow_nan=True))
 
 
 def nested() -> st.SearchStrategy[str]:
@@ -206,7 +229,7 @@ def check(reply: Any) -> None:
     elif kind == "reset":
         assert reply["reason"] in RESET_REASONS, reply
     else:
-        assert kind in {"pong", "subscribed", "change", "presence"}, reply
+        assert kind in {"pong", "subscribed", "change", "presence", "snapshot"}, reply
 
 
 def sender_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:

@@ -27,6 +27,19 @@
  *     here.update({ editing: true });
  *     here.leave();
  *
+ * A subscription may filter the model's rows (`where`, see docs/protocol.md): its events
+ * then say whether the row entered, stayed in or left what it shows:
+ *
+ *     client.subscribe("demo.product", {
+ *       where: { stock__lt: 5 },
+ *       onChange: (event) => (event.match === "leave" ? rows.delete(event.pk)
+ *                                                     : rows.set(event.pk, event.data)),
+ *     });
+ *
+ * With `snapshot: true`, the server first sends the rows the subscription covers, as of
+ * the position its live events follow from (`onSnapshot`); after a reconnection it
+ * replays what was missed when it can, and sends a fresh snapshot when it cannot.
+ *
  * Status changes go to `onStatus` and, as `broadcast:status` events (`detail` is the
  * status), to `document`, so a page can show a connection badge without a reference
  * to the client.
@@ -49,6 +62,11 @@
  * @property {string[]} changed  The fields an update changed.
  * @property {string} ts  When the change was published (ISO 8601).
  * @property {string} origin  An opaque id of the process that saved it (the staff dashboard names it).
+ * @property {"enter" | "stay" | "leave"} [match]  On a filtered subscription only: the row
+ *   entered the filter (or was created matching it), still matches, or left it (or was
+ *   deleted). Take an `enter` of a row already shown as an update, and a `leave` of a
+ *   row not shown as nothing: after a reconnection the server may not know which.
+ * @property {Object<string, *>} [where]  On a filtered subscription only: its filter.
  */
 
 /**
@@ -69,8 +87,24 @@
  * @property {"reset"} type
  * @property {string} model
  * @property {string | null} pk  `null`: every object of the model.
+ * @property {Object<string, *>} [where]  The filter of the subscription it concerns.
  * @property {string} reason  Why: `too_old`, `epoch`, `unknown`, `malformed`,
  *   `unavailable`, `too_many`, `overflow`, `lost` (see docs/protocol.md).
+ */
+
+/**
+ * The rows a subscription covers, read from the database when it subscribed: every
+ * change after `last_id` arrives as an event, none before it.
+ *
+ * @typedef {object} SnapshotFrame
+ * @property {"snapshot"} type
+ * @property {string} model
+ * @property {string | null} pk
+ * @property {Object<string, *>} [where]
+ * @property {{pk: string, data: Object<string, *>}[]} rows  In the order asked.
+ * @property {string | null} last_id
+ * @property {boolean} complete  False when more rows matched than `limit` (or the
+ *   server's bounds) let through.
  */
 
 /**
@@ -89,8 +123,21 @@
 /**
  * @typedef {object} SubscribeOptions
  * @property {string | number} [pk]  One object only; omit it for every object of the model.
+ * @property {Object<string, *>} [where]  Only the rows that match these conditions,
+ *   ANDed: `{stock__lt: 5, name__icontains: "pro"}` (lookups `exact`, `in`, `lt`, `lte`,
+ *   `gt`, `gte`, `isnull`, `contains`, `icontains`, `startswith`, `istartswith`; see
+ *   docs/protocol.md). Each event then carries `match`. Not with `pk`. A filter the
+ *   server refuses reaches `onError` (`bad_request`, or `forbidden` for a field that is
+ *   not broadcast).
  * @property {string} [since]  The id of the last event the page's state includes (e.g.
  *   rendered by the server); the server replays later ones where it can.
+ * @property {boolean} [snapshot]  Start with the rows the subscription covers
+ *   (`onSnapshot`), consistent with the live events that follow.
+ * @property {number} [limit]  Most rows of the snapshot (the server's bound by default).
+ * @property {string | string[]} [order]  The snapshot's order: field names, `-` first
+ *   for descending (default: by primary key).
+ * @property {(frame: SnapshotFrame) => void} [onSnapshot]  Called with the snapshot:
+ *   replace what the page shows of this subscription with its rows.
  * @property {(event: ChangeEvent) => void} onChange  Called with each change event.
  * @property {(frame: ResetFrame) => void} [onReset]  Called when the server cannot replay
  *   what this subscription missed: reload the state shown (refetch, or reload the page).
@@ -162,7 +209,8 @@ export function connect(options = {}) {
   } = options;
   const socketId = newSocketId();
 
-  /** One entry per model or model and pk; several subscribe() calls may share one. */
+  /** One entry per model, model and pk, or model and where; several subscribe() calls
+   * may share one. */
   const subscriptions = new Map();
   /** One entry per object this page is present on; several presence() calls may share one. */
   const presences = new Map();
@@ -190,7 +238,9 @@ export function connect(options = {}) {
   function subscribeFrame(sub) {
     const frame = { type: "subscribe", model: sub.model, ref: sub.ref };
     if (sub.pk !== null) frame.pk = sub.pk;
+    if (sub.where !== null) frame.where = sub.where;
     if (sub.lastId !== null) frame.since = sub.lastId;
+    if (sub.snapshot) Object.assign(frame, sub.snapshot);
     return frame;
   }
 
@@ -270,6 +320,8 @@ export function connect(options = {}) {
       reset(frame);
     } else if (frame.type === "presence") {
       presenceChanged(frame);
+    } else if (frame.type === "snapshot") {
+      snapshot(frame);
     } else if (frame.type === "error") {
       if (frame.code === "rate_limited") retryJoin(presenceByRef(frame.ref));
       const listeners = byRef(frame.ref)?.listeners ?? presenceByRef(frame.ref)?.handles ?? [];
@@ -279,12 +331,16 @@ export function connect(options = {}) {
   }
 
   function deliver(event) {
-    if (seenIds.has(event.id)) return;
-    seenIds.add(event.id);
+    // One event comes once per filter it concerns, and once more for the plain ones.
+    const filter = event.where ? whereKey(event.where) : null;
+    const seen = filter === null ? event.id : `${event.id} ${filter}`;
+    if (seenIds.has(seen)) return;
+    seenIds.add(seen);
     if (seenIds.size > SEEN_IDS_KEPT) seenIds.delete(seenIds.values().next().value);
     const pk = String(event.pk);
     for (const sub of subscriptions.values()) {
-      if (sub.model !== event.model || (sub.pk !== null && sub.pk !== pk)) continue;
+      if (sub.model !== event.model || sub.filter !== filter) continue;
+      if (sub.pk !== null && sub.pk !== pk) continue;
       sub.lastId = event.id;
       sub.changedSinceSubscribed = true;
       for (const listener of [...sub.listeners]) call(listener.onChange, event);
@@ -293,8 +349,10 @@ export function connect(options = {}) {
 
   function reset(frame) {
     const pk = frame.pk === null || frame.pk === undefined ? null : String(frame.pk);
+    const filter = frame.where ? whereKey(frame.where) : null;
     for (const sub of subscriptions.values()) {
-      if (sub.model !== frame.model || (pk !== null && sub.pk !== null && sub.pk !== pk)) continue;
+      if (sub.model !== frame.model || sub.filter !== filter) continue;
+      if (pk !== null && sub.pk !== null && sub.pk !== pk) continue;
       // A reset never drops the position: resuming without `since` would skip, in
       // silence, whatever changes while the connection is down. A reset right after
       // `subscribed` refused the resume: the old id would be refused again, so resume
@@ -306,31 +364,57 @@ export function connect(options = {}) {
     }
   }
 
+  function snapshot(frame) {
+    const pk = frame.pk === null || frame.pk === undefined ? null : String(frame.pk);
+    const filter = frame.where ? whereKey(frame.where) : null;
+    for (const sub of subscriptions.values()) {
+      if (sub.model !== frame.model || sub.filter !== filter || sub.pk !== pk) continue;
+      // The rows include every event up to last_id: resume from there.
+      if (frame.last_id) sub.lastId = frame.last_id;
+      for (const listener of [...sub.listeners]) {
+        if (listener.onSnapshot) call(listener.onSnapshot, frame);
+      }
+    }
+  }
+
   function byRef(ref) {
     for (const sub of subscriptions.values()) if (sub.ref === ref) return sub;
     return undefined;
   }
 
   function subscribe(model, options = {}) {
-    const { pk = null, since = null, onChange, onReset, onError: onSubError } = options;
+    const { pk = null, where = null, since = null, onChange, onReset, onSnapshot } = options;
+    const onSubError = options.onError;
     if (typeof onChange !== "function") throw new TypeError("subscribe() needs onChange");
-    const key = pk === null ? model : `${model}#${pk}`;
+    if (where !== null && pk !== null) throw new TypeError("subscribe() takes pk or where");
+    const filter = where === null ? null : whereKey(where);
+    const key = filter !== null ? `${model}?${filter}` : pk === null ? model : `${model}#${pk}`;
     let sub = subscriptions.get(key);
     if (!sub) {
-      sub = { model, pk: pk === null ? null : String(pk), ref: `s${++refs}`, lastId: since || null };
+      sub = { model, pk: pk === null ? null : String(pk), where, filter, ref: `s${++refs}` };
+      sub.lastId = since || null;
+      sub.snapshot = null;
       sub.subscribedAt = null;
       sub.changedSinceSubscribed = false;
       sub.listeners = new Set();
       subscriptions.set(key, sub);
-      send(subscribeFrame(sub));
     }
-    const listener = { onChange, onReset, onError: onSubError };
+    const fresh = sub.listeners.size === 0;
+    if (options.snapshot) {
+      const { limit, order } = options;
+      sub.snapshot = { snapshot: true, ...(limit ? { limit } : {}), ...(order ? { order } : {}) };
+    }
+    // A subscription already running: a snapshot for the page part that joins it.
+    if (fresh) send(subscribeFrame(sub));
+    else if (options.snapshot) send({ ...subscribeFrame(sub), since: undefined });
+    const listener = { onChange, onReset, onSnapshot, onError: onSubError };
     sub.listeners.add(listener);
     return () => {
       if (!sub.listeners.delete(listener) || sub.listeners.size) return;
       subscriptions.delete(key);
       const frame = { type: "unsubscribe", model };
       if (sub.pk !== null) frame.pk = sub.pk;
+      if (sub.where !== null) frame.where = sub.where;
       send(frame);
     };
   }
@@ -421,6 +505,11 @@ export function connect(options = {}) {
       return status;
     },
   };
+}
+
+/** A filter's identity: its conditions in key order (the server echoes them sorted). */
+function whereKey(where) {
+  return JSON.stringify(Object.keys(where).sort().map((name) => [name, where[name]]));
 }
 
 /** A random id for this page's connection; it keeps it across reconnections. */
