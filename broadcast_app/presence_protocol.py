@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from channels.db import database_sync_to_async
 from redis.exceptions import RedisError
 
 from . import access, presence
 from .conf import conf
+from .filters import Where
 from .frames import ProtocolError
 from .limits import JoinBucket
 from .presence_local import Joined, local
@@ -29,11 +30,16 @@ from .stats import stats
 from .targets import target
 
 
+def _is_object(pk: str | None) -> TypeGuard[str]:
+    """Whether a subscription's key names one object (not a model, not a filter)."""
+    return pk is not None and not isinstance(pk, Where)
+
+
 def _object(message: dict[str, Any]) -> tuple[Any, str]:
     if message.get("where") is not None:
         raise ProtocolError("bad_request", "Presence is per object: 'pk', not 'where'.")
     config, pk = target(message)
-    if not isinstance(pk, str):
+    if not _is_object(pk):
         raise ProtocolError("bad_request", "Presence is per object: 'pk' is required.")
     return config, pk
 
@@ -118,14 +124,14 @@ HANDLERS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[None]]] = {
 
 def subscribed(consumer: Any, label: str, pk: str | None) -> None:
     """After ``subscribe``: an object's subscriber gets its member list, and changes."""
-    if isinstance(pk, str) and (label, pk) in consumer.subscriptions and not consumer.closing:
+    if _is_object(pk) and (label, pk) in consumer.subscriptions and not consumer.closing:
         local.watch(consumer, (label, pk))
 
 
 def unsubscribed(consumer: Any, label: str, pk: str | None) -> None:
     """The subscription ended (``unsubscribe``, or its permission was lost): its presence
     on the object ends with it."""
-    if isinstance(pk, str):
+    if _is_object(pk):
         local.unwatch(consumer, (label, pk))
 
 

@@ -114,6 +114,7 @@ async def test_filters_are_subscriptions_of_their_own(viewer_ws: WebsocketCommun
     await viewer_ws.send_json_to(
         {"type": "unsubscribe", "model": "demo.product", "where": {"stock__lt": 5}}
     )
+    assert await ask(viewer_ws, {"type": "ping"}) == {"type": "pong"}  # both handled
     await database_sync_to_async(save)(product, stock=7)
     moved = await frame(viewer_ws)
     assert (moved["where"], moved["match"]) == (high, "enter")

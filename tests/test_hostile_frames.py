@@ -254,12 +254,15 @@ def runner() -> Iterator[asyncio.Runner]:
 
 # Frames, resumes and presence joins are budgeted per connection: lift the budgets so
 # every frame is read, every resume reads the log and every join reaches Redis; and few
-# subscriptions, so that the limit is reached.
+# subscriptions, so that the limit is reached. The loop runs only while a frame is
+# handled (hypothesis draws the next one in between, for seconds on a loaded machine):
+# the listener's probes, which come back through it, must not lapse meanwhile.
 @override_settings(
     BROADCAST_RESUME_RATE=10**9,
     BROADCAST_FRAME_BURST=10**9,
     BROADCAST_PRESENCE_RATE=10**9,
     BROADCAST_MAX_SUBSCRIPTIONS=10,
+    BROADCAST_CONFIRM_TIMEOUT=3600,
 )
 def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_behind(
     runner: asyncio.Runner, caplog: pytest.LogCaptureFixture

@@ -289,6 +289,21 @@ async def test_joining_needs_a_subscription_to_the_object(
     assert "Subscribe to demo.product 43" in reply["detail"]
 
 
+async def test_a_filtered_subscription_is_no_object_to_be_present_on(
+    users: dict[str, User], sockets: list[WebsocketCommunicator]
+) -> None:
+    alice = await open_socket(sockets, users["alice"])
+    where = {"stock__lt": 5}
+    reply = await ask(alice, {"type": "subscribe", "model": PRODUCT, "where": where})
+    assert reply["type"] == "subscribed"
+    assert local.watchers == {}  # no member list to follow (nor to read from Redis)
+    join = {"type": "presence.join", "model": PRODUCT, "where": where}
+    reply = await ask(alice, join)
+    assert (reply["type"], reply["code"]) == ("error", "bad_request")
+    await alice.send_json_to({"type": "unsubscribe", "model": PRODUCT, "where": where})
+    assert await ask(alice, {"type": "ping"}) == {"type": "pong"}
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
