@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from channels.db import database_sync_to_async
 from redis.exceptions import RedisError
 
 from . import access, presence
 from .conf import conf
+from .filters import Where
 from .frames import ProtocolError
 from .limits import JoinBucket
 from .presence_local import Joined, local
@@ -116,16 +117,21 @@ HANDLERS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[None]]] = {
 # -- the consumer's hooks ----------------------------------------------------------------
 
 
+def _names_object(pk: str | None) -> TypeGuard[str]:
+    return isinstance(pk, str) and not isinstance(pk, Where)
+
+
 def subscribed(consumer: Any, label: str, pk: str | None) -> None:
     """After ``subscribe``: an object's subscriber gets its member list, and changes."""
-    if isinstance(pk, str) and (label, pk) in consumer.subscriptions and not consumer.closing:
+    # (A filtered subscription's key is a str too, but names no object.)
+    if _names_object(pk) and (label, pk) in consumer.subscriptions and not consumer.closing:
         local.watch(consumer, (label, pk))
 
 
 def unsubscribed(consumer: Any, label: str, pk: str | None) -> None:
     """The subscription ended (``unsubscribe``, or its permission was lost): its presence
     on the object ends with it."""
-    if isinstance(pk, str):
+    if _names_object(pk):
         local.unwatch(consumer, (label, pk))
 
 

@@ -293,6 +293,31 @@ async def test_demo_page_on_b_follows_changes_made_on_a(
         await phone.close()
 
 
+async def test_a_filtered_live_table_shows_rows_entering_and_drops_rows_leaving(
+    context: BrowserContext, stack: Stack, on_a: httpx.AsyncClient
+) -> None:
+    page, errors = await open_live(context, f"{stack.b.base_url}/demo/low-stock/")
+    table = page.locator("#low-stock")
+    entering, leaving, outside = (stack.pks[s] for s in ("BTL-008", "PEN-006", "STK-007"))
+    rows = table.locator("tbody tr[data-broadcast-pk]")
+    await expect(table.locator(f'tr[data-broadcast-pk="{leaving}"]')).to_contain_text("PEN-006")
+    await expect(table.locator(f'tr[data-broadcast-pk="{entering}"]')).to_have_count(0)
+
+    # A change outside the filter is not even sent; one into it makes the row appear.
+    await admin_change(on_a, PRODUCT, outside, name="Sticker pack XL")
+    await admin_change(on_a, PRODUCT, entering, stock="3")
+    entered = table.locator(f'tr[data-broadcast-pk="{entering}"]')
+    await expect(entered).to_contain_text("BTL-008")
+    await expect(entered.locator('[data-broadcast-field="stock"]')).to_have_text("3")
+    await expect(table.locator("tbody tr", has_text="Sticker pack")).to_have_count(0)
+
+    # Restocked: the row leaves the filter, and the table.
+    await admin_change(on_a, PRODUCT, leaving, stock="100")
+    await expect(table.locator("tbody tr", has_text="PEN-006")).to_have_count(0)
+    await expect(rows).to_have_count(3)  # PST-011, BTL-008, KEY-012
+    assert errors == []
+
+
 async def test_dashboard_lists_both_instances_and_counts_events(
     context: BrowserContext, stack: Stack, on_a: httpx.AsyncClient
 ) -> None:
