@@ -16,6 +16,7 @@ so the project's own admin templates keep working. The model must be registered 
 
 from __future__ import annotations
 
+import json
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,11 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
 from .django_compat import admin_unquote
+from .filters import compile_where
+from .frames import ProtocolError
 from .model_configs import NotRegistered, get_config
 from .positions import render_since
+from .querysets import UntranslatableFilter, where_of
 
 __all__ = ["LiveAdminMixin"]
 
@@ -63,7 +67,9 @@ class LiveAdminMixin(_Base):
     ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         if self.live_changelist:
-            self._add_live_media(response, self.live_media(request, "changelist", None))
+            where = changelist_where(self.model, response)
+            media = self.live_media(request, "changelist", None, where=where)
+            self._add_live_media(response, media)
         return response
 
     def change_view(
@@ -79,8 +85,16 @@ class LiveAdminMixin(_Base):
             self._add_live_media(response, self.live_media(request, "change", pk))
         return response
 
-    def live_media(self, request: HttpRequest, view: str, pk: str | None) -> Media:
-        """Hook: the assets that make ``view`` (``"changelist"`` or ``"change"``) live."""
+    def live_media(
+        self,
+        request: HttpRequest,
+        view: str,
+        pk: str | None,
+        *,
+        where: dict[str, Any] | None = None,
+    ) -> Media:
+        """Hook: the assets that make ``view`` (``"changelist"`` or ``"change"``) live;
+        ``where``: the changelist's filters, when they translate (``changelist_where``)."""
         opts = self.model._meta
         label = opts.label_lower
         attributes = {
@@ -89,6 +103,8 @@ class LiveAdminMixin(_Base):
             "data-model": label,
             "data-verbose-name": str(opts.verbose_name),
         }
+        if where is not None:
+            attributes["data-where"] = json.dumps(where, sort_keys=True)
         if pk is not None:
             attributes["data-pk"] = pk
             # Presence: who else has the object open ("<name> is also editing"), not us.
@@ -139,3 +155,22 @@ class LiveAdminMixin(_Base):
                 )
             )
         return errors
+
+
+def changelist_where(model: type[Any], response: HttpResponse) -> dict[str, Any] | None:
+    """The ``where`` of a changelist's current filters (``list_filter``, lookups in the
+    URL, ``date_hierarchy``, the admin's ``get_queryset()``), or None — follow the whole
+    model — when it has none or they do not translate (a search, an ``exclude()``, a
+    filter across a relation or on a field that is not broadcast: see querysets.py)."""
+    context = getattr(response, "context_data", None) or {}
+    changelist = context.get("cl")
+    queryset = getattr(changelist, "queryset", None)
+    if queryset is None:
+        return None
+    try:
+        where = where_of(queryset)
+        if where is not None:
+            compile_where(get_config(model), where)
+    except (UntranslatableFilter, ProtocolError, NotRegistered):
+        return None
+    return where
