@@ -29,11 +29,8 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
 from .django_compat import admin_unquote
-from .filters import compile_where
-from .frames import ProtocolError
 from .model_configs import NotRegistered, get_config
 from .positions import render_since
-from .querysets import UntranslatableFilter, where_of
 
 __all__ = ["LiveAdminMixin"]
 
@@ -162,6 +159,12 @@ def changelist_where(model: type[Any], response: HttpResponse) -> dict[str, Any]
     URL, ``date_hierarchy``, the admin's ``get_queryset()``), or None — follow the whole
     model — when it has none or they do not translate (a search, an ``exclude()``, a
     filter across a relation or on a field that is not broadcast: see querysets.py)."""
+    # (Imported here: admin.py loads with every project's setup, filters with the first
+    # changelist; tests/test_package_shape.py keeps the setup small.)
+    from .filters import compile_where
+    from .frames import ProtocolError
+    from .querysets import UntranslatableFilter, where_of
+
     context = getattr(response, "context_data", None) or {}
     changelist = context.get("cl")
     queryset = getattr(changelist, "queryset", None)
