@@ -16,6 +16,7 @@ so the project's own admin templates keep working. The model must be registered 
 
 from __future__ import annotations
 
+import json
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,9 @@ class LiveAdminMixin(_Base):
     ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         if self.live_changelist:
-            self._add_live_media(response, self.live_media(request, "changelist", None))
+            where = changelist_where(self.model, response)
+            media = self.live_media(request, "changelist", None, where=where)
+            self._add_live_media(response, media)
         return response
 
     def change_view(
@@ -79,8 +82,16 @@ class LiveAdminMixin(_Base):
             self._add_live_media(response, self.live_media(request, "change", pk))
         return response
 
-    def live_media(self, request: HttpRequest, view: str, pk: str | None) -> Media:
-        """Hook: the assets that make ``view`` (``"changelist"`` or ``"change"``) live."""
+    def live_media(
+        self,
+        request: HttpRequest,
+        view: str,
+        pk: str | None,
+        *,
+        where: dict[str, Any] | None = None,
+    ) -> Media:
+        """Hook: the assets that make ``view`` (``"changelist"`` or ``"change"``) live;
+        ``where``: the changelist's filters, when they translate (``changelist_where``)."""
         opts = self.model._meta
         label = opts.label_lower
         attributes = {
@@ -89,6 +100,8 @@ class LiveAdminMixin(_Base):
             "data-model": label,
             "data-verbose-name": str(opts.verbose_name),
         }
+        if where is not None:
+            attributes["data-where"] = json.dumps(where, sort_keys=True)
         if pk is not None:
             attributes["data-pk"] = pk
             # Presence: who else has the object open ("<name> is also editing"), not us.
@@ -139,3 +152,28 @@ class LiveAdminMixin(_Base):
                 )
             )
         return errors
+
+
+def changelist_where(model: type[Any], response: HttpResponse) -> dict[str, Any] | None:
+    """The ``where`` of a changelist's current filters (``list_filter``, lookups in the
+    URL, ``date_hierarchy``, the admin's ``get_queryset()``), or None — follow the whole
+    model — when it has none or they do not translate (a search, an ``exclude()``, a
+    filter across a relation or on a field that is not broadcast: see querysets.py)."""
+    # (Imported here: admin.py loads with every project's setup, filters with the first
+    # changelist; tests/test_package_shape.py keeps the setup small.)
+    from .filters import compile_where
+    from .frames import ProtocolError
+    from .querysets import UntranslatableFilter, where_of
+
+    context = getattr(response, "context_data", None) or {}
+    changelist = context.get("cl")
+    queryset = getattr(changelist, "queryset", None)
+    if queryset is None:
+        return None
+    try:
+        where = where_of(queryset)
+        if where is not None:
+            compile_where(get_config(model), where)
+    except (UntranslatableFilter, ProtocolError, NotRegistered):
+        return None
+    return where

@@ -179,3 +179,49 @@ def may_lock(qs: models.QuerySet[Any]) -> bool | None:
     if group_by is _UNKNOWN:
         return None
     return group_by is None
+
+
+class NotAnded(ValueError):
+    """A queryset's filter is more than lookups ANDed together; the message says why."""
+
+
+def filter_lookups(
+    qs: models.QuerySet[Any],
+) -> list[tuple[models.Field[Any, Any] | None, str, Any]] | None:
+    """The lookups ANDed in ``qs``'s filter, as ``(field, lookup name, right-hand side)``
+    where ``field`` is the model's own field the lookup reads (None when it reads
+    something else: a related model's column, an expression); None when ``qs`` matches
+    nothing (``none()``). Raises :class:`NotAnded`, also when Django's query tree is
+    not as read here (then no filter is followed rather than a wrong one)."""
+    from django.db.models.expressions import Col
+    from django.db.models.lookups import Lookup
+    from django.db.models.sql.where import AND, NothingNode, WhereNode
+
+    query = qs.query
+    try:
+        if query.is_empty():
+            return None
+        alias = query.get_initial_alias()
+        found: list[tuple[models.Field[Any, Any] | None, str, Any]] = []
+        pending: list[Any] = [query.where]
+        while pending:
+            node = pending.pop()
+            if not isinstance(node, WhereNode):
+                raise NotAnded(f"it holds a {type(node).__name__}")
+            if node.negated:
+                raise NotAnded("it negates a condition (exclude() or ~Q)")
+            if node.connector != AND and len(node.children) > 1:
+                raise NotAnded(f"it joins conditions with {node.connector}, not AND")
+            for child in node.children:
+                if isinstance(child, NothingNode):
+                    return None
+                if not isinstance(child, Lookup):
+                    pending.append(child)
+                    continue
+                lhs = child.lhs
+                own = isinstance(lhs, Col) and lhs.alias == alias
+                field = lhs.target if own else None
+                found.append((field, str(child.lookup_name), child.rhs))
+    except AttributeError as exc:
+        raise NotAnded(f"Django's query is not as broadcast_app reads it ({exc})") from None
+    return found

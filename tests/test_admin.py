@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
+from html import unescape
+from typing import Any
 
 import pytest
 from django.contrib import admin
@@ -121,3 +124,28 @@ def test_admin_index_links_to_the_dashboard(staff: Client) -> None:
     assert 'id="broadcast-dashboard-link"' in page
     assert 'href="/broadcast/"' in page
     assert "Demo" in page  # the apps are still listed
+
+
+@pytest.mark.parametrize(
+    ("query", "where"),
+    [
+        ("", None),
+        ("?stock_level=low", {"stock__lt": 20}),
+        ("?stock_level=out", {"stock": 0}),
+        # Search ORs its fields: not a where, so the whole model is followed.
+        ("?stock_level=low&q=Item", None),
+        # A lookup in the URL on a listed filter's field (as date filters make).
+        (
+            "?updated_at__gte=2026-01-01+00:00:00%2B00:00",
+            {"updated_at__gte": "2026-01-01T00:00:00+00:00"},
+        ),
+    ],
+)
+def test_changelist_follows_its_filters_where_they_translate(
+    staff: Client, products: list[Product], query: str, where: dict[str, Any] | None
+) -> None:
+    response = staff.get(CHANGELIST + query)
+    assert response.status_code == 200
+    attributes = script_attributes(response.content.decode())
+    shown = attributes.get("data-where")
+    assert (None if shown is None else json.loads(unescape(shown))) == where

@@ -65,6 +65,12 @@ def test_quick_benchmark_writes_results_with_nothing_lost(tmp_path: Path) -> Non
     assert results["presence"]["samples"] == 20
     assert 0 < results["presence"]["p50_ms"] <= results["presence"]["p99_ms"]
     assert "(i) presence join on instance A" in done.stdout
+    # (j): every variant's frames arrived (or the row raised) and B's CPU was read.
+    filtered = results["filtered"]
+    assert (filtered["events"], filtered["subscriptions"]) == (100, 1000)
+    for variant in ("none", "plain", "filtered"):
+        assert filtered[f"{variant}_us_per_event"] >= 0
+    assert "(j) instance B CPU per event" in done.stdout
 
 
 def test_the_resume_verdict_holds_both_targets() -> None:

@@ -293,6 +293,57 @@ async def test_demo_page_on_b_follows_changes_made_on_a(
         await phone.close()
 
 
+async def test_a_filtered_live_table_shows_rows_entering_and_drops_rows_leaving(
+    context: BrowserContext, stack: Stack, on_a: httpx.AsyncClient
+) -> None:
+    page, errors = await open_live(context, f"{stack.b.base_url}/demo/low-stock/")
+    table = page.locator("#low-stock")
+    entering, leaving, outside = (stack.pks[s] for s in ("BTL-008", "PEN-006", "STK-007"))
+    rows = table.locator("tbody tr[data-broadcast-pk]")
+    await expect(table.locator(f'tr[data-broadcast-pk="{leaving}"]')).to_contain_text("PEN-006")
+    await expect(table.locator(f'tr[data-broadcast-pk="{entering}"]')).to_have_count(0)
+    shown = await rows.count()  # (as rendered: earlier tests may have added a row)
+
+    # A change outside the filter is not even sent; one into it makes the row appear.
+    await admin_change(on_a, PRODUCT, outside, name="Sticker pack XL")
+    await admin_change(on_a, PRODUCT, entering, stock="3")
+    entered = table.locator(f'tr[data-broadcast-pk="{entering}"]')
+    await expect(entered).to_contain_text("BTL-008")
+    await expect(entered.locator('[data-broadcast-field="stock"]')).to_have_text("3")
+    await expect(table.locator("tbody tr", has_text="Sticker pack")).to_have_count(0)
+
+    # Restocked: the row leaves the filter, and the table.
+    await admin_change(on_a, PRODUCT, leaving, stock="100")
+    await expect(table.locator("tbody tr", has_text="PEN-006")).to_have_count(0)
+    await expect(rows).to_have_count(shown)  # one entered, one left
+    assert errors == []
+
+
+async def test_a_filtered_changelist_marks_rows_leaving_its_filter_and_adds_those_entering(
+    context: BrowserContext, stack: Stack, on_a: httpx.AsyncClient
+) -> None:
+    url = f"{stack.b.base_url}{CHANGELIST}?stock_level=low"
+    page, errors = await open_live(context, url)
+    script = page.locator("script[data-broadcast-admin]")
+    assert await script.get_attribute("data-where") == '{"stock__lt": 20}'
+    leaving, entering = stack.pks["KEY-012"], stack.pks["TEE-002"]
+    left = page.locator(f'#result_list tr:has(input[value="{leaving}"])')
+    await expect(left).to_be_visible()
+
+    await admin_change(on_a, PRODUCT, leaving, stock="50")
+    # Marked where it was, not removed under the user's cursor.
+    await expect(left).to_have_class(re.compile(r"\bbroadcast-gone\b"))
+    await expect(left).to_have_attribute("data-broadcast-gone", "left")
+    await expect(left.locator(".broadcast-tag")).to_have_text("no longer matches the filters")
+    await expect(left.locator("input.action-select")).to_be_disabled()
+
+    await admin_change(on_a, PRODUCT, entering, stock="5")
+    entered = page.locator(f'#result_list tr.broadcast-new:has(input[value="{entering}"])')
+    await expect(entered).to_contain_text("TEE-002")
+    await expect(entered.locator("td.field-stock")).to_have_text("5")
+    assert errors == []
+
+
 async def test_dashboard_lists_both_instances_and_counts_events(
     context: BrowserContext, stack: Stack, on_a: httpx.AsyncClient
 ) -> None:

@@ -9,14 +9,17 @@ from typing import Any
 
 import pytest
 from django.db import NotSupportedError, connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
+from django.db.models.functions import Length
 from django.db.models.signals import post_delete
 from django.test import override_settings
 
 from broadcast_app import django_compat, model_configs
 from broadcast_app.django_compat import (
+    NotAnded,
     admin_unquote,
     deletes_in_chunks,
+    filter_lookups,
     hook_pending,
     keep_last,
     loaded_values,
@@ -302,3 +305,22 @@ def test_fallback_outbox_records_each_item_with_its_own_hook() -> None:
         with transaction.atomic():
             product = Product.objects.create(name="a", sku="A", price=Decimal("1"), stock=1)
     events.assert_one(op="created", pk=product.pk)
+
+
+def test_a_querysets_filter_reads_as_anded_lookups_on_its_own_columns() -> None:
+    # live_table and the live changelist follow a queryset's filter (querysets.where_of).
+    qs = Product.objects.filter(stock__lt=5).filter(name__icontains="x", price=Decimal(2))
+    found = {(f.name if f else None, name, rhs) for f, name, rhs in filter_lookups(qs) or []}
+    assert found == {
+        ("stock", "lt", 5),
+        ("name", "icontains", "x"),
+        ("price", "exact", Decimal(2)),
+    }, "Query.where no longer holds the filter's Lookup objects on Col(initial alias)"
+    assert filter_lookups(Product.objects.all()) == []
+    assert filter_lookups(Product.objects.none()) is None, "none() no longer reads as empty"
+    computed = Product.objects.annotate(n=Length("name")).filter(n=3)
+    assert [f for f, _, _ in filter_lookups(computed) or []] == [None]
+    either = Product.objects.filter(Q(stock=1) | Q(stock=2))
+    for negated in (Product.objects.exclude(stock=1), either):
+        with pytest.raises(NotAnded):
+            filter_lookups(negated)

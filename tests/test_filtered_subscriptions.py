@@ -13,6 +13,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.test import override_settings
 
 from broadcast_app.hub import hub
+from broadcast_app.presence_local import local
 from project.demo.models import Product
 from tests.test_consumers import (
     TIMEOUT,
@@ -230,3 +231,15 @@ async def test_a_resume_replays_the_filtered_events(viewer_ws: WebsocketCommunic
     # The log holds no old values: an update of a matching row is sent as an enter.
     assert (second["op"], second["match"], second["data"]["stock"]) == ("updated", "enter", 2)
     assert await ask(viewer_ws, {"type": "ping"}) == {"type": "pong"}
+
+
+async def test_a_filter_is_not_an_object_presence_watches(
+    viewer_ws: WebsocketCommunicator,
+) -> None:
+    # A filter's key is a str, as a pk is: presence must not take it for an object (its
+    # send task failed, and restarted, on every filtered subscribe).
+    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
+    watched = [key for key, members in local.watchers.items() if members]
+    assert watched == [("demo.product", "7")]
+    assert all(type(pk) is str for _label, pk in watched)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
 from decimal import Decimal
+from html import unescape
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import F, Q
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import Client, override_settings
 
 from broadcast_app import publisher
+from broadcast_app.events import field_values, to_json_data
+from broadcast_app.filters import compile_where
 from broadcast_app.hub import hub
 from broadcast_app.layer import route
-from broadcast_app.templatetags.broadcast import NotBroadcastField
+from broadcast_app.registry import get_config
+from broadcast_app.templatetags.broadcast import NotBroadcastField, UntranslatableQueryset
 from project.demo.models import Product
 from tests.conftest import layers_for
 
@@ -211,3 +217,86 @@ def test_first_render_since_is_bounded_when_redis_does_not_answer(
     assert SINCE.findall(first) == SINCE.findall(second) == [""]
     assert 0.2 <= waited < 1.0
     assert again < 0.1
+
+
+# -- live_table of a filtered queryset ------------------------------------------------
+
+
+def where_attribute(html: str) -> dict[str, Any] | None:
+    found = re.search(r'data-broadcast-where="([^"]*)"', html)
+    return None if found is None else json.loads(unescape(found.group(1)))
+
+
+@pytest.mark.parametrize(
+    ("queryset", "where"),
+    [
+        (lambda: Product.objects.all(), None),
+        (lambda: Product.objects.order_by("-pk"), None),
+        (lambda: Product.objects.filter(stock__lt=5), {"stock__lt": 5}),
+        (
+            lambda: Product.objects.filter(stock__lt=5).filter(name__icontains="pro"),
+            {"name__icontains": "pro", "stock__lt": 5},
+        ),
+        (lambda: Product.objects.filter(price=Decimal("12.5")), {"price": "12.5"}),
+        (lambda: Product.objects.filter(pk__in=[3, 1]), {"id__in": [3, 1]}),
+        (lambda: Product.objects.filter(name=None), {"name__isnull": True}),
+        (
+            lambda: Product.objects.filter(stock__gte=1, sku__startswith="AN"),
+            {"sku__startswith": "AN", "stock__gte": 1},
+        ),
+        (lambda: Product.objects.none(), {"pk__in": []}),
+    ],
+)
+def test_live_table_follows_a_filtered_querysets_filter(
+    product: Product, queryset: Any, where: dict[str, Any] | None
+) -> None:
+    html = render("{% live_table products %}", products=queryset())
+    assert where_attribute(html) == where
+
+
+def test_the_where_of_a_queryset_matches_the_rows_the_queryset_returns() -> None:
+    with override_settings(BROADCAST_ENABLED=False):
+        products = [
+            Product.objects.create(name=name, sku=f"S{stock}", price=Decimal(price), stock=stock)
+            for name, price, stock in [
+                ("Pro anvil", "12.50", 4), ("anvil", "5.00", 0), ("Professional", "99", 9),
+                ("Hammer", "12.5", 2),
+            ]
+        ]  # fmt: skip
+    config = get_config(Product)
+    for queryset in [
+        Product.objects.filter(stock__lt=5, name__icontains="pro"),
+        Product.objects.filter(price=Decimal("12.5")).filter(stock__gt=0),
+        Product.objects.filter(pk__in=[products[0].pk, products[2].pk], stock__lte=4),
+    ]:
+        where = where_attribute(render("{% live_table products %}", products=queryset))
+        assert where is not None
+        compiled = compile_where(config, where).compiled
+        shown = set(queryset.values_list("pk", flat=True))
+        for row in products:
+            data = to_json_data(field_values(config, row))
+            assert compiled.test(data, {}, False) == (row.pk in shown), (where, row)
+
+
+@pytest.mark.parametrize(
+    ("queryset", "reason"),
+    [
+        (lambda: Product.objects.exclude(stock=0), "negates a condition"),
+        (lambda: Product.objects.filter(Q(stock=0) | Q(stock=5)), "with OR, not AND"),
+        (lambda: Product.objects.filter(stock__lt=F("price")), "an expression or a subquery"),
+        (lambda: Product.objects.filter(name__iexact="x"), "live filters have no 'iexact'"),
+        (lambda: Product.objects.filter(pk__in=Product.objects.filter(stock=1)), "subquery"),
+    ],
+)
+def test_live_table_refuses_a_filter_no_where_can_express(queryset: Any, reason: str) -> None:
+    with pytest.raises(UntranslatableQueryset, match=re.escape(reason)):
+        render("{% live_table products %}", products=queryset())
+
+
+def test_live_table_refuses_a_filter_on_a_field_that_is_not_broadcast() -> None:
+    # Following it would tell which rows hold which cost price.
+    with pytest.raises(NotBroadcastField, match="'cost_price' is not broadcast"):
+        render(
+            '{% live_table products "name" %}',
+            products=Product.objects.filter(cost_price__lt=10),
+        )

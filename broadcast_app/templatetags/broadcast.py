@@ -12,7 +12,12 @@
     A table of the rows given (a queryset or model instances; dicts with ``model=``)
     whose rows are updated, inserted and removed as changes arrive, changed cells
     highlighted (options: ``order="pk"|"-pk"|"top"|"bottom"``, ``empty="…"``,
-    ``table_id="…"``, ``css_class="…"``).
+    ``table_id="…"``, ``css_class="…"``). A filtered queryset
+    (``Product.objects.filter(stock__lt=5)``) stays true: its filter becomes the
+    subscription's ``where``, rows that enter it appear and rows that leave it go. A
+    filter a ``where`` cannot express (``exclude()``, ``|``, a lookup across a relation,
+    an ``F()``, a lookup such as ``iexact``) is refused with
+    :class:`UntranslatableQueryset`, naming the part.
 
 Values are rendered from the object's *broadcast data* — what an event would carry —
 so a page shows exactly what its updates will show. A field that is not broadcast
@@ -22,6 +27,7 @@ these tags never render it, and it would never update anyway.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -38,8 +44,11 @@ from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
 from ..events import field_values, serialize, to_json_data
+from ..filters import compile_where
+from ..frames import ProtocolError
 from ..model_configs import ModelConfig, NotRegistered, get_config
 from ..positions import render_since
+from ..querysets import UntranslatableFilter, where_of
 
 register = template.Library()
 
@@ -49,6 +58,10 @@ _ORDERS = ("bottom", "top", "pk", "-pk")
 
 class NotBroadcastField(template.TemplateSyntaxError):
     """A live tag was given a field (or model) that does not broadcast."""
+
+
+class UntranslatableQueryset(template.TemplateSyntaxError):
+    """``live_table`` was given a queryset whose filter no ``where`` can express."""
 
 
 # -- building blocks ------------------------------------------------------------------
@@ -144,6 +157,29 @@ def render_value(value: Any, kind: str) -> SafeString:
     return conditional_escape(str(value))
 
 
+def _where(config: ModelConfig, rows: Iterable[Any]) -> str:
+    """The ``where`` (as JSON) keeping a filtered queryset's rows true; "" for others."""
+    if not isinstance(rows, models.QuerySet):
+        return ""
+    try:
+        where = where_of(rows)
+    except UntranslatableFilter as exc:
+        raise UntranslatableQueryset(
+            f"live_table cannot keep this {config.label} queryset true: {exc}. Filter "
+            "with ANDed lookups on broadcast fields (see docs/protocol.md, 'where'), or "
+            "pass its rows as a list with model= (the table then follows every row of "
+            "the model, not the filter)."
+        ) from None
+    if where is None:
+        return ""
+    try:
+        compile_where(config, where)
+    except ProtocolError as exc:
+        error = NotBroadcastField if exc.code == "forbidden" else UntranslatableQueryset
+        raise error(f"live_table cannot follow this {config.label} queryset: {exc}") from None
+    return json.dumps(where, sort_keys=True)
+
+
 def _since(config: ModelConfig) -> str:
     # An event the page's state includes: a resuming server can replay whatever happens
     # between this render and the subscription (see broadcast_app.positions).
@@ -228,6 +264,7 @@ def live_table(
     # Read before the rows are (a queryset is evaluated below): an event published
     # after this id and before the rows were read is replayed, never skipped.
     since = _since(config)
+    where = _where(config, rows)
     pk_name = config.model._meta.pk.name
     names = [_field_name(config, name) for name in fields] or [
         f.name for f in config.broadcast_fields if not f.primary_key
@@ -257,4 +294,5 @@ def live_table(
         "table_id": table_id,
         "css_class": css_class,
         "since": since,
+        "where": where,
     }

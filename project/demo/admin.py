@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from broadcast_app.admin import LiveAdminMixin
 
 from .models import Product
+from .views import LOW_STOCK
+
+
+class StockLevel(admin.SimpleListFilter):
+    """Low or out of stock: ANDed lookups, so the live changelist follows the filter."""
+
+    title = "stock"
+    parameter_name = "stock_level"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("low", f"Below {LOW_STOCK}"), ("out", "Out of stock")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "low":
+            return queryset.filter(stock__lt=LOW_STOCK)
+        if self.value() == "out":
+            return queryset.filter(stock=0)
+        return queryset
 
 
 @admin.register(Product)
@@ -18,7 +40,7 @@ class ProductAdmin(LiveAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """
 
     list_display = ["name", "sku", "price", "stock", "updated_at"]
-    list_filter = ["updated_at"]
+    list_filter = [StockLevel, "updated_at"]
     search_fields = ["name", "sku"]
     list_per_page = 25
     readonly_fields = ["updated_at"]

@@ -10,5 +10,6 @@ app_name = "demo"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("demo/low-stock/", views.low_stock, name="low-stock"),
     path("demo/products/<int:pk>.json", views.product_json, name="product-json"),
 ]

@@ -29,6 +29,25 @@ def index(request: HttpRequest) -> HttpResponse:
     )
 
 
+#: below this stock a product is listed on the low-stock page (and the admin's filter)
+LOW_STOCK = 20
+
+
+@require_safe
+def low_stock(request: HttpRequest) -> HttpResponse:
+    """The products running low: a filtered queryset that ``live_table`` keeps true
+    (a product whose stock drops below the line appears, one restocked goes)."""
+    can_view = request.user.has_perm(VIEW_PERMISSION)
+    products = Product.objects.filter(stock__lt=LOW_STOCK).order_by("pk")
+    if not can_view:
+        products = products.none()
+    return render(
+        request,
+        "demo/low_stock.html",
+        {"products": products, "can_view": can_view, "low_stock": LOW_STOCK},
+    )
+
+
 @require_safe
 def product_json(request: HttpRequest, pk: int) -> JsonResponse:
     """One product as broadcast, served from this instance's broadcast cache.

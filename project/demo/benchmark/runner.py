@@ -33,6 +33,7 @@ from ..models import Product
 from . import report
 from .bulk import bulk_delete_throughput, bulk_throughput
 from .environment import benchmark_data, database, layers_on, login, redis_server
+from .filtered import filtered_line, filtered_row
 from .presence import presence_line, presence_row
 from .processes import (
     BenchmarkError,
@@ -90,6 +91,9 @@ class Plan:
     presence_samples: int = 200
     presence_rate: float = 20.0
     presence_tabs: int = 10
+    #: (j): saves per variant (none, 1,000 plain, 1,000 filtered subscriptions), a second
+    filtered_events: int = 500
+    filtered_rate: float = 100.0
     targets: dict[str, Any] = field(
         default_factory=lambda: {
             "save_ratio": 1.10,
@@ -114,6 +118,7 @@ QUICK = Plan(
     resume_clients=5,
     resume_seconds=1.0,
     presence_samples=20,
+    filtered_events=100,
 )
 
 
@@ -150,6 +155,13 @@ def run_benchmark(plan: Plan, redis_url: str | None, write: Write) -> dict[str, 
                     write("(i) presence: joins on a second instance A, seen on B…")
                     results["presence"] = presence_row(children, env, ports["ours"], cookie, plan)
                     write(presence_line(results["presence"]))
+                    write("(j) 1,000 filtered subscriptions against 1,000 plain ones…")
+                    pid = children.processes["ours"].pid
+                    ws_url = f"ws://127.0.0.1:{ports['ours']}/ws/broadcast/"
+                    results["filtered"] = filtered_row(
+                        ws_url, cookie, pid, products, plan.filtered_events, plan.filtered_rate
+                    )
+                    write(filtered_line(results["filtered"]))
             finally:
                 with ignoring_signals():
                     _stop(children)

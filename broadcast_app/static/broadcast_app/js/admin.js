@@ -9,6 +9,10 @@
  * list marked (deleted, or no longer matching). Rows are rendered by the admin itself,
  * so every column (callables, links, booleans, even non-broadcast fields the user may
  * see) is exactly what a reload would show, and action checkboxes keep their state.
+ * When the changelist's filters translate into a `where` (`data-where`, set by the
+ * mixin), the page subscribes with it: only changes of rows in the filter (or entering
+ * or leaving it) cost a fetch, and a row that leaves the filter is marked as such
+ * ("no longer matches the filters"), not removed under the user's cursor.
  *
  * Change form: a change or deletion of the object elsewhere shows a banner (reload /
  * see what changed); saving over it needs one more, explicit click. Whoever else has
@@ -25,6 +29,13 @@ import {
   onReconnect,
   pageClient,
 } from "./live.js";
+
+/** The label of a row that left the list, by why (its `data-broadcast-gone`). */
+const GONE_LABELS = {
+  deleted: "deleted",
+  left: "no longer matches the filters",
+  moved: "no longer in this list",
+};
 
 /** Events arriving within this many milliseconds cost one fetch of the page. */
 const REFRESH_DELAY_MS = 150;
@@ -63,9 +74,12 @@ function adminUnquote(text) {
 }
 
 class LiveChangelist {
-  constructor({ model, since }) {
+  constructor({ model, since, where }) {
     this.model = model;
     this.since = since;
+    this.where = where ? JSON.parse(where) : null;
+    /** pks whose latest event left the filter */
+    this.left = new Set();
     /** pk → op of the events not merged yet */
     this.pending = new Map();
     /** pks the page saw deleted: their rows stay marked as such */
@@ -79,8 +93,9 @@ class LiveChangelist {
     if (!document.getElementById("changelist")) return;
     pageClient().subscribe(this.model, {
       since: this.since,
+      ...(this.where ? { where: this.where } : {}),
       onChange: (event) => {
-        this.pending.set(String(event.pk), event.op);
+        this.pending.set(String(event.pk), event.match === "leave" ? "leave" : event.op);
         this.schedule();
       },
       onReset: () => this.schedule(),
@@ -102,7 +117,11 @@ class LiveChangelist {
     this.busy = true;
     const events = this.pending;
     this.pending = new Map();
-    for (const [pk, op] of events) if (op === "deleted") this.deleted.add(pk);
+    for (const [pk, op] of events) {
+      if (op === "deleted") this.deleted.add(pk);
+      if (op === "leave") this.left.add(pk);
+      else this.left.delete(pk);
+    }
     try {
       const fresh = await fetchPage();
       if (fresh !== null) this.merge(fresh, events);
@@ -163,7 +182,8 @@ class LiveChangelist {
     before.forEach((row, index) => {
       const key = rowKey(row);
       if (key === null || kept.has(key)) return;
-      markGone(row, this.deleted.has(key) ? "deleted" : "moved");
+      const reason = this.deleted.has(key) ? "deleted" : this.left.has(key) ? "left" : "moved";
+      markGone(row, reason);
       const previous = before[index - 1];
       if (previous) previous.after(row);
       else body.prepend(row);
@@ -191,6 +211,7 @@ class LiveChangelist {
       const key = rowKey(row);
       if (key !== null && events.has(key)) {
         if (events.get(key) === "deleted") markGone(row, "deleted");
+        else if (events.get(key) === "leave") markGone(row, "left");
         else row.classList.add("broadcast-stale");
       }
     }
@@ -270,7 +291,7 @@ function markGone(row, reason) {
     const cell = [...row.cells].find((c) => !c.classList.contains("action-checkbox"));
     cell?.append(" ", tag);
   }
-  tag.textContent = reason === "deleted" ? "deleted" : "no longer in this list";
+  tag.textContent = GONE_LABELS[reason] ?? GONE_LABELS.moved;
 }
 
 function unmark(row) {

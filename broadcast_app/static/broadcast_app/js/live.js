@@ -144,11 +144,16 @@ export async function fetchPage(url = location.href) {
   }
 }
 
-/** A `{% live_table %}`: rows keyed by `data-broadcast-pk`, cells by `data-broadcast-field`. */
+/**
+ * A `{% live_table %}`: rows keyed by `data-broadcast-pk`, cells by `data-broadcast-field`.
+ * A table of a filtered queryset carries its filter (`data-broadcast-where`, JSON) and
+ * subscribes with it: rows that enter the filter appear, rows that leave it go.
+ */
 class LiveTable {
   constructor(wrapper) {
     this.wrapper = wrapper;
     this.model = wrapper.dataset.broadcastModel;
+    this.where = wrapper.dataset.broadcastWhere ? JSON.parse(wrapper.dataset.broadcastWhere) : null;
     this.order = wrapper.dataset.broadcastOrder || "bottom";
     this.body = wrapper.querySelector("tbody");
     this.template = wrapper.querySelector("template[data-broadcast-row]");
@@ -160,7 +165,8 @@ class LiveTable {
   }
 
   apply(event) {
-    if (event.op === "deleted") this.remove(event.pk);
+    // (A replayed `leave` of a row not shown, or `enter` of one shown, is harmless.)
+    if (event.op === "deleted" || event.match === "leave") this.remove(event.pk);
     else this.upsert(event);
     this.updateEmpty();
   }
@@ -281,12 +287,21 @@ export function bindPage(root = document) {
     ...root.querySelectorAll("[data-broadcast-model][data-broadcast-pk][data-broadcast-field]"),
   ];
   for (const element of [...tables.map((t) => t.wrapper), ...fields]) formatTimes(element);
-  const models = new Set([...tables.map((t) => t.model), ...fields.map(modelOf)]);
-  if (models.size === 0) return;
+  const followed = tables.filter((t) => t.where === null);
+  const models = new Set([...followed.map((t) => t.model), ...fields.map(modelOf)]);
+  if (models.size === 0 && tables.length === 0) return;
 
   const client = pageClient();
+  for (const table of tables.filter((t) => t.where !== null)) {
+    client.subscribe(table.model, {
+      where: table.where,
+      since: table.wrapper.dataset.broadcastSince || undefined,
+      onChange: (event) => table.apply(event),
+      onReset: () => resync(root, [table], []),
+    });
+  }
   for (const model of models) {
-    const modelTables = tables.filter((table) => table.model === model);
+    const modelTables = tables.filter((table) => table.model === model && table.where === null);
     const modelFields = fields.filter((field) => modelOf(field) === model);
     const onChange = (event) => {
       for (const table of modelTables) table.apply(event);
