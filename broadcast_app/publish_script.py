@@ -66,31 +66,63 @@ local function write_meta(stream, meta_key, epoch, id, sid, trimmed, max_age)
 end
 """
 
+# A msgpack string's header (str8/16/32 as the layer's msgpack reads them; fixstr below 32
+# bytes), and a `broadcast.event` message's bytes up to its frame's header. The batch
+# script writes the message's msgpack by hand, in a single concatenation: a Lua table
+# handed to cmsgpack costs Redis about half again a plain PUBLISH per event.
+_MSGPACK = """
+local function str_header(n)
+  if n < 32 then
+    return string.char(160 + n)
+  elseif n < 256 then
+    return '\\217' .. string.char(n)
+  elseif n < 65536 then
+    return '\\218' .. struct.pack('>I2', n)
+  end
+  return '\\219' .. struct.pack('>I4', n)
+end
+local EVENT_HEAD = '\\131\\164type\\175broadcast.event\\165frame'
+local PREV_KEY = '\\164prev'
+local FRAME_START = '{"type":"change","id":"'
+"""
+
 # KEYS: the model's stream and its meta hash. ARGV: max length, channel, serializer
 # format, a fresh epoch, max age in ms (0: none), then the bodies of one or more events
 # of that model, in order. The id is "<stream id>:<epoch>"; each entry keeps the id
 # before it ("p"), so readers can tell a complete replay from one with a hole. Returns
-# each event's id and the one before it, flat: {id1, prev1, id2, prev2, ...}.
+# the id before the first event, then each event's id: {prev1, id1, id2, ...}. The log is
+# trimmed to its max length once per call, after its events (approximately, as XADD's
+# MAXLEN ~ would: whole stream nodes only).
 BATCH_SCRIPT = (
     _PUBLISH_MESSAGE
     + _READ_META
     + _WRITE_META
+    + _MSGPACK
     + """
-local stream, maxlen, channel, format = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local call = redis.call
+local stream, channel, format = KEYS[1], ARGV[2], ARGV[3]
 local epoch, prev, trimmed = read_meta(stream, KEYS[2], ARGV[4])
 local suffix = ':' .. epoch
-local out, sid, id = {}, nil, nil
+local packed = channel ~= '' and format ~= 'json'
+local head_size = #FRAME_START + 2
+local out, n, sid, id = {prev}, 1, nil, nil
 for i = 6, #ARGV do
   local body = ARGV[i]
-  sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'b', body, 'p', prev)
+  sid = call('XADD', stream, '*', 'b', body, 'p', prev)
   id = sid .. suffix
-  publish(channel, format, {
-    type = 'broadcast.event', frame = '{"type":"change","id":"' .. id .. '",' .. body, prev = prev
-  })
-  out[#out + 1] = id
-  out[#out + 1] = prev
+  if packed then
+    call('PUBLISH', channel, EVENT_HEAD .. str_header(head_size + #id + #body)
+      .. FRAME_START .. id .. '",' .. body .. PREV_KEY .. str_header(#prev) .. prev)
+  else
+    publish(channel, format, {
+      type = 'broadcast.event', frame = FRAME_START .. id .. '",' .. body, prev = prev
+    })
+  end
+  n = n + 1
+  out[n] = id
   prev = id
 end
+redis.call('XTRIM', stream, 'MAXLEN', '~', ARGV[1])
 write_meta(stream, KEYS[2], epoch, id, sid, trimmed, tonumber(ARGV[5]))
 return out
 """
@@ -155,11 +187,20 @@ def load(client: Any) -> Shas:
     return Shas(client.script_load(BATCH_SCRIPT), client.script_load(PUBLISH_SCRIPT))
 
 
+class Packed:
+    """The script calls that publish a batch, and for each call the indexes of the
+    entries it carries, in order, and whether it is an outbox event's own call."""
+
+    def __init__(self, calls: list[list[Any]], spans: list[list[int]], single: list[bool]):
+        self.calls = [tuple(call) for call in calls]
+        self.spans = spans
+        self.single = single
+
+
 def pack(
     entries: list[Entry], shas: Shas, maxlen: int, max_age_ms: int, once_ttl_ms: int
-) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
-    """The script calls that publish ``entries`` (one host's events, in order), and for
-    each call the indexes of the entries it carries, in order.
+) -> Packed:
+    """The script calls that publish ``entries`` (one host's events, in order).
 
     The events of one model are grouped into calls in their order; the models are
     independent (each has its own log and id chain), so a model's call may overtake an
@@ -167,6 +208,7 @@ def pack(
     """
     calls: list[list[Any]] = []
     spans: list[list[int]] = []
+    single: list[bool] = []
     open_calls: dict[str, int] = {}  # stream -> its call in ``calls`` still taking events
     for index, (r, body, seen) in enumerate(entries):
         if seen is not None:
@@ -174,6 +216,7 @@ def pack(
             args = (maxlen, body, r.channel, r.serializer_format, new_epoch(), max_age_ms)
             calls.append(["EVALSHA", shas.one, 3, *keys, *args, seen[1], once_ttl_ms])
             spans.append([index])
+            single.append(True)
             # An outbox event's successor of its model starts a new call after it.
             open_calls.pop(r.stream, None)
             continue
@@ -183,18 +226,21 @@ def pack(
             head = (r.stream, r.meta, maxlen, r.channel, r.serializer_format)
             calls.append(["EVALSHA", shas.batch, 2, *head, new_epoch(), max_age_ms, body])
             spans.append([index])
+            single.append(False)
         else:
             calls[at].append(body)
             spans[at].append(index)
-    return [tuple(call) for call in calls], spans
+    return Packed(calls, spans, single)
 
 
-def unpack(replies: Iterable[Any], spans: list[list[int]], count: int) -> list[Any]:
+def unpack(packed: Packed, replies: Iterable[Any]) -> list[Any]:
     """Each entry's reply, in the entries' order: ``[id, prev]``, or None for an outbox
     event that was already published."""
-    results: list[Any] = [None] * count
-    for reply, span in zip(replies, spans, strict=True):
-        if reply is not None:  # None: one outbox event, skipped
-            for n, index in enumerate(span):
-                results[index] = reply[2 * n : 2 * n + 2]
+    results: list[Any] = [None] * sum(len(span) for span in packed.spans)
+    for single, reply, span in zip(packed.single, replies, packed.spans, strict=True):
+        if single:  # [id, prev], or None: skipped
+            results[span[0]] = reply
+            continue
+        for n, index in enumerate(span):  # [prev1, id1, id2, ...]
+            results[index] = [reply[n + 1], reply[n]]
     return results

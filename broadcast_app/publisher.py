@@ -409,8 +409,8 @@ class Publisher:
                 # first on every execute(), an extra round trip per batch. A Redis that
                 # lost the scripts (restart) fails the batch with NOSCRIPT; the batch is
                 # retried on a new client, which loads them.
-                calls, spans = pack(items, client.shas, maxlen, max_age, _ONCE_TTL_MS)
-                results = unpack(client.call(calls, pause), spans, len(items))
+                packed = pack(items, client.shas, maxlen, max_age, _ONCE_TTL_MS)
+                results = unpack(packed, client.call(packed.calls, pause))
             except failures() as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(

@@ -43,15 +43,15 @@ def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
     shas = load(redis_client)
     order = [products, articles, products, products, articles]
     entries: list[Any] = [(r, body(n), None) for n, r in enumerate(order)]
-    calls, spans = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
-    assert spans == [[0, 2, 3], [1, 4]]
+    packed = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
+    assert packed.spans == [[0, 2, 3], [1, 4]]
     pubsub = redis_client.pubsub()
     pubsub.subscribe(products.channel, articles.channel)
     assert pubsub.get_message(timeout=5) and pubsub.get_message(timeout=5)  # subscribed
     pipe = redis_client.pipeline(transaction=False)
-    for call in calls:
+    for call in packed.calls:
         pipe.execute_command(*call)
-    results = unpack(pipe.execute(), spans, len(entries))
+    results = unpack(packed, pipe.execute())
     ids = [r[0].decode() for r in results]
     prevs = [r[1].decode() for r in results]
     # Each model's chain: the first from nothing (a new log), each next from the last.
@@ -86,9 +86,10 @@ def test_an_outbox_event_splits_its_models_run_and_a_call_holds_at_most_max_per_
     shas = load(redis_client)
     entries: list[Any] = [(products, body(n), None) for n in range(MAX_PER_CALL + 3)]
     entries.insert(1, (products, body(-1), ("broadcast:once:t", "f")))
-    _calls, spans = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
-    assert [len(span) for span in spans] == [1, 1, MAX_PER_CALL, 2]
-    assert spans[0] == [0] and spans[1] == [1]
+    packed = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
+    assert [len(span) for span in packed.spans] == [1, 1, MAX_PER_CALL, 2]
+    assert packed.spans[0] == [0] and packed.spans[1] == [1]
+    assert packed.single == [False, True, False, False]
 
 
 def test_an_outbox_event_already_published_is_skipped_in_the_middle_of_a_batch(
@@ -103,11 +104,11 @@ def test_an_outbox_event_already_published_is_skipped_in_the_middle_of_a_batch(
         (products, body(1), ("broadcast:once:t", "f")),
         (products, body(2), None),
     ]
-    calls, spans = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
+    packed = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
     pipe = redis_client.pipeline(transaction=False)
-    for call in calls:
+    for call in packed.calls:
         pipe.execute_command(*call)
-    results = unpack(pipe.execute(), spans, len(entries))
+    results = unpack(packed, pipe.execute())
     assert results[1] is None
     assert results[2][1] == results[0][0]
     assert redis_client.xlen(products.stream) == 2
@@ -141,3 +142,28 @@ def test_a_bulk_transaction_publishes_every_event_chained_in_fewer_calls(
 def _calls(client: redis.Redis) -> int:
     stats: dict[str, Any] = client.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("size", [1, 40, 300, 70_000])
+def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
+    redis_client: redis.Redis, size: int
+) -> None:
+    products = route("demo.product")
+    redis_client.delete(products.stream, products.meta)
+    text = "é" * size
+    entries: list[Any] = [(products, f'"t":"{text}"}}', None)] * 2
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel)
+    assert pubsub.get_message(timeout=5)  # subscribed
+    packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
+    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    ids = [r[0].decode() for r in results]
+    assert messages(pubsub, 2) == [
+        {
+            "type": "broadcast.event",
+            "frame": '{"type":"change","id":"' + ids[n] + f'","t":"{text}"}}',
+            "prev": ["", ids[0]][n],
+        }
+        for n in range(2)
+    ]
+    pubsub.close()
