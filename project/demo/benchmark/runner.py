@@ -32,6 +32,7 @@ from broadcast_app.stats import stats
 from ..models import Product
 from . import report
 from .bulk import bulk_delete_throughput, bulk_throughput
+from .ceiling import ceiling_row
 from .environment import benchmark_data, database, layers_on, login, redis_server
 from .presence import presence_line, presence_row
 from .processes import (
@@ -90,6 +91,8 @@ class Plan:
     presence_samples: int = 200
     presence_rate: float = 20.0
     presence_tabs: int = 10
+    #: (j): events per burst of the publish ceiling rows (each of 4 publishers sends as many)
+    ceiling_events: int = 20_000
     targets: dict[str, Any] = field(
         default_factory=lambda: {
             "save_ratio": 1.10,
@@ -114,6 +117,7 @@ QUICK = Plan(
     resume_clients=5,
     resume_seconds=1.0,
     presence_samples=20,
+    ceiling_events=2_000,
 )
 
 
@@ -254,6 +258,8 @@ class Measurements:
         self.write(f"(g) bulk: QuerySet.delete() of {plan.bulk_rows} rows, until published…")
         results["bulk_delete"] = bulk_delete_throughput(plan.bulk_rows)
         results["resume"] = self.resume()
+        self.write(f"(j) publish ceiling: bursts of {plan.ceiling_events} events…")
+        results["ceiling"] = ceiling_row(self.redis_url, plan.ceiling_events)
         results["meta"]["load_after"] = _load()
         return results
 
