@@ -3,6 +3,8 @@ entry and published message exactly as one call per event gave them."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -162,6 +164,32 @@ def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
         {
             "type": "broadcast.event",
             "frame": '{"type":"change","id":"' + ids[n] + f'","t":"{text}"}}',
+            "prev": ["", ids[0]][n],
+        }
+        for n in range(2)
+    ]
+    pubsub.close()
+
+
+def test_a_layer_reading_json_gets_the_same_message_as_json(redis_client: redis.Redis) -> None:
+    products = dataclasses.replace(route("demo.product"), serializer_format="json")
+    redis_client.delete(products.stream, products.meta)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel)
+    assert pubsub.get_message(timeout=5)  # subscribed
+    packed = pack([(products, body(0), None)] * 2, load(redis_client), 1000, 0, ONCE_TTL_MS)
+    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    ids = [r[0].decode() for r in results]
+    got = []
+    while len(got) < 2:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None
+        if message["type"] == "message":
+            got.append(json.loads(message["data"]))
+    assert got == [
+        {
+            "type": "broadcast.event",
+            "frame": '{"type":"change","id":"' + ids[n] + '",' + body(0),
             "prev": ["", ids[0]][n],
         }
         for n in range(2)
