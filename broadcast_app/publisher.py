@@ -5,8 +5,9 @@ it never waits on Redis, so a Redis outage cannot make it fail or hang. One daem
 thread per process drains the queue in batches, works out each event (for an
 autocommit save: what changed, dropping a save that changed nothing), encodes it, and
 sends each batch in one pipelined round trip over a persistent connection (no event
-loop, no connection per event). Each event goes through a Lua script that appends it to
-the model's stream (``XADD``: Redis assigns the id) and publishes it on the model's
+loop, no connection per event). The events go through Lua scripts
+(:mod:`.publish_script`, one call per run of a model's events) that append each to the
+model's stream (``XADD``: Redis assigns the id) and publish it on the model's
 channel-layer group in the same atomic step, so ids increase in publish order across
 every publishing process.
 
@@ -45,7 +46,8 @@ from .events import (
     split_hidden,
 )
 from .failover import PublishedIds
-from .layer import MESSAGE_TYPE, RESET_TYPE, Route, new_epoch, route
+from .layer import MESSAGE_TYPE, RESET_TYPE, Route, route
+from .publish_script import RESET_SCRIPT, load, pack, unpack
 from .redis_clients import failures, make_client
 from .stats import stats
 from .testenv import held_back
@@ -58,81 +60,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["captured", "capturing", "flush", "publish", "reset", "stats"]
-
-# Publishes the Lua table `message` on `channel`, in the layer's serializer format (the
-# pub/sub layer reads msgpack by default, or json): shared by both scripts below. An
-# empty channel publishes nothing: the publisher then sends the message through the
-# channel layer (fast path "script_publish" off, see upstream/channels_redis.py).
-_PUBLISH_MESSAGE = """
-local function publish(channel, format, message)
-  if channel == '' then
-    return
-  end
-  local payload
-  if format == 'json' then
-    payload = cjson.encode(message)
-  else
-    payload = cmsgpack.pack(message)
-  end
-  redis.call('PUBLISH', channel, payload)
-end
-"""
-
-# KEYS: the model's stream and its meta hash (epoch, last id, when the log was last
-# trimmed by age). ARGV: max length, event body, channel, serializer format, a fresh
-# epoch (used if the log is new or was lost), max age in ms (0: none). The id is
-# "<stream id>:<epoch>"; each entry keeps the id before it ("p"), so readers can tell a
-# complete replay from one with a hole. Returns the id and the one before it (see
-# failover.py).
-# The age trim runs at most once a second per log, against the new entry's time (the
-# stream's clock, which is Redis's): each Redis call a script makes costs it a few
-# microseconds on the way of every event, so it makes as few as it can.
-# Outbox events add KEYS[3], the hash of their transaction's events already published,
-# and ARGV[7] (this event's field in it) and ARGV[8] (its ttl in ms): an event relayed
-# again after a relay died before deleting its rows is skipped here, in the same atomic
-# step, so no reader ever sees it twice (the script then returns nil). The mark is set
-# last, once the event is out: a script that failed half-way must not mark it.
-PUBLISH_SCRIPT = (
-    _PUBLISH_MESSAGE
-    + """
-if #KEYS > 2 and redis.call('HEXISTS', KEYS[3], ARGV[7]) == 1 then
-  return false
-end
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'last', 'trimmed')
-local epoch, prev = meta[1], meta[2] or ''
-if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
-  epoch, prev = ARGV[5], ''
-end
-local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[2], 'p', prev)
-local id = sid .. ':' .. epoch
-local max_age = tonumber(ARGV[6])
-local ms = tonumber(string.match(sid, '^%d+'))
-if max_age > 0 and ms - (tonumber(meta[3]) or 0) >= 1000 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', ms - max_age)
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'last', id, 'trimmed', ms)
-else
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'last', id)
-end
-local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
-publish(ARGV[3], ARGV[4], {type = 'broadcast.event', frame = frame, prev = prev})
-if #KEYS > 2 then
-  redis.call('HSET', KEYS[3], ARGV[7], '1')
-  redis.call('PEXPIRE', KEYS[3], ARGV[8])
-end
-return {id, prev}
-"""
-)
-
-# KEYS: the model's meta hash. ARGV: channel, label, serializer format. Dropping the
-# epoch makes the next event start a new one, so no client resumes across the loss.
-RESET_SCRIPT = (
-    _PUBLISH_MESSAGE
-    + """
-redis.call('HDEL', KEYS[1], 'epoch')
-publish(ARGV[1], ARGV[3], {type = 'broadcast.reset', model = ARGV[2], reason = 'lost'})
-return 1
-"""
-)
 
 #: a queued event: its model label and the change (or save, compared by the thread) with
 #: its ``time.time()`` (encoded by the publisher thread), or an already encoded body
@@ -478,22 +405,12 @@ class Publisher:
         for r, items in _runs_by_host(batch, once):
             try:
                 client = self._client(r)
-                calls = []
-                for event_route, body, seen in items:
-                    keys = [event_route.stream, event_route.meta]
-                    args = [
-                        maxlen, body, event_route.channel, event_route.serializer_format,
-                        new_epoch(), max_age,
-                    ]  # fmt: skip
-                    if seen is not None:
-                        keys.append(seen[0])
-                        args += [seen[1], _ONCE_TTL_MS]
-                    # EVALSHA directly: redis-py's Script in a pipeline sends SCRIPT
-                    # EXISTS first on every execute(), an extra round trip per batch.
-                    # A Redis that lost the script (restart) fails the batch with
-                    # NOSCRIPT; the batch is retried on a new client, which loads it.
-                    calls.append(("EVALSHA", client.script, len(keys), *keys, *args))
-                results = client.call(calls, pause)
+                # EVALSHA directly: redis-py's Script in a pipeline sends SCRIPT EXISTS
+                # first on every execute(), an extra round trip per batch. A Redis that
+                # lost the scripts (restart) fails the batch with NOSCRIPT; the batch is
+                # retried on a new client, which loads them.
+                packed = pack(items, client.shas, maxlen, max_age, _ONCE_TTL_MS)
+                results = unpack(packed, client.call(packed.calls, pause))
             except failures() as exc:
                 stats.incr("publish_errors", len(items))
                 self._warn(
@@ -620,7 +537,7 @@ class _Client:
         from .upstream.redis_py import commands_for
 
         self.redis = client
-        self.script = client.script_load(PUBLISH_SCRIPT)
+        self.shas = load(client)
         self._commands = commands_for(client)
         #: sends through the channel layer (fast path "script_publish" off); made at use
         self._layer: LayerSender | None = None

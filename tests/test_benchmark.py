@@ -46,6 +46,11 @@ def test_quick_benchmark_writes_results_with_nothing_lost(tmp_path: Path) -> Non
     assert results["bulk"]["published"] == results["bulk"]["rows"]
     assert results["bulk_delete"]["lost"] == 0
     assert results["bulk_delete"]["published"] == results["bulk_delete"]["rows"]
+    ceiling = results["ceiling"]
+    assert ceiling["ours"]["lost"] == ceiling["plain_publish"]["lost"] == 0
+    assert ceiling["ours"]["cpu_us"] > 0 and ceiling["ceiling_per_core"] > 0
+    assert ceiling["publishers"]["received"] == ceiling["publishers"]["events"] == 4 * 2_000
+    assert ceiling["publishers"]["out_of_chain"] == 0
     resume = results["resume"]
     assert resume["log_entries"] >= 10_000
     assert resume["idle"]["p50_ms"] > 0

@@ -313,11 +313,34 @@ def format_table(results: dict[str, Any]) -> str:
     resume = results.get("resume")
     if resume:
         lines += ["", *resume_lines(resume, plan["targets"]["resume"])]
+    ceiling = results.get("ceiling")
+    if ceiling:
+        lines += ["", *ceiling_lines(ceiling)]
     warnings = meta.get("instance_warnings") or []
     if warnings:
         lines += ["", "Instance B logged:", *(f"  {line}" for line in warnings)]
     lines.append("")
     return "\n".join(lines)
+
+
+def ceiling_lines(row: dict[str, Any]) -> list[str]:
+    """(k): Redis' CPU per event against a plain PUBLISH, the ceiling, 4 publishers."""
+    ours, plain, ratio, four = row["ours"], row["plain_publish"], row["ratio"], row["publishers"]
+    cpu_ok = ratio["cpu_us"] is not None and ratio["cpu_us"] <= 3
+    ceiling_ok = row["ceiling_per_core"] is not None and row["ceiling_per_core"] >= 50_000
+    return [
+        f"(k) publish ceiling, Redis' own counters over {row['events']} events "
+        f"({row['payload_bytes']} B messages, {row['batch']} per round trip, 1 subscriber)",
+        f"Redis CPU us/event: ours {ours['cpu_us']}, plain PUBLISH {plain['cpu_us']}: "
+        f"ratio {ratio['cpu_us']} (target <= 3) {_verdict(cpu_ok)}; command time us/event "
+        f"{ours['command_us']} against {plain['command_us']}; lost {ours['lost']}, "
+        f"{plain['lost']}",
+        f"ceiling for one Redis core: {row['ceiling_per_core']} events/s "
+        f"(target >= 50000) {_verdict(ceiling_ok)}",
+        f"{four['processes']} publishing processes flat out: {four['events_per_s']} events/s "
+        f"({four['events']} events in {four['seconds']} s), lost {four['lost']}, "
+        f"out of chain {four['out_of_chain']}",
+    ]
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

@@ -32,6 +32,7 @@ from broadcast_app.stats import stats
 from ..models import Product
 from . import report
 from .bulk import bulk_delete_throughput, bulk_throughput
+from .ceiling import ceiling_row
 from .environment import benchmark_data, database, layers_on, login, redis_server
 from .filtered import filtered_line, filtered_row
 from .presence import presence_line, presence_row
@@ -94,6 +95,8 @@ class Plan:
     #: (j): saves per variant (none, 1,000 plain, 1,000 filtered subscriptions), a second
     filtered_events: int = 500
     filtered_rate: float = 100.0
+    #: (k): events per burst of the publish ceiling rows (each of 4 publishers sends as many)
+    ceiling_events: int = 20_000
     targets: dict[str, Any] = field(
         default_factory=lambda: {
             "save_ratio": 1.10,
@@ -119,6 +122,7 @@ QUICK = Plan(
     resume_seconds=1.0,
     presence_samples=20,
     filtered_events=100,
+    ceiling_events=2_000,
 )
 
 
@@ -266,6 +270,8 @@ class Measurements:
         self.write(f"(g) bulk: QuerySet.delete() of {plan.bulk_rows} rows, until published…")
         results["bulk_delete"] = bulk_delete_throughput(plan.bulk_rows)
         results["resume"] = self.resume()
+        self.write(f"(k) publish ceiling: bursts of {plan.ceiling_events} events…")
+        results["ceiling"] = ceiling_row(self.redis_url, plan.ceiling_events)
         results["meta"]["load_after"] = _load()
         return results
 

@@ -1,0 +1,197 @@
+"""Several events of one model per script call: each keeps its id, ``prev`` chain, log
+entry and published message exactly as one call per event gave them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from django.db import transaction
+
+from broadcast_app import publisher
+from broadcast_app.layer import route
+from broadcast_app.publish_script import MAX_PER_CALL, load, pack, unpack
+from project.demo.models import Product
+from tests.testapp.models import Article
+
+ONCE_TTL_MS = 60_000
+
+
+def body(n: int) -> str:
+    return f'"model":"x","n":{n}}}'
+
+
+def messages(pubsub: Any, count: int) -> list[dict[str, Any]]:
+    found = []
+    while len(found) < count:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None, f"only {len(found)} of {count} messages published"
+        if message["type"] == "message":
+            found.append(msgpack.unpackb(message["data"]))
+    return found
+
+
+@pytest.mark.django_db
+def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
+    redis_client: redis.Redis,
+) -> None:
+    products, articles = route("demo.product"), route("testapp.article")
+    redis_client.delete(products.stream, products.meta, articles.stream, articles.meta)
+    shas = load(redis_client)
+    order = [products, articles, products, products, articles]
+    entries: list[Any] = [(r, body(n), None) for n, r in enumerate(order)]
+    packed = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
+    assert packed.spans == [[0, 2, 3], [1, 4]]
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel, articles.channel)
+    assert pubsub.get_message(timeout=5) and pubsub.get_message(timeout=5)  # subscribed
+    pipe = redis_client.pipeline(transaction=False)
+    for call in packed.calls:
+        pipe.execute_command(*call)
+    results = unpack(packed, pipe.execute())
+    ids = [r[0].decode() for r in results]
+    prevs = [r[1].decode() for r in results]
+    # Each model's chain: the first from nothing (a new log), each next from the last.
+    assert [prevs[0], prevs[2], prevs[3]] == ["", ids[0], ids[2]]
+    assert [prevs[1], prevs[4]] == ["", ids[1]]
+    for r, index in ((products, [0, 2, 3]), (articles, [1, 4])):
+        log = redis_client.xrange(r.stream)
+        stream_ids = [f"{sid.decode()}:{ids[index[0]].partition(':')[2]}" for sid, _ in log]
+        assert stream_ids == [ids[i] for i in index]
+        assert [e[b"b"].decode() for _, e in log] == [body(i) for i in index]
+        assert [e[b"p"].decode() for _, e in log] == [prevs[i] for i in index]
+        assert redis_client.hget(r.meta, "last").decode() == ids[index[-1]]
+    got = messages(pubsub, len(entries))
+    # Per model, in order, each message the frame and prev a client gets today.
+    by_model = {products.channel: [0, 2, 3], articles.channel: [1, 4]}
+    sent = [m for m in got if m["frame"].endswith('"model":"x","n":0}')]
+    assert len(sent) == 1
+    for index in by_model.values():
+        mine = [m for m in got if any(m["frame"].endswith(f'"n":{i}}}') for i in index)]
+        assert [m["type"] for m in mine] == ["broadcast.event"] * len(index)
+        assert [m["frame"] for m in mine] == [
+            '{"type":"change","id":"' + ids[i] + '",' + body(i) for i in index
+        ]
+        assert [m["prev"] for m in mine] == [prevs[i] for i in index]
+    pubsub.close()
+
+
+def test_an_outbox_event_splits_its_models_run_and_a_call_holds_at_most_max_per_call(
+    redis_client: redis.Redis,
+) -> None:
+    products = route("demo.product")
+    shas = load(redis_client)
+    entries: list[Any] = [(products, body(n), None) for n in range(MAX_PER_CALL + 3)]
+    entries.insert(1, (products, body(-1), ("broadcast:once:t", "f")))
+    packed = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
+    assert [len(span) for span in packed.spans] == [1, 1, MAX_PER_CALL, 2]
+    assert packed.spans[0] == [0] and packed.spans[1] == [1]
+    assert packed.single == [False, True, False, False]
+
+
+def test_an_outbox_event_already_published_is_skipped_in_the_middle_of_a_batch(
+    redis_client: redis.Redis,
+) -> None:
+    products = route("demo.product")
+    redis_client.delete(products.stream, products.meta, "broadcast:once:t")
+    redis_client.hset("broadcast:once:t", "f", "1")
+    shas = load(redis_client)
+    entries: list[Any] = [
+        (products, body(0), None),
+        (products, body(1), ("broadcast:once:t", "f")),
+        (products, body(2), None),
+    ]
+    packed = pack(entries, shas, 1000, 0, ONCE_TTL_MS)
+    pipe = redis_client.pipeline(transaction=False)
+    for call in packed.calls:
+        pipe.execute_command(*call)
+    results = unpack(packed, pipe.execute())
+    assert results[1] is None
+    assert results[2][1] == results[0][0]
+    assert redis_client.xlen(products.stream) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_transaction_publishes_every_event_chained_in_fewer_calls(
+    redis_client: redis.Redis,
+) -> None:
+    for label in ("demo.product", "testapp.article"):
+        redis_client.delete(route(label).stream, route(label).meta)
+    before = _calls(redis_client)
+    with transaction.atomic():
+        for n in range(60):
+            Product.objects.create(
+                sku=f"B-{n}", name="b", price=Decimal("1"), stock=1, cost_price=Decimal("1")
+            )
+            Article.objects.create(title=f"a{n}")
+    assert publisher.flush(10)
+    for label in ("demo.product", "testapp.article"):
+        log = redis_client.xrange(route(label).stream)
+        assert len(log) == 60
+        epoch = redis_client.hget(route(label).meta, "epoch").decode()
+        ids = [f"{sid.decode()}:{epoch}" for sid, _ in log]
+        assert [e[b"p"].decode() for _, e in log] == ["", *ids[:-1]]
+    # One transaction's events are queued at once: the thread takes them in a few
+    # batches, each model's run of a batch in one call.
+    assert _calls(redis_client) - before < 120
+
+
+def _calls(client: redis.Redis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("size", [1, 40, 300, 70_000])
+def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
+    redis_client: redis.Redis, size: int
+) -> None:
+    products = route("demo.product")
+    redis_client.delete(products.stream, products.meta)
+    text = "é" * size
+    entries: list[Any] = [(products, f'"t":"{text}"}}', None)] * 2
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel)
+    assert pubsub.get_message(timeout=5)  # subscribed
+    packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
+    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    ids = [r[0].decode() for r in results]
+    assert messages(pubsub, 2) == [
+        {
+            "type": "broadcast.event",
+            "frame": '{"type":"change","id":"' + ids[n] + f'","t":"{text}"}}',
+            "prev": ["", ids[0]][n],
+        }
+        for n in range(2)
+    ]
+    pubsub.close()
+
+
+def test_a_layer_reading_json_gets_the_same_message_as_json(redis_client: redis.Redis) -> None:
+    products = dataclasses.replace(route("demo.product"), serializer_format="json")
+    redis_client.delete(products.stream, products.meta)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel)
+    assert pubsub.get_message(timeout=5)  # subscribed
+    packed = pack([(products, body(0), None)] * 2, load(redis_client), 1000, 0, ONCE_TTL_MS)
+    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    ids = [r[0].decode() for r in results]
+    got = []
+    while len(got) < 2:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None
+        if message["type"] == "message":
+            got.append(json.loads(message["data"]))
+    assert got == [
+        {
+            "type": "broadcast.event",
+            "frame": '{"type":"change","id":"' + ids[n] + '",' + body(0),
+            "prev": ["", ids[0]][n],
+        }
+        for n in range(2)
+    ]
+    pubsub.close()
