@@ -92,8 +92,8 @@ def wheres() -> st.SearchStrategy[Any]:
     key = st.sampled_from(["stock", "stock__lt", "stock__in", "price__gte", "pk__in",
                            "name__icontains", "name__isnull", "updated_at__gt",
                            "cost_price", "stock__lt__gt", "nope"]) | TEXT  # fmt: skip
-    value = VALUES | st.lists(SCALARS, max_size=6) | st.sampled_from(["12.50", "2026-01-01"])
-    return st.dictionaries(key, value, max_size=4) | VALUES
+    value = SCALARS | st.lists(SCALARS, max_size=6) | st.sampled_from(["12.50", "2026-01-01"])
+    return st.dictionaries(key, value, max_size=4) | SCALARS
 
 
 def structured(real_since: list[str]) -> st.SearchStrategy[str]:
@@ -116,19 +116,20 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
             "pk": pk | VALUES,
             "since": since_values(real_since),
             "ref": VALUES,
-            "state": st.dictionaries(TEXT, VALUES, max_size=3) | VALUES,
-            "extra": VALUES,
+            "state": st.dictionaries(TEXT, SCALARS, max_size=3) | VALUES,
+            "extra": SCALARS,
         },
     )
     # A quarter also filter or ask for a snapshot (most such frames are refused, and
-    # the others must still reach the resumes).
+    # the others must still reach the resumes). Nested values only where the protocol
+    # reads them first: drawing them is most of this test's time.
     extras = st.fixed_dictionaries(
         {},
         optional={
             "where": wheres(),
-            "snapshot": st.just(True) | VALUES,
-            "limit": st.integers(-1, 2000) | VALUES,
-            "order": st.sampled_from(["price", "-stock", "cost_price", "-"]) | VALUES,
+            "snapshot": st.just(True) | SCALARS,
+            "limit": st.integers(-1, 2000) | SCALARS,
+            "order": st.sampled_from(["price", "-stock", "cost_price", "-"]) | SCALARS,
         },
     )
     extended = st.builds(lambda message, more: {**message, **more}, frame, extras)
@@ -169,7 +170,12 @@ def frames(real_since: list[str]) -> st.SearchStrategy[list[str | bytes]]:
     # picks each branch alike, the branches of a one_of inside it too: map() hides them.
     kinds = [structured(real_since)] * 3 + [nested(), literals(), raw()]
     one = st.one_of(*(kind.map(_same) for kind in kinds))
-    return st.lists(one, min_size=BATCH, max_size=BATCH)
+    # Each batch starts with a well-formed resume of the model, so that replays run
+    # among the hostile frames whatever the draws (random frames fill the connection's
+    # subscriptions; this one stays subscribed unless one of them unsubscribes it).
+    since = real_since[len(real_since) // 2]
+    resume = json.dumps({"type": "subscribe", "model": "demo.product", "since": since})
+    return st.lists(one, min_size=BATCH - 1, max_size=BATCH - 1).map(lambda b: [resume, *b])
 
 
 def logged_ids() -> list[str]:
