@@ -51,7 +51,34 @@ def test_scale_command_measures_every_server_with_nothing_lost(tmp_path: Path) -
             assert len(row["events"][kind]) == 2
             for event in row["events"][kind]:
                 assert event["clients"] == event["received"] == row["clients"]
-                assert event["lost"] == event["duplicates"] == event["resets"] == 0
+                assert event["missing"] == event["duplicates"] == event["resets"] == 0
         assert row["last_client_ratio"] > 0
-        assert (row["lost"], row["duplicates"], row["resets"]) == (0, 0, 0)
+        assert (row["lost"], row["duplicates"], row["resets"], row["extra"]) == (0, 0, 0, 0)
     assert results["meta"]["instance_warnings"] == []
+
+
+@pytest.mark.e2e
+def test_scale_command_spreads_the_clients_over_instances(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    env = subprocess_env(DATABASE_URL=f"sqlite:///{tmp_path / 'scale.sqlite3'}")
+    env.pop("REDIS_URL", None)
+    command = [sys.executable, "manage.py", "broadcast_scale", "--scale", "200"]
+    done = subprocess.run(
+        [*command, "--instances", "2", "--events", "2", "--json", str(out)],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert (row["clients"], row["instances"]) == (200, 2)
+    assert sorted(row["rss_per_connection_kib"]) == ["ours-1", "ours-2"]
+    assert all(kib > 0 for kib in row["rss_per_connection_kib"].values())
+    assert row["last_client_ms"] > 0
+    for event in row["events"]:
+        # every client of both instances got the event, once
+        assert event["clients"] == event["received"] == 200
+        assert event["missing"] == event["duplicates"] == event["resets"] == 0
+    assert (row["lost"], row["duplicates"], row["resets"], row["extra"]) == (0, 0, 0, 0)

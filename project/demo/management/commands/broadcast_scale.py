@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from project.demo.benchmark.processes import BenchmarkError, Interrupted
 from project.demo.benchmark.scale import ScalePlan, run_scale
+from project.demo.benchmark.scale_instances import run_instances
 
 from .broadcast_benchmark import _positive_ints
 
@@ -38,6 +39,15 @@ class Command(BaseCommand):
         parser.add_argument(
             "--json", default="scale-results.json", help="Where to write the results."
         )
+        parser.add_argument(
+            "--instances",
+            type=int,
+            default=1,
+            help=(
+                "Spread each count's clients over this many instances of the demo on one "
+                "Redis (without the bare app and the floor); default 1."
+            ),
+        )
         parser.add_argument("--redis-url", help="Use this Redis instead of a throwaway one.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -50,9 +60,12 @@ class Command(BaseCommand):
         path = Path(options["json"])
         if not path.parent.is_dir():
             raise CommandError(f"No directory {path.parent} for --json.")
-        plan = ScalePlan(counts=counts, events=options["events"])
+        if options["instances"] <= 0:
+            raise CommandError("--instances must be a positive integer.")
+        plan = ScalePlan(counts=counts, events=options["events"], instances=options["instances"])
+        run = run_scale if plan.instances == 1 else run_instances
         try:
-            results = run_scale(plan, redis_url, self.stdout.write)
+            results = run(plan, redis_url, self.stdout.write)
         except (KeyboardInterrupt, Interrupted):
             raise CommandError("Interrupted; every process started was stopped.") from None
         except BenchmarkError as exc:
