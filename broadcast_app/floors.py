@@ -21,6 +21,8 @@ Key = tuple[str, str | None]
 class Floors:
     """Per subscription of one connection, the log position its last read covered."""
 
+    __slots__ = ("_floors",)  # one per connection: no instance dict
+
     def __init__(self) -> None:
         self._floors: dict[Key, tuple[str, int, int]] = {}
 

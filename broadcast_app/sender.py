@@ -35,18 +35,20 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class Sender:
     """Writes one connection's frames in order; ``put`` never blocks and never raises."""
 
-    # Touched for every frame of every connection: compact, no instance dict.
+    # Touched for every frame of every connection, and held by every connection: compact,
+    # no instance dict; the queue and the writer task are made only once a send has to
+    # wait (most connections never make the server wait, and an empty deque and an idle
+    # task cost more than the rest of the sender together).
     __slots__ = (
-        "_on_stalled", "_send", "_stepped", "_task", "_timeout", "_waiting", "_wakeup", "limit",
-        "open", "queue",
+        "_on_stalled", "_queue", "_send", "_stepped", "_task", "_timeout", "_waiting", "_wakeup",
+        "limit", "open",
     )  # fmt: skip
 
     def __init__(
         self, send: Send, limit: int, timeout: float, on_stalled: Callable[[], Awaitable[None]]
     ) -> None:
         self._send = send
-        #: frames waiting behind a send the server made wait (at most ``limit``)
-        self.queue: deque[str] = deque()
+        self._queue: deque[str] | None = None
         self.limit = limit
         self._timeout = timeout
         self._on_stalled = on_stalled
@@ -56,31 +58,42 @@ class Sender:
         self._wakeup: asyncio.Future[None] | None = None
         #: False once the connection failed or stalled: frames are dropped
         self.open = True
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        #: the writer, started by the first send that has to wait
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue(self) -> deque[str]:
+        """Frames waiting behind a send the server made wait (at most ``limit``)."""
+        if self._queue is None:
+            self._queue = deque()
+        return self._queue
 
     @property
     def room(self) -> int:
         """How many more frames fit before ``put`` refuses one."""
-        return self.limit - len(self.queue)
+        return self.limit - (len(self._queue) if self._queue is not None else 0)
 
     def put(self, frame: str) -> bool:
         """Write ``frame`` now, or queue it behind a waiting send; False if the queue is
         full (the caller decides what to drop)."""
         if not self.open:
             return True  # the connection is going away: nothing to keep
-        if self._waiting is None and not self.queue:
+        if self._waiting is None and not self._queue:
             self._start(frame)
             return True
-        if len(self.queue) >= self.limit:
+        queue = self.queue
+        if len(queue) >= self.limit:
             return False
-        self.queue.append(frame)
+        queue.append(frame)
         return True
 
     async def close(self) -> None:
         """Stop writing; a send still waiting for the server is abandoned."""
         self.open = False
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.close()
@@ -98,21 +111,25 @@ class Sender:
         if waiting is None:
             return
         self._waiting = waiting
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            return
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
     def _failed(self, exc: BaseException) -> None:
         self.open = False
-        self.queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         logger.debug("broadcast_app: a websocket send failed: %r", exc)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if self._waiting is None:
-                if self.queue and self.open:
-                    self._start(self.queue.popleft())
+                if self._queue and self.open:
+                    self._start(self._queue.popleft())
                     continue
                 self._wakeup = loop.create_future()
                 await self._wakeup
@@ -127,7 +144,8 @@ class Sender:
                 self._waiting = None
                 waiting.close()
                 self.open = False
-                self.queue.clear()
+                if self._queue is not None:
+                    self._queue.clear()
                 await self._on_stalled()
                 return
             except Exception as exc:  # (cancelling this writer is not one: it ends here)

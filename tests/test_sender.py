@@ -58,6 +58,20 @@ async def test_a_frame_is_written_before_put_returns_when_the_server_can_take_it
     await sender.close()
 
 
+async def test_a_sender_whose_sends_never_wait_holds_no_task_and_no_queue() -> None:
+    # Held by every connection: the writer task and the queue come with the first wait.
+    server = Server()
+    sender = sender_for(server)
+    assert sender.put("a") and sender.room == 3
+    assert sender._task is None and sender._queue is None
+    server.reading.clear()
+    assert sender.put("b") and sender.put("c")  # "b" waits for the server, "c" behind it
+    assert sender._task is not None and list(sender.queue) == ["c"]
+    server.reading.set()
+    await server.until(lambda: server.written == ["a", "b", "c"])
+    await sender.close()
+
+
 async def test_frames_wait_behind_a_send_the_server_holds_and_keep_their_order() -> None:
     server = Server()
     sender = sender_for(server, limit=3)
@@ -184,5 +198,6 @@ async def test_a_send_whose_wait_the_server_cancels_counts_as_failed() -> None:
     waited.cancel()  # the server's own doing, not the writer's
     await asyncio.wait_for(cancelled.wait(), 5)
     assert not sender.open and not sender.queue
-    assert not sender._task.done()  # the writer is still there, idle, until closed
+    # the writer is still there, idle, until closed
+    assert sender._task is not None and not sender._task.done()
     await sender.close()

@@ -252,10 +252,11 @@ def summarize(clients: list[Client], expected: int, raw: bool = False) -> dict[s
     with ``raw``, the latencies themselves too (``latencies_ms``)."""
     epoch: dict[bytes, float] = {}
     latencies: list[float] = []
-    received = duplicates = 0
+    received = duplicates = short = 0
     for client in clients:
         unique = set(client.keys)
         received += len(unique)
+        short += max(0, expected - len(unique))
         duplicates += len(client.keys) - len(unique)
         for key, seen in zip(client.keys, client.times, strict=True):
             sent = epoch.get(key)
@@ -268,6 +269,9 @@ def summarize(clients: list[Client], expected: int, raw: bool = False) -> dict[s
         "received": received,
         "lost": max(0, expected * len(clients) - received),
         "duplicates": duplicates,
+        #: events missing client by client (``lost`` is the total's shortfall, which
+        #: extra frames of some clients could hide)
+        "missing": short,
         "closed": sum(1 for c in clients if c.closed),
         "resets": sum(c.resets for c in clients),
         **latency_summary(latencies),

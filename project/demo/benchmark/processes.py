@@ -135,10 +135,10 @@ def wait_http(children: Children, url: str, timeout: float) -> None:
 class FleetProcess:
     """The driver's end of the client fleet: one JSON command, one JSON reply."""
 
-    def __init__(self, children: Children, env: dict[str, str]) -> None:
+    def __init__(self, children: Children, env: dict[str, str], name: str = "clients") -> None:
         self.children = children
         self.process = children.start(
-            "clients",
+            name,
             [sys.executable, "-m", "project.demo.benchmark.clients"],
             env,
             stdin=subprocess.PIPE,
