@@ -262,8 +262,10 @@ def test_django_setup_loads_the_saving_side_only() -> None:
     }
     assert instance_side.isdisjoint(loaded["package"])
     assert loaded["clients"] == []
-    # Today's count (29); a jump means something heavy joined the startup path.
-    assert len(loaded["package"]) <= 32, loaded["package"]
+    # Today's count (33: the publish script, the ORM's incomplete captures and the
+    # filters the hub routes with are modules of their own); a jump means something
+    # heavy joined the startup path.
+    assert len(loaded["package"]) <= 36, loaded["package"]
 
 
 _FIRST_SAVE = """
