@@ -182,6 +182,8 @@ class LocalPresence:
         fresh = self._fresh.get(key)
         if fresh is not None:
             fresh.discard(connection)
+            if not fresh:
+                del self._fresh[key]
 
     def leave(self, connection: Connection, key: Key) -> None:
         """Remove ``connection``'s entry on the object (now, by the send task)."""
@@ -247,19 +249,23 @@ class LocalPresence:
                 logger.warning("broadcast_app could not remove presence members: %r", exc)
 
     async def _update(self, key: Key) -> None:
-        watching = [c for c in self.watchers.get(key, ()) if not c.closing]
-        fresh = self._fresh.pop(key, set())
-        if not watching:
+        if not any(not c.closing for c in self.watchers.get(key, ())):
+            self._fresh.pop(key, None)
             self.last.pop(key, None)
             return
+        # No connection is held across the read: a connection that ends meanwhile is
+        # gone for good, not kept alive by this task's frame.
         try:
             members = await presence.read(*key)
         except (RedisError, OSError, TimeoutError) as exc:
             stats.incr("presence_errors")
             logger.warning("broadcast_app could not read presence members: %r", exc)
-            # Again at the next refresh (new watchers are still owed their list).
-            self._fresh.setdefault(key, set()).update(fresh)
-            self._retry.add(key)
+            self._retry.add(key)  # again at the next refresh (new watchers still owed)
+            return
+        watching = [c for c in self.watchers.get(key, ()) if not c.closing]
+        fresh = self._fresh.pop(key, set())
+        if not watching:
+            self.last.pop(key, None)
             return
         frame = encode(key, members) if members else None
         if frame != self.last.get(key):
