@@ -102,10 +102,11 @@ class EmbeddedRedis:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.process.returncode} on port {self.port}"
-                )
+            returncode = self.process.poll()
+            if returncode is not None:
+                # Whichever way start fails, nothing of this attempt is left behind.
+                self.stop()
+                raise RuntimeError(f"redis-server exited with {returncode} on port {self.port}")
             owner = self._answering_pid()
             if owner == self.process.pid:
                 return self

@@ -22,3 +22,13 @@ def test_a_port_another_server_holds_is_an_error_not_a_server_of_ours() -> None:
         assert second.process is None  # stopped, nothing left running
         assert first.process is not None  # the first one still serves its port
         assert first._answering_pid() == first.process.pid
+
+
+def test_a_server_that_exits_at_start_leaves_nothing_behind() -> None:
+    # The other way the test above can go (ours exits before the first answers): a server
+    # that cannot start (an option it refuses) is reported and leaves no process or directory.
+    server = EmbeddedRedis(None, "--no-such-option", "yes")
+    with pytest.raises(RuntimeError, match=f"exited with 1 on port {server.port}"):
+        server.start()
+    assert server.process is None
+    assert server._dir is None
