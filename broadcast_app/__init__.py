@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bulk import publish_changes
-    from .registry import (
+    from .capture.bulk import publish_changes
+    from .capture.registry import (
         AlreadyRegistered,
         ModelConfig,
         NotRegistered,
@@ -36,11 +36,11 @@ _FROM_REGISTRY = {"AlreadyRegistered", "ModelConfig", "NotRegistered", "register
 def __getattr__(name: str) -> Any:
     # Plain imports (not importlib by name) so tests/test_package_shape.py sees the edges.
     if name in _FROM_REGISTRY:
-        from . import registry
+        from .capture import registry
 
         value = getattr(registry, name)
     elif name == "publish_changes":
-        from .bulk import publish_changes as value
+        from .capture.bulk import publish_changes as value
     else:
         # An AttributeError lets ``from broadcast_app import cache`` import the submodule.
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,20 +28,21 @@ def _settings_changed(setting: str, **kwargs: Any) -> None:
 
         conf.forget()
     if setting in _ROUTING:
-        from .layer import forget_routes
+        from .transport.routes import forget_routes
 
         forget_routes()
     if setting in _CONNECTIONS:
-        from . import positions, publisher
+        from .publish import publisher
+        from .web import positions
 
         publisher.reset()
         positions.forget()
     if setting in {"CACHES", "BROADCAST_CACHE_ALIAS"}:
-        from .cache import is_in_memory
+        from .instance.cache import is_in_memory
 
         is_in_memory.cache_clear()
     if setting == "BROADCAST_FEED_SIZE":
-        from .feed import feed
+        from .instance.feed import feed
 
         feed.reset()
 

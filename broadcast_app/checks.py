@@ -12,8 +12,8 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from .conf import DELIVERY_MODES, SETTINGS, Kind, conf
-from .layer import PUBSUB_BACKEND, layer_config
-from .model_configs import all_configs
+from .events.model_configs import all_configs
+from .transport.routes import PUBSUB_BACKEND, layer_config
 from .upstream import FAST_PATHS
 
 #: the numeric settings that must be a positive, finite number (E006): a zero would
@@ -302,7 +302,7 @@ def check_presence_user(
         Error(
             f"BROADCAST_PRESENCE_USER must be a callable or its dotted path: {problem}.",
             hint="Name a function taking the user and returning a dict of what presence "
-            "members show of it, e.g. 'broadcast_app.presence.default_user'.",
+            "members show of it, e.g. 'broadcast_app.instance.presence.default_user'.",
             id="broadcast_app.E030",
         )
     ]

@@ -251,7 +251,7 @@ SETTINGS: dict[str, Setting] = {
         "many, then that rate); more are refused (``rate_limited``).",
     ),
     "BROADCAST_PRESENCE_USER": Setting(
-        "broadcast_app.presence.default_user",
+        "broadcast_app.instance.presence.default_user",
         "callable",
         "What a presence member shows of its user: a callable (or its dotted path) given "
         "the user, returning a JSON-able dict (default: id, username, full name).",

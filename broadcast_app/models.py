@@ -19,7 +19,7 @@ class OutboxEvent(models.Model):
     #: shared by the rows of one transaction: the relay coalesces them per row
     token = models.CharField(max_length=32, db_index=True)
     label = models.CharField(max_length=200)
-    #: the captured change as JSON (see broadcast_app.outbox_rows.to_payload)
+    #: the captured change as JSON (see broadcast_app.publish.outbox_rows.to_payload)
     payload = models.TextField()
     created = models.DateTimeField(default=timezone.now)
 

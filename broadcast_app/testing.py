@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import publisher as _publisher_module
+from .publish import publisher as _publisher_module
 
 __all__ = ["CapturedEvents", "capture_events"]
 

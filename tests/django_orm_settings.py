@@ -3,7 +3,7 @@
 Django's ``tests/test_sqlite.py`` (importable: the runner puts the sdist's ``tests``
 directory on ``sys.path``), plus a channel layer for the checks. Nothing reaches a
 Redis: the suite runs under Django's test environment, where events are captured, not
-published (``broadcast_app.testenv``), and the host below refuses connections anyway.
+published (``broadcast_app.transport.testenv``), and the host below refuses connections anyway.
 """
 
 from test_sqlite import *  # type: ignore[import-not-found]  # noqa: F403

@@ -35,7 +35,7 @@ from websockets.http11 import Response
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
-from broadcast_app.embedded_redis import free_port
+from broadcast_app.dev.embedded_redis import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 #: seconds an instance may take to answer HTTP after it starts

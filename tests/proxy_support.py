@@ -18,7 +18,7 @@ import contextlib
 import threading
 from typing import Any
 
-from broadcast_app.embedded_redis import free_port
+from broadcast_app.dev.embedded_redis import free_port
 
 _CHUNK = 65536
 _STOP_WAIT = 5.0  # seconds stop() waits for the proxy's thread

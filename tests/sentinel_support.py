@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from broadcast_app.embedded_redis import EmbeddedRedis, find_redis_server
+from broadcast_app.dev.embedded_redis import EmbeddedRedis, find_redis_server
 
 MASTER_NAME = "mymaster"
 #: how long a sentinel waits before it calls a silent master down (small: a fast test)

@@ -1,4 +1,4 @@
-"""broadcast_app.access in one process: ``previous`` under the same checks as ``data``,
+"""broadcast_app.web.access in one process: ``previous`` under the same checks as ``data``,
 and open websockets checked again (the end-to-end figures are in test_revocation.py).
 
 Websockets go through channels' AuthMiddlewareStack with a real session cookie from
@@ -23,10 +23,10 @@ from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client, override_settings
 
-from broadcast_app import access
-from broadcast_app.access import revalidator
-from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents
+from broadcast_app.web import access
+from broadcast_app.web.access import revalidator
+from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from tests.browser_support import chromium, collect_page_errors, screenshot
 from tests.e2e_support import (
     STARTUP_TIMEOUT,

@@ -12,7 +12,7 @@ from django.db.models import Count, F
 from django.test import override_settings
 
 import broadcast_app
-from broadcast_app import publisher
+from broadcast_app.publish import publisher
 from broadcast_app.stats import stats
 from broadcast_app.testing import capture_events
 from project.demo.models import Product

@@ -17,10 +17,11 @@ from django.db.models import Count, Manager, QuerySet
 from django.template import Context, Template
 from django.test import override_settings
 
-from broadcast_app import bulk, publisher
-from broadcast_app.echo import from_socket
-from broadcast_app.events import field_values, to_json_data
-from broadcast_app.registry import get_config
+from broadcast_app.capture import bulk
+from broadcast_app.capture.registry import get_config
+from broadcast_app.events.change import field_values, to_json_data
+from broadcast_app.events.socket_ids import from_socket
+from broadcast_app.publish import publisher
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
 from tests.testapp.models import Article, Comment, Tag

@@ -252,7 +252,7 @@ def test_instance_id_of_none_passes() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["broadcast_app.presence.no_such_hook", "nodots", "broadcast_app.conf.conf", 5],
+    ["broadcast_app.instance.presence.no_such_hook", "nodots", "broadcast_app.conf.conf", 5],
 )
 def test_presence_user_hook_that_is_not_a_callable_is_e030(value: Any, settings: Any) -> None:
     settings.BROADCAST_PRESENCE_USER = value
@@ -260,7 +260,9 @@ def test_presence_user_hook_that_is_not_a_callable_is_e030(value: Any, settings:
     assert ids(messages) == ["broadcast_app.E030"]
 
 
-@pytest.mark.parametrize("value", ["broadcast_app.presence.default_user", lambda user: {}])
+@pytest.mark.parametrize(
+    "value", ["broadcast_app.instance.presence.default_user", lambda user: {}]
+)
 def test_presence_user_hook_that_is_a_callable_passes(value: Any, settings: Any) -> None:
     settings.BROADCAST_PRESENCE_USER = value
     assert checks.check_presence_user(None) == []

@@ -18,8 +18,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.test import override_settings
 
-from broadcast_app.events import id_key
-from broadcast_app.routing import websocket_urlpatterns
+from broadcast_app.events.change import id_key
+from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -273,7 +273,7 @@ async def test_object_check_filters_subscriptions_and_events(
 async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_behind(
     running_listener: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from broadcast_app.hub import hub
+    from broadcast_app.instance.hub import hub
 
     user = await database_sync_to_async(viewer)()
     before = hub.count()
@@ -310,7 +310,7 @@ def change_frame(stock: int) -> tuple[str, dict[str, Any]]:
 async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
     small_queue_ws: WebsocketCommunicator,
 ) -> None:
-    from broadcast_app.hub import hub
+    from broadcast_app.instance.hub import hub
 
     ws = small_queue_ws
     await ask(ws, {"type": "subscribe", "model": "demo.product"})
@@ -353,7 +353,7 @@ async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
 async def test_a_replay_longer_than_the_send_queue_is_a_reset(
     small_queue_ws: WebsocketCommunicator,
 ) -> None:
-    from broadcast_app import publisher
+    from broadcast_app.publish import publisher
 
     ws = small_queue_ws
     assert (await ask(ws, {"type": "subscribe", "model": "demo.product"}))["type"] == "subscribed"
@@ -408,7 +408,7 @@ async def test_events_the_replay_carried_are_not_sent_again_when_they_arrive_lat
 async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
     small_queue_ws: WebsocketCommunicator, redis_client: Any
 ) -> None:
-    from broadcast_app.hub import hub
+    from broadcast_app.instance.hub import hub
 
     ws = small_queue_ws
     await database_sync_to_async(make)("P-1")
@@ -461,7 +461,7 @@ def sender_tasks() -> list[asyncio.Task[Any]]:
 
 def open_senders() -> int:
     """Senders not closed yet (a sender's writer task exists only once a send waited)."""
-    from broadcast_app.sender import Sender
+    from broadcast_app.web.sender import Sender
 
     return sum(1 for obj in gc.get_objects() if isinstance(obj, Sender) and obj.open)
 
@@ -475,8 +475,8 @@ def open_connections() -> int:
 async def test_a_failing_object_check_denies_and_is_logged_once(
     running_listener: Any, reregister: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from broadcast_app import access
-    from broadcast_app.hub import hub
+    from broadcast_app.instance.hub import hub
+    from broadcast_app.web import access
 
     access._failure_logged.clear()
 
@@ -504,8 +504,8 @@ async def test_a_failing_object_check_denies_and_is_logged_once(
 async def test_a_connection_ended_by_an_exception_or_cancellation_leaves_nothing_behind(
     running_listener: Any, monkeypatch: pytest.MonkeyPatch, way_out: str
 ) -> None:
-    from broadcast_app import consumers
-    from broadcast_app.hub import hub
+    from broadcast_app.instance.hub import hub
+    from broadcast_app.web import consumers
 
     before = (hub.count(), open_connections())
     ws = await connect(await database_sync_to_async(viewer)())

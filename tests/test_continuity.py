@@ -12,10 +12,11 @@ import redis
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from broadcast_app import cache, publisher
-from broadcast_app.hub import hub
-from broadcast_app.layer import meta_key, stream_key
+from broadcast_app.instance import cache
+from broadcast_app.instance.hub import hub
+from broadcast_app.publish import publisher
 from broadcast_app.signals import change_received
+from broadcast_app.transport.routes import meta_key, stream_key
 from project.demo.models import Product
 from tests.conftest import layers_for
 
@@ -141,8 +142,8 @@ async def test_lost_log_resets_cache_and_subscribers(
 
 
 async def test_a_listener_behind_but_processing_is_not_taken_for_deaf() -> None:
-    from broadcast_app.continuity import Continuity
-    from broadcast_app.log import event_log
+    from broadcast_app.instance.continuity import Continuity
+    from broadcast_app.transport.log_reader import event_log
 
     product = await database_sync_to_async(Product.objects.create)(
         name="B", sku="B", price=Decimal(1)
@@ -188,7 +189,7 @@ async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers(
     import os
     import signal
 
-    from broadcast_app.listener import listener
+    from broadcast_app.instance.listener import listener
     from tests.test_pipeline import two_hosts
 
     subscriber = _Resets()

@@ -13,13 +13,15 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.test import override_settings
 
-from broadcast_app import cache, direct, publisher
-from broadcast_app.events import id_key
-from broadcast_app.hub import hub
-from broadcast_app.layer import MESSAGE_TYPE
-from broadcast_app.listener import Listener
+from broadcast_app.events.change import id_key
+from broadcast_app.instance import cache
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import Listener
+from broadcast_app.publish import publisher
 from broadcast_app.signals import change_received
 from broadcast_app.stats import stats
+from broadcast_app.transport import fast_path as direct
+from broadcast_app.transport.routes import MESSAGE_TYPE
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

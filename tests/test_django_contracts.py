@@ -14,7 +14,7 @@ from django.db.models.functions import Length
 from django.db.models.signals import post_delete
 from django.test import override_settings
 
-from broadcast_app import django_compat, model_configs
+from broadcast_app import django_compat
 from broadcast_app.django_compat import (
     NotAnded,
     admin_unquote,
@@ -28,6 +28,7 @@ from broadcast_app.django_compat import (
     prefetched,
     write_db,
 )
+from broadcast_app.events import model_configs
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
 from tests.test_bulk import ReadsFromAReplica

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.events import origin_id
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.events.change import origin_id
 from tests.e2e_support import (
     DemoStack,
     admin_change,
@@ -39,7 +39,7 @@ from project.demo.models import Product
 User.objects.create_superuser("outbox-admin", password=os.environ["E2E_PASSWORD"])
 product = Product.objects.create(name="Outbox", sku="OUTBOX-E2E", price=Decimal("1.00"))
 # Relay the setup's own rows now: their events must not reach the test's client later.
-from broadcast_app.relay import Relay
+from broadcast_app.publish.relay import Relay
 assert not Relay().drain().failed
 print(json.dumps({"pk": product.pk}))
 """

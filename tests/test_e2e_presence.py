@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from broadcast_app.conf import conf
-from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from tests.e2e_support import Instance, Socket, demo_stack, login, websocket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broadcast_app.embedded_redis import EmbeddedRedis, free_port
+from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
 
 
 def test_free_port_never_hands_out_a_port_twice() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from tests.conftest import FIGURES
 from tests.e2e_support import (
     BASE_DIR,

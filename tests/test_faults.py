@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 from websockets.exceptions import ConnectionClosedError
 
-from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from tests.e2e_support import (
     BASE_DIR,
     FRAME_TIMEOUT,
@@ -70,7 +70,7 @@ print(json.dumps(pks))
 WRITER = """
 import json, sys
 from django.db.models import F
-from broadcast_app import publisher
+from broadcast_app.publish import publisher
 from project.demo.models import Product
 
 for line in sys.stdin:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from broadcast_app import cache
-from broadcast_app.feed import RATE_WINDOW, Feed, feed
-from broadcast_app.hub import hub
-from broadcast_app.listener import listener
+from broadcast_app.instance import cache
+from broadcast_app.instance.feed import RATE_WINDOW, Feed, feed
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import listener
 
 T0 = 1_800_000_000.0  # a fixed "now", in Unix seconds
 

@@ -12,8 +12,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 from django.test import override_settings
 
-from broadcast_app.hub import hub
-from broadcast_app.presence_local import local
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.presence_local import local
 from project.demo.models import Product
 from tests.test_consumers import (
     TIMEOUT,

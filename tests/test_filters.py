@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from broadcast_app.events import field_values, to_json_data
-from broadcast_app.filters import Where, _State, compile_where, replay_frames
-from broadcast_app.frames import ProtocolError
-from broadcast_app.registry import get_config
+from broadcast_app.capture.registry import get_config
+from broadcast_app.events.change import field_values, to_json_data
+from broadcast_app.events.filters import Where, _State, compile_where, replay_frames
+from broadcast_app.events.frames import ProtocolError
 from project.demo.models import Product
 
 ROWS: list[dict[str, Any]] = [

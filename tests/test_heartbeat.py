@@ -12,10 +12,10 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from django.test import override_settings
 
-from broadcast_app import heartbeat as hb
 from broadcast_app.conf import conf
-from broadcast_app.figures import instance_figures
-from broadcast_app.runtime import InstanceRuntime, runtime
+from broadcast_app.instance import heartbeat as hb
+from broadcast_app.instance.figures import instance_figures
+from broadcast_app.instance.runtime import InstanceRuntime, runtime
 from broadcast_app.stats import stats
 from tests.conftest import layers_for
 

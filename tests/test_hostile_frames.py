@@ -30,14 +30,14 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broadcast_app import publisher
-from broadcast_app.hub import hub
-from broadcast_app.layer import route
-from broadcast_app.listener import listener
-from broadcast_app.log import event_log
-from broadcast_app.presence_local import local as presence_local
-from broadcast_app.routing import websocket_urlpatterns
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import listener
+from broadcast_app.instance.presence_local import local as presence_local
+from broadcast_app.publish import publisher
 from broadcast_app.stats import stats
+from broadcast_app.transport.log_reader import event_log
+from broadcast_app.transport.routes import route
+from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -27,8 +27,8 @@ from django.core.management import CommandError, call_command
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from broadcast_app.embedded_redis import free_port
-from broadcast_app.server_limits import ws_max_size
+from broadcast_app.dev.embedded_redis import free_port
+from broadcast_app.web.server_limits import ws_max_size
 from project.demo import launcher
 from tests.e2e_support import BASE_DIR, subprocess_env
 

@@ -19,10 +19,10 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.limits import read_gate
-from broadcast_app.log import PAGE_SIZE, Replay, event_log
-from broadcast_app.routing import websocket_urlpatterns
+from broadcast_app.publish import publisher
+from broadcast_app.transport.log_reader import PAGE_SIZE, Replay, event_log
+from broadcast_app.web.limits import read_gate
+from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -228,7 +228,7 @@ async def test_a_since_with_an_escaped_lone_surrogate_is_a_reset_malformed(
 async def test_a_log_read_from_its_start_holds_every_event_or_says_it_lost_some(
     redis_client: redis.Redis,
 ) -> None:
-    from broadcast_app.layer import meta_key, stream_key
+    from broadcast_app.transport.routes import meta_key, stream_key
 
     redis_client.delete(stream_key(LABEL), meta_key(LABEL))
     try:

@@ -191,7 +191,7 @@ def test_wrapping_off_leaves_bulk_writes_to_publish_changes() -> None:
 
 
 def test_a_small_delete_costs_the_queries_of_djangos_own() -> None:
-    from broadcast_app import bulk
+    from broadcast_app.capture import bulk
 
     def queries(delete: Callable[[], object]) -> list[str]:
         with CaptureQueriesContext(connection) as captured:

@@ -15,14 +15,15 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.test import override_settings
 
-from broadcast_app import publish_changes, publisher
-from broadcast_app.events import Change, origin_id, split_hidden
-from broadcast_app.layer import route
+from broadcast_app import publish_changes
+from broadcast_app.capture.outbox import to_payload
+from broadcast_app.capture.registry import get_config
+from broadcast_app.events.change import Change, origin_id, split_hidden
 from broadcast_app.models import OutboxEvent
-from broadcast_app.outbox import to_payload
-from broadcast_app.registry import get_config
-from broadcast_app.relay import Relay
+from broadcast_app.publish import publisher
+from broadcast_app.publish.relay import Relay
 from broadcast_app.testing import capture_events
+from broadcast_app.transport.routes import route
 from project.demo.models import Product
 from tests.conftest import Received
 from tests.test_pipeline import make
@@ -152,8 +153,8 @@ async def test_rows_relayed_twice_are_published_once(
 
 @pytest.mark.asyncio
 async def test_in_process_relay_publishes_right_after_commit(received: Received) -> None:
-    from broadcast_app.listener import listener
-    from broadcast_app.relay import in_process
+    from broadcast_app.instance.listener import listener
+    from broadcast_app.publish.relay import in_process
 
     # A long interval: only the commit's wake-up can make the event arrive in time.
     with override_settings(
@@ -272,7 +273,7 @@ async def test_events_spilled_at_exit_are_read_back_and_lost_ones_become_a_reset
     """What a best_effort process could not publish before it exited (spill_events): an
     update goes out with the row as it is at relay time, never the older state it was
     saved with; a delete keeps its data; a model whose events were dropped gets a reset."""
-    from broadcast_app.outbox import spill_events
+    from broadcast_app.capture.outbox import spill_events
     from broadcast_app.stats import stats
 
     def spill() -> int:

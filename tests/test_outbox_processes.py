@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from tests.conftest import FIGURES
 from tests.e2e_support import BASE_DIR, fresh_database, manage, subprocess_env
 from tests.test_outbox import skus_in_log

@@ -17,14 +17,15 @@ from channels.db import database_sync_to_async
 from django.db import connection
 from django.test import override_settings
 
-from broadcast_app import cache, publisher
-from broadcast_app.embedded_redis import EmbeddedRedis, free_port
-from broadcast_app.events import id_key
-from broadcast_app.hub import hub
-from broadcast_app.layer import Route, route
-from broadcast_app.listener import listener
-from broadcast_app.publisher import Publisher
+from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
+from broadcast_app.events.change import id_key
+from broadcast_app.instance import cache
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import listener
+from broadcast_app.publish import publisher
+from broadcast_app.publish.publisher import Publisher
 from broadcast_app.stats import stats
+from broadcast_app.transport.routes import Route, route
 from broadcast_app.upstream.redis_py import resp
 from project.demo.models import Product
 from tests.conftest import Received, layers_for
@@ -79,8 +80,8 @@ def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Red
     pubsub = redis_client.pubsub()
     pubsub.subscribe(r.channel)
     assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
-    from broadcast_app.events import Change
-    from broadcast_app.registry import get_config
+    from broadcast_app.capture.registry import get_config
+    from broadcast_app.events.change import Change
 
     config = get_config(Product)
     per_publisher = 200
@@ -500,8 +501,8 @@ def test_an_event_queued_while_the_thread_waits_for_replies_goes_out_at_once(
 ) -> None:
     """After an idle write the thread waits before reading replies (_REPLY_DELAY); an
     event (or a flush) queued meanwhile ends the wait instead of waiting it out."""
-    from broadcast_app.events import Change
-    from broadcast_app.registry import get_config
+    from broadcast_app.capture.registry import get_config
+    from broadcast_app.events.change import Change
 
     monkeypatch.setattr(publisher, "_REPLY_DELAY", 30.0)  # far beyond any timeout here
     config = get_config(Product)
@@ -532,8 +533,8 @@ def test_only_the_last_host_written_waits_before_reading_replies(
 ) -> None:
     """With two hosts, the first host's write must not hold back the second's events for
     the reply wait: only the last write of a round pauses."""
-    from broadcast_app.events import Change
-    from broadcast_app.registry import get_config
+    from broadcast_app.capture.registry import get_config
+    from broadcast_app.events.change import Change
 
     monkeypatch.setattr(publisher, "_REPLY_DELAY", 30.0)  # far beyond any timeout here
     with two_hosts() as (first, second, products, articles):

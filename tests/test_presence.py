@@ -21,9 +21,9 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.test import override_settings
 
-from broadcast_app import presence
-from broadcast_app.presence_local import local
-from broadcast_app.routing import websocket_urlpatterns
+from broadcast_app.instance import presence
+from broadcast_app.instance.presence_local import local
+from broadcast_app.web.routing import websocket_urlpatterns
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -227,7 +227,7 @@ async def test_a_connection_that_ends_or_unsubscribes_leaves_at_once(
     elif way_out == "unsubscribe":
         await alice.send_json_to({"type": "unsubscribe", "model": PRODUCT, "pk": "31"})
     else:
-        from broadcast_app import consumers
+        from broadcast_app.web import consumers
 
         # A fault outside receive()'s own handling: channels ends the consumer without
         # calling disconnect(); its __call__'s cleanup must still take it out.
@@ -417,7 +417,7 @@ async def test_the_user_hook_decides_what_members_show(
 async def test_a_lost_permission_removes_the_member(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:
-    from broadcast_app.access import revalidator
+    from broadcast_app.web.access import revalidator
 
     alice = await open_socket(sockets, users["alice"])
     bob = await open_socket(sockets, users["bob"])
@@ -493,7 +493,7 @@ async def test_a_revoked_session_closes_the_socket_and_removes_the_member(
     from django.contrib.sessions.backends.db import SessionStore
     from django.test import Client
 
-    from broadcast_app.access import revalidator
+    from broadcast_app.web.access import revalidator
 
     def log_in() -> str:
         client = Client()
@@ -528,7 +528,7 @@ async def test_a_revoked_session_closes_the_socket_and_removes_the_member(
 async def test_the_dashboard_counts_present_connections_per_visible_model(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:
-    from broadcast_app import status
+    from broadcast_app.instance import status
 
     tabs = [await open_socket(sockets, users["alice"]) for _ in range(2)]
     for tab in tabs:

@@ -13,9 +13,9 @@ import pytest
 import redis
 from django.db import transaction
 
-from broadcast_app import publisher
-from broadcast_app.layer import route
-from broadcast_app.publish_script import MAX_PER_CALL, load, pack, unpack
+from broadcast_app.publish import publisher
+from broadcast_app.transport.routes import route
+from broadcast_app.transport.scripts import MAX_PER_CALL, load, pack, unpack
 from project.demo.models import Product
 from tests.testapp.models import Article
 

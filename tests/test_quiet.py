@@ -7,7 +7,7 @@ import sys
 
 import redis
 
-from broadcast_app.quiet import LOGGER, RedisOutageFilter, install
+from broadcast_app.transport.outage_log_filter import LOGGER, RedisOutageFilter, install
 
 
 def record_of(error: BaseException) -> logging.LogRecord:

@@ -42,7 +42,7 @@ import httpx
 import pytest
 import redis
 
-from broadcast_app.embedded_redis import EmbeddedRedis, free_port
+from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
 from tests.browser_support import BASE_DIR, chromium, chromium_path, collect_page_errors
 
 pytestmark = [pytest.mark.browser, pytest.mark.adoption]

@@ -19,14 +19,14 @@ import redis
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.hub import hub
-from broadcast_app.layer import route
-from broadcast_app.listener import listener
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import listener
 from broadcast_app.models import OutboxEvent
-from broadcast_app.relay import Relay
+from broadcast_app.publish import publisher
+from broadcast_app.publish.relay import Relay
 from broadcast_app.stats import stats
+from broadcast_app.transport.routes import route
 from tests.conftest import FIGURES, Received, layers_for
 from tests.test_pipeline import make
 

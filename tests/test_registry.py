@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 
 import broadcast_app
-from broadcast_app.registry import AlreadyRegistered, NotRegistered, all_configs, get_config
+from broadcast_app.capture.registry import (
+    AlreadyRegistered,
+    NotRegistered,
+    all_configs,
+    get_config,
+)
 from project.demo.models import Product
 from tests.testapp.models import Article, Attachment
 

@@ -12,10 +12,10 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.events import id_key
-from broadcast_app.hub import hub
-from broadcast_app.routing import websocket_urlpatterns
+from broadcast_app.events.change import id_key
+from broadcast_app.instance.hub import hub
+from broadcast_app.publish import publisher
+from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

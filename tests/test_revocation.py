@@ -25,8 +25,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from broadcast_app.conf import conf
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.events import origin_id
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.events.change import origin_id
 from tests.e2e_support import (
     Instance,
     Socket,

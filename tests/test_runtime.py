@@ -13,13 +13,13 @@ import pytest
 import redis
 from django.test import override_settings
 
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.heartbeat import heartbeat
-from broadcast_app.listener import listener
-from broadcast_app.log import event_log
-from broadcast_app.relay import InProcessRelay, RelayLoop, in_process
-from broadcast_app.runtime import Backoff, InstanceRuntime, runtime
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.instance.heartbeat import heartbeat
+from broadcast_app.instance.listener import listener
+from broadcast_app.instance.runtime import Backoff, InstanceRuntime, runtime
+from broadcast_app.publish.relay import InProcessRelay, RelayLoop, in_process
 from broadcast_app.stats import stats
+from broadcast_app.transport.log_reader import event_log
 from tests.conftest import layers_for
 
 TIMEOUT = 10.0
@@ -30,7 +30,7 @@ def failures_logged(caplog: pytest.LogCaptureFixture, name: str) -> list[logging
     return [
         record
         for record in caplog.records
-        if record.name == "broadcast_app.runtime"
+        if record.name == "broadcast_app.instance.runtime"
         and record.levelno == logging.ERROR
         and f"task {name!r} failed" in record.getMessage()
     ]
@@ -139,7 +139,7 @@ async def test_the_heartbeat_comes_back_after_a_failure_it_cannot_handle(
     the setting is fixed."""
     bad = layers_for("nope://127.0.0.1:1/0")
     failures = Failures("heartbeat")
-    logging.getLogger("broadcast_app.runtime").addHandler(failures)
+    logging.getLogger("broadcast_app.instance.runtime").addHandler(failures)
     try:
         with override_settings(CHANNEL_LAYERS=bad):
             await runtime.start(wait=False)
@@ -153,7 +153,7 @@ async def test_the_heartbeat_comes_back_after_a_failure_it_cannot_handle(
         await asyncio.wait_for(heartbeat.sent.wait(), TIMEOUT)
         await asyncio.wait_for(listener.subscribed.wait(), TIMEOUT)
     finally:
-        logging.getLogger("broadcast_app.runtime").removeHandler(failures)
+        logging.getLogger("broadcast_app.instance.runtime").removeHandler(failures)
         await runtime.stop()
 
 
@@ -223,7 +223,7 @@ def test_the_relay_thread_is_restarted_with_backoff_when_its_loop_fails(
                     failed_twice.set()
 
     handler = Collect()
-    logging.getLogger("broadcast_app.relay").addHandler(handler)
+    logging.getLogger("broadcast_app.publish.relay").addHandler(handler)
     loop = RelayLoop(aliases=["no-such-database"], interval=0.01)
     thread = threading.Thread(target=InProcessRelay._supervise, args=(loop,))
     thread.start()
@@ -232,7 +232,7 @@ def test_the_relay_thread_is_restarted_with_backoff_when_its_loop_fails(
     finally:
         loop.stop()
         thread.join(TIMEOUT)
-        logging.getLogger("broadcast_app.relay").removeHandler(handler)
+        logging.getLogger("broadcast_app.publish.relay").removeHandler(handler)
     assert not thread.is_alive()
     first, second = records[:2]
     assert "restarting in 0.5s" in first.getMessage()

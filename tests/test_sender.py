@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from broadcast_app.sender import Sender
+from broadcast_app.web.sender import Sender
 
 pytestmark = pytest.mark.asyncio
 

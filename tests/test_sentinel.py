@@ -26,13 +26,13 @@ from channels.db import database_sync_to_async
 from django.db import connections
 from django.test import override_settings
 
-from broadcast_app import publisher
 from broadcast_app.conf import conf
-from broadcast_app.heartbeat import instance_key
-from broadcast_app.hub import hub
-from broadcast_app.layer import PUBSUB_BACKEND
-from broadcast_app.listener import listener
-from broadcast_app.log import event_log
+from broadcast_app.instance.heartbeat import instance_key
+from broadcast_app.instance.hub import hub
+from broadcast_app.instance.listener import listener
+from broadcast_app.publish import publisher
+from broadcast_app.transport.log_reader import event_log
+from broadcast_app.transport.routes import PUBSUB_BACKEND
 from project.demo.models import Product
 from tests.sentinel_support import Arrivals, SentinelSetup, eventually
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from broadcast_app import server_limits
-from broadcast_app.server_limits import server_limit_problem, ws_max_size
+from broadcast_app.web import server_limits
+from broadcast_app.web.server_limits import server_limit_problem, ws_max_size
 from tests.e2e_support import Instance, subprocess_env
 
 
@@ -46,7 +46,7 @@ def test_known_servers_that_allow_far_larger_frames_are_named(
 def test_check_server_warns_once_or_says_what_to_configure(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="broadcast_app.server_limits")
+    caplog.set_level(logging.INFO, logger="broadcast_app.web.server_limits")
     monkeypatch.setattr(server_limits, "_checked", False)
     server_limits.check_server(["/venv/bin/uvicorn", "app"])
     server_limits.check_server(["/venv/bin/uvicorn", "app"])

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.events import origin_id
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.events.change import origin_id
 from tests.e2e_support import (
     FRAME_TIMEOUT,
     SERVERS,

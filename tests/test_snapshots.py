@@ -14,10 +14,10 @@ from channels.testing import WebsocketCommunicator
 from django.db import OperationalError, close_old_connections, connection
 from django.test import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.continuity import not_after
-from broadcast_app.events import field_values, to_json_data
-from broadcast_app.registry import get_config
+from broadcast_app.capture.registry import get_config
+from broadcast_app.events.change import field_values, to_json_data
+from broadcast_app.instance.continuity import not_after
+from broadcast_app.publish import publisher
 from project.demo.models import Product
 from tests.test_consumers import TIMEOUT, ask, connect, make, make_quietly, viewer, viewer_ws
 from tests.test_filtered_subscriptions import frame

@@ -16,13 +16,13 @@ from django.db.models import F, Q
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import Client, override_settings
 
-from broadcast_app import publisher
-from broadcast_app.events import field_values, to_json_data
-from broadcast_app.filters import compile_where
-from broadcast_app.hub import hub
-from broadcast_app.layer import route
-from broadcast_app.registry import get_config
+from broadcast_app.capture.registry import get_config
+from broadcast_app.events.change import field_values, to_json_data
+from broadcast_app.events.filters import compile_where
+from broadcast_app.instance.hub import hub
+from broadcast_app.publish import publisher
 from broadcast_app.templatetags.broadcast import NotBroadcastField, UntranslatableQueryset
+from broadcast_app.transport.routes import route
 from project.demo.models import Product
 from tests.conftest import layers_for
 

@@ -1,4 +1,5 @@
-"""A user's tests publish nothing to a real Redis unless they ask (broadcast_app.testenv).
+"""A user's tests publish nothing to a real Redis unless they ask
+(broadcast_app.transport.testenv).
 
 Run as a user's test process would: the demo project's settings (no
 ``BROADCAST_PUBLISH_IN_TESTS``), a Redis that stands for the one running instances
@@ -17,10 +18,10 @@ import pytest
 import redis
 from django.test import override_settings
 
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.events import split_hidden
-from broadcast_app.layer import route
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.events.change import split_hidden
 from broadcast_app.testing import capture_events
+from broadcast_app.transport.routes import route
 from project.demo.models import Product
 from tests.e2e_support import BASE_DIR, subprocess_env
 
@@ -30,7 +31,7 @@ import django
 django.setup()
 from django.core.management import call_command
 from django.test.utils import setup_test_environment, teardown_test_environment
-from broadcast_app import publisher
+from broadcast_app.publish import publisher
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
 
@@ -97,7 +98,7 @@ def test_capture_events_sees_every_event_while_publishing_is_held_back(
     events.assert_one(op="created", model="demo.product")
     with override_settings(BROADCAST_PUBLISH_IN_TESTS=False):
         Product.objects.create(name="B", sku="B-1", price="1.00", cost_price="0.5", stock=1)
-    from broadcast_app import publisher
+    from broadcast_app.publish import publisher
 
     publisher.flush(5)
     assert redis_client.xlen(stream) == before

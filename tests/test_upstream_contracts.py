@@ -30,20 +30,24 @@ from django.contrib.auth.models import Permission, User
 from django.core.cache import caches
 from django.test import override_settings
 
-from broadcast_app import direct, publisher, quiet, status, upstream
+from broadcast_app import upstream
+from broadcast_app.capture.registry import get_config
 from broadcast_app.conf import conf
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.events import Change, id_key
-from broadcast_app.layer import MESSAGE_TYPE, group_name, layer_config, route
-from broadcast_app.publisher import Publisher
-from broadcast_app.registry import get_config
-from broadcast_app.routing import websocket_urlpatterns
-from broadcast_app.sender import Sender
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.events.change import Change, id_key
+from broadcast_app.instance import status
+from broadcast_app.publish import publisher
+from broadcast_app.publish.publisher import Publisher
 from broadcast_app.stats import stats
+from broadcast_app.transport import fast_path as direct
+from broadcast_app.transport import outage_log_filter as quiet
+from broadcast_app.transport.routes import MESSAGE_TYPE, group_name, layer_config, route
 from broadcast_app.upstream import asgi
 from broadcast_app.upstream import channels_redis as cr
 from broadcast_app.upstream.django_cache import locmem_keys
 from broadcast_app.upstream.redis_py import Pipelined, RawConnection, commands_for, resp
+from broadcast_app.web.routing import websocket_urlpatterns
+from broadcast_app.web.sender import Sender
 from project.demo.models import Product
 from tests.conftest import Received, layers_for
 
@@ -367,7 +371,7 @@ async def test_fallback_events_and_resets_go_through_group_send(
         def reset(self, label: str, pk: str | None, reason: str) -> None:
             reset.set()
 
-    from broadcast_app.hub import hub
+    from broadcast_app.instance.hub import hub
 
     watcher = Watcher()
     hub.add(watcher, "demo.product", None)

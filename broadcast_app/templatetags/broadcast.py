@@ -43,12 +43,12 @@ from django.utils.html import conditional_escape, format_html
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 
-from ..events import field_values, serialize, to_json_data
-from ..filters import compile_where
-from ..frames import ProtocolError
-from ..model_configs import ModelConfig, NotRegistered, get_config
-from ..positions import render_since
-from ..querysets import UntranslatableFilter, where_of
+from ..events.change import field_values, serialize, to_json_data
+from ..events.filters import compile_where
+from ..events.frames import ProtocolError
+from ..events.model_configs import ModelConfig, NotRegistered, get_config
+from ..web.positions import render_since
+from ..web.querysets import UntranslatableFilter, where_of
 
 register = template.Library()
 
@@ -182,7 +182,7 @@ def _where(config: ModelConfig, rows: Iterable[Any]) -> str:
 
 def _since(config: ModelConfig) -> str:
     # An event the page's state includes: a resuming server can replay whatever happens
-    # between this render and the subscription (see broadcast_app.positions).
+    # between this render and the subscription (see broadcast_app.web.positions).
     return render_since(config.label) or ""
 
 

@@ -12,9 +12,11 @@ channel-layer API (``new_channel``, ``group_add``, ``group_send``, ``receive``).
   repair from the log as for any gap.
 - **Per-channel queues** (fast path ``direct_queue``): the layer keeps an
   ``asyncio.Queue`` per channel in ``channels`` and its reader ``put_nowait``\\ s each
-  message's raw bytes there (see :mod:`broadcast_app.direct`). Public path: ``receive()``.
+  message's raw bytes there (see :mod:`broadcast_app.transport.fast_path`). Public path:
+  ``receive()``.
 - **The outage log's logger** is the layer module's (``channels_redis.pubsub``); if it
-  moved, the outage tracebacks are simply not shortened (see :mod:`broadcast_app.quiet`).
+  moved, the outage tracebacks are simply not shortened (see
+  :mod:`broadcast_app.transport.outage_log_filter`).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from django.test.utils import override_settings
 from django.urls import reverse
 
 from broadcast_app.conf import conf
-from broadcast_app.embedded_redis import EmbeddedRedis
-from broadcast_app.server_limits import ws_max_size
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
+from broadcast_app.web.server_limits import ws_max_size
 
 from . import seed
 from .children import stop_processes

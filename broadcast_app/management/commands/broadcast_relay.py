@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from broadcast_app.conf import conf
-from broadcast_app.relay import Outcome, RelayLoop, outbox_databases
+from broadcast_app.publish.relay import Outcome, RelayLoop, outbox_databases
 
 
 class Command(BaseCommand):

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.test.utils import override_settings
 
-from broadcast_app import publisher
+from broadcast_app.publish import publisher
 from broadcast_app.stats import stats
 
 from ..models import Product

@@ -3,7 +3,7 @@
 Redis' own counters around a burst: ``INFO commandstats`` (the time spent in the
 commands) and ``used_cpu_sys + used_cpu_user`` (everything, reading the pipelines
 included). Ours is the publisher's script calls, packed as its thread packs them
-(:mod:`broadcast_app.publish_script`: batches of ``BATCH`` events per round trip, one
+(:mod:`broadcast_app.transport.scripts`: batches of ``BATCH`` events per round trip, one
 call per run of a model's events), against a plain ``PUBLISH`` of the same message
 bytes, on the same channel, with the same subscriber. The ceiling one Redis core implies
 is a million microseconds over the CPU per event.
@@ -28,8 +28,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import redis
 
-from broadcast_app.layer import Route, route
-from broadcast_app.publish_script import load, pack, unpack
+from broadcast_app.transport.routes import Route, route
+from broadcast_app.transport.scripts import load, pack, unpack
 
 #: events per round trip, as the publisher thread takes them from a busy queue
 BATCH = 500

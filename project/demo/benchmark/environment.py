@@ -24,7 +24,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.test.utils import override_settings
 
 from broadcast_app.conf import conf
-from broadcast_app.embedded_redis import EmbeddedRedis
+from broadcast_app.dev.embedded_redis import EmbeddedRedis
 
 from .processes import BenchmarkError, ignoring_signals
 from .saves import Products

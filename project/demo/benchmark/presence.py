@@ -22,7 +22,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from broadcast_app.embedded_redis import free_port
+from broadcast_app.dev.embedded_redis import free_port
 
 from . import report
 from .processes import BenchmarkError, Children, uvicorn_command

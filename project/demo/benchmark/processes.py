@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from broadcast_app.server_limits import ws_max_size
+from broadcast_app.web.server_limits import ws_max_size
 
 from ..children import stop_processes
 

@@ -24,9 +24,9 @@ import redis
 from django.db.models import F
 from django.test.utils import override_settings
 
-from broadcast_app import publisher
 from broadcast_app.conf import conf
-from broadcast_app.layer import route
+from broadcast_app.publish import publisher
+from broadcast_app.transport.routes import route
 
 from ..models import Product
 from . import report

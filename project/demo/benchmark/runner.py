@@ -24,9 +24,9 @@ from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.test.utils import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.embedded_redis import free_port
-from broadcast_app.registry import get_config
+from broadcast_app.capture.registry import get_config
+from broadcast_app.dev.embedded_redis import free_port
+from broadcast_app.publish import publisher
 from broadcast_app.stats import stats
 
 from ..models import Product

@@ -36,8 +36,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.test.utils import override_settings
 
-from broadcast_app import publisher
-from broadcast_app.embedded_redis import free_port
+from broadcast_app.dev.embedded_redis import free_port
+from broadcast_app.publish import publisher
 
 from ..models import Product
 from .environment import benchmark_data, database, layers_on, login, redis_server

@@ -22,8 +22,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 
-from broadcast_app import publisher
-from broadcast_app.embedded_redis import free_port
+from broadcast_app.dev.embedded_redis import free_port
+from broadcast_app.publish import publisher
 
 from .environment import benchmark_data, database, layers_on, login, redis_server
 from .processes import (

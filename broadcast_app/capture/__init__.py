@@ -1,0 +1,1 @@
+"""Where a change is born: signal receivers, the per-transaction buffer, bulk writes."""

@@ -1,0 +1,2 @@
+"""Development-only helpers (the demo, the tests, the benchmark); never imported by
+the runtime package."""

@@ -1,0 +1,1 @@
+"""Where a change lands: the runtime, the listener, gap repair, cache, heartbeat."""

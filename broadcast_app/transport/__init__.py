@@ -1,0 +1,1 @@
+"""Redis: the routes and key names, the Lua scripts, the log reader, the clients."""

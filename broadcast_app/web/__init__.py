@@ -1,0 +1,1 @@
+"""How a change reaches people: the websocket consumer, views, admin, template tags."""

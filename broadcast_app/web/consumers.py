@@ -1,0 +1,421 @@
+"""The websocket endpoint (``/ws/broadcast/``) speaking the protocol of docs/protocol.md.
+
+Every frame a client sends gets an answer or an ``error`` frame; a bad frame never
+closes the connection and never logs a traceback. Whatever ends a connection (a close,
+an exception, a cancellation), it is forgotten everywhere: hub, send queue, counters.
+Resumes are bounded per connection and per instance (see :mod:`.limits`). All outgoing
+frames, replies and
+events alike, go through one :class:`~.sender.Sender` per connection, so they keep
+their order and a client that falls behind cannot hold up the listener or grow this
+process's memory: when ``BROADCAST_SEND_QUEUE_SIZE`` frames are waiting, its queued
+events are dropped and each of its subscriptions gets ``reset`` instead; a client that
+takes no data for ``BROADCAST_SEND_TIMEOUT`` seconds has stopped reading and is closed
+with code 4008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
+
+from ..conf import conf
+from ..events.change import frame_head
+from ..events.filters import Where, held_keys, naming, replay_frames
+from ..events.frames import ProtocolError, parse_frame
+from ..events.model_configs import ModelConfig, get_config
+from ..events.socket_ids import bind
+from ..instance.hub import hub
+from ..instance.listener import listener
+from ..instance.probe import DISCONNECTED
+from ..stats import stats
+from ..transport.log_reader import Replay, covers, event_log, position
+from ..upstream.asgi import server_send
+from . import access, presence_protocol, snapshots
+from .access import session_key
+from .floors import Floors
+from .limits import FrameBucket, ResumeBucket, resume_turn
+from .sender import Sender
+from .targets import target
+
+logger = logging.getLogger(__name__)
+
+#: close code sent to a client that stopped reading
+CLOSE_SLOW_CLIENT = 4008
+#: how every event frame starts (the publish script writes it so)
+_CHANGE_PREFIX = '{"type":"change"'
+_RESET_PREFIX = '{"type":"reset"'
+#: replayed frames sent between two turns given to the event loop's other work
+REPLAY_CHUNK = 10
+
+
+class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    """One browser connection: its subscriptions, permission checks and send queue."""
+
+    # The listener pushes to us directly; a per-connection layer channel would cost a
+    # Redis SUBSCRIBE per client and leave state behind when many close at once.
+    channel_layer_alias = "__broadcast_app_no_layer__"
+
+    subscriptions: set[tuple[str, str | None]]
+    sender: Sender
+    #: this connection's resume allowance (made at its first resume)
+    resumes: ResumeBucket | None = None
+    #: counted in ``connections_opened`` and not yet in ``connections_closed``
+    counted = False
+    #: an unexpected exception was logged with its traceback (once per connection)
+    failed = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Run the connection; however it ends, forget it everywhere.
+
+        channels calls ``disconnect`` only for a ``websocket.disconnect`` message, not
+        when a handler raises or the task is cancelled: this covers those ways out too.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
+
+    async def connect(self) -> None:
+        await listener.ensure_started()
+        self.user = self.scope.get("user") or AnonymousUser()
+        # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
+        # its HTTP requests repeat in X-Socket-ID to be spared their own echo; bound to
+        # the session, as SocketIdMiddleware binds the header (see echo.py).
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.socket_id = bind(session_key(self.scope), (query.get("socket_id") or [None])[0])
+        self.checked_at = access.now()  # the handshake read the user (see access.py)
+        self.forbidden: set[str] = set()
+        self.subscriptions = set()
+        #: subscriptions whose log is being read, with the live events held meanwhile
+        #: (None once more arrived than the send queue holds: a reset replaces them)
+        self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
+        #: what subscriptions' replays, resets and snapshots covered (see floors.py)
+        self.floors = Floors()
+        self.permissions: dict[str, bool] = {}
+        self.closing = False
+        self.frames = FrameBucket()
+        await self.accept()
+        # Straight to the server's send: AsyncWebsocketConsumer.send only builds the
+        # message, and it runs for every frame of every client (past the session
+        # middleware too, where upstream.asgi allows it).
+        self.sender = Sender(
+            server_send(self.base_send),
+            conf.BROADCAST_SEND_QUEUE_SIZE,
+            conf.BROADCAST_SEND_TIMEOUT,
+            self._stopped_reading,
+        )
+        stats.incr("connections_opened")
+        self.counted = True
+
+    async def disconnect(self, code: int) -> None:
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """Unregister this connection (idempotent: a close and ``__call__`` both call it)."""
+        self.closing = True
+        self._unsubscribe_all()
+        self.resuming = {}
+        self.floors.clear()
+        if self.counted:
+            self.counted = False
+            stats.incr("connections_closed")
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            await sender.close()
+
+    # -- outgoing ---------------------------------------------------------------------
+
+    async def _stopped_reading(self) -> None:
+        # The server's write buffer is full and the client took nothing for
+        # BROADCAST_SEND_TIMEOUT: it stopped reading (a frozen tab, a dead network).
+        self.closing = True
+        self._unsubscribe_all()
+        stats.incr("slow_clients_closed")
+        logger.warning("broadcast_app closed a websocket client that stopped reading")
+        await self.close(code=CLOSE_SLOW_CLIENT)
+
+    def enqueue(self, frame: str) -> None:
+        """Send a frame to this client; if it fell behind, reset it instead."""
+        if self.closing:
+            return
+        if not self.sender.put(frame):
+            self._overflow()
+            if not frame.startswith(_CHANGE_PREFIX):
+                self.enqueue(frame)  # a reply still goes out; events are covered by resets
+
+    def _overflow(self) -> None:
+        """Trade the queued events for one ``reset`` per subscription."""
+        stats.incr("slow_client_resets")
+        # Replies (subscribed, pong, error) are few and awaited: keep them, in order.
+        # Earlier resets go too: the ones below supersede them.
+        queue = self.sender.queue
+        kept = [f for f in queue if not f.startswith((_CHANGE_PREFIX, _RESET_PREFIX))]
+        queue.clear()
+        queue.extend(kept)
+        for label, pk in sorted(self.subscriptions, key=lambda key: (key[0], key[1] or "")):
+            self.reset(label, pk, "overflow")
+
+    def reply(self, message: dict[str, Any]) -> None:
+        # allow_nan=False: parse_frame refuses what would need it (a ``ref`` of NaN).
+        self.enqueue(json.dumps(message, separators=(",", ":"), allow_nan=False))
+
+    def reset(self, label: str, pk: str | None, reason: str) -> None:
+        """Tell the client its subscription missed events it cannot get back."""
+        stats.incr("resets")
+        self.reply({"type": "reset", "model": label, **naming(pk), "reason": reason})
+
+    def deliver(self, frame: str, event: dict[str, Any]) -> None:
+        """Called by the hub for each event this connection subscribed to."""
+        if self.floors and self.floors.covered(held_keys(event), self.subscriptions, event["id"]):
+            return
+        if self.resuming:
+            for key in held_keys(event):
+                if key in self.resuming:
+                    held = self.resuming[key]
+                    if held is not None and len(held) < self.sender.limit:
+                        held.append((frame, event))
+                    else:
+                        self.resuming[key] = None
+                    return
+        self._send_event(frame, event)
+
+    def _send_event(self, frame: str, event: dict[str, Any]) -> None:
+        if event.get("to_others") and self.socket_id and event.get("socket_id") == self.socket_id:
+            return
+        if self.forbidden and event["model"] in self.forbidden:
+            return  # (a replay or held events of a subscription revoked meanwhile)
+        config = get_config(event["model"])
+        if config.object_check is not None:
+            checked = access.visible_frame(config, self.user, frame, event)
+            if checked is None:
+                return
+            frame = checked
+        self.enqueue(frame)
+
+    # -- incoming ---------------------------------------------------------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """channels' dispatch, less its thread hop per frame to close old database
+        connections: the one thread it hops to is shared by every connection (a
+        client sending many frames held up everyone's), and our handlers reach the
+        database only through ``database_sync_to_async``, which closes them itself."""
+        if message.get("type") == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Pass a frame to ``receive`` (one without text is a binary frame, whatever
+        else the message holds)."""
+        await self.receive(text_data=message.get("text"), bytes_data=message.get("bytes"))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one frame; every way it can fail ends in an ``error`` frame."""
+        ref = None
+        try:
+            if not self.frames.take():
+                raise ProtocolError(
+                    "rate_limited",
+                    f"At most {conf.BROADCAST_FRAME_BURST} frames at once, then "
+                    f"{conf.BROADCAST_FRAME_RATE:g} per second.",
+                )
+            if not isinstance(text_data, str):
+                raise ProtocolError("bad_request", "Only JSON text frames are accepted.")
+            limit = conf.BROADCAST_MAX_FRAME_BYTES
+            if len(text_data) > limit or len(text_data.encode(errors="surrogatepass")) > limit:
+                raise ProtocolError("too_large", f"Frames are limited to {limit} bytes.")
+            message = parse_frame(text_data)
+            ref = message.get("ref")
+            kind = message.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ProtocolError(
+                    "bad_request",
+                    "Unknown 'type'; expected subscribe, unsubscribe, ping, presence.join "
+                    "or presence.leave.",
+                )
+            await handler(self, message)
+        except ProtocolError as error:
+            stats.incr("client_errors")
+            self.reply({"type": "error", "code": error.code, "detail": error.detail, "ref": ref})
+        except Exception:
+            # A bug (ours, or a hook's such as object_check): the client is told no more,
+            # and keeps its connection; a traceback per connection is enough to find it.
+            stats.incr("internal_errors")
+            if not self.failed:
+                self.failed = True
+                logger.exception("broadcast_app failed on a websocket frame")
+            detail = "The server failed on this frame."
+            self.reply({"type": "error", "code": "internal", "detail": detail, "ref": ref})
+
+    async def on_ping(self, message: dict[str, Any]) -> None:
+        """``ping`` → ``pong`` (keepalive)."""
+        self.reply({"type": "pong"})
+
+    async def on_subscribe(self, message: dict[str, Any]) -> None:
+        """Check permissions, then deliver a model's, an object's or a filter's events.
+
+        Order on the wire: ``subscribed``; the events after ``since`` from the log, or a
+        ``reset``, or the ``snapshot`` asked for (see snapshots.py); then live events.
+        Live events arriving meanwhile are held back, those already carried not sent twice.
+        """
+        config, pk = target(message)
+        key = (config.label, pk)
+        since = message.get("since")
+        request = snapshots.requested(config, message)
+        if key not in self.subscriptions:
+            if len(self.subscriptions) >= conf.BROADCAST_MAX_SUBSCRIPTIONS:
+                raise ProtocolError(
+                    "too_many_subscriptions",
+                    f"At most {conf.BROADCAST_MAX_SUBSCRIPTIONS} subscriptions per connection.",
+                )
+            await access.authorize(self, config, pk)
+            if self.closing:
+                return
+            self.subscriptions.add(key)
+            hub.add(self, config.label, pk)
+        await self._follow(config, pk, since, message.get("ref"), request)
+        presence_protocol.subscribed(self, config.label, pk)
+
+    async def _follow(
+        self,
+        config: ModelConfig,
+        pk: str | None,
+        since: object,
+        ref: Any,
+        request: snapshots.Request | None = None,
+    ) -> None:
+        """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
+        events held meanwhile (those the replay carried are not sent twice)."""
+        key = (config.label, pk)
+        self.resuming.setdefault(key, [])
+        sent: set[str] = set()
+        try:
+            if since is not None and self.resumes is None:
+                self.resumes = ResumeBucket()
+            async with resume_turn(self.resumes, since) as refused:
+                replay, last_id = await self._read_log(config.label, since, refused)
+                if self.closing:
+                    return
+                subscribed = {"type": "subscribed", "model": config.label, **naming(pk)}
+                snapshot = snapshots.plan(request, replay)  # (see snapshots.py)
+                answer = {} if snapshot is None else {"snapshot": snapshot}
+                self.reply({**subscribed, "ref": ref, "last_id": last_id, **answer})
+                if replay is not None and replay.complete and self.resuming.get(key) is not None:
+                    # The read was limited to the room left in the send queue, but
+                    # replies may have taken some meanwhile: a replay that overflowed
+                    # it would end in a reset after part of it went out.
+                    if len(replay.frames) > self.sender.room - 1:
+                        replay = Replay(False, "too_many")
+                    else:
+                        sent = await self._replay(config, pk, replay.frames)
+            if snapshot and request is not None and not self.closing:
+                await snapshots.send(self, config, pk, request, last_id)
+                replay = None
+        finally:
+            held = self.resuming.pop(key, [])
+        if (since is not None or snapshot) and last_id is not None:
+            # What the read (or the snapshot) covered never goes out again, held or
+            # still on its way.
+            floor = position(last_id)
+            if floor is not None and held:
+                held = [(frame, event) for frame, event in held if not covers(floor, event["id"])]
+            self.floors.set(key, last_id, hub.last_ids.get(config.label))
+        if held is None:
+            # More live events came while the log was read than the queue holds.
+            self.reset(config.label, pk, "overflow")
+            return
+        if replay is not None and not replay.complete:
+            self.reset(config.label, pk, replay.reason)
+        for frame, event in held:
+            if event["id"] not in sent:
+                self._send_event(frame, event)
+        if not listener.confirmed():
+            # Cut off from Redis (see probe.py): what this subscription receives may
+            # already lag, as for the subscriptions that got this when it began.
+            self.reset(config.label, pk, DISCONNECTED)
+
+    async def _replay(
+        self, config: ModelConfig, pk: str | None, frames: list[tuple[str, str]]
+    ) -> set[str]:
+        """Send the replayed events of the subscription; returns their ids.
+
+        A few frames at a time, letting the other connections' frames through in
+        between; the subscription's live events are held back until the end.
+        """
+        if isinstance(pk, Where):
+            frames, pk = replay_frames(pk, frames), None
+        sent: set[str] = set()
+        for number, (event_id, frame) in enumerate(frames, 1):
+            # Routing needs the frame's head only; the whole event when a check reads it.
+            event: dict[str, Any] = frame_head(frame) or json.loads(frame)
+            if pk is not None and event["pk"] != pk:
+                continue
+            if config.object_check is not None and "data" not in event:
+                event = json.loads(frame)
+            self._send_event(frame, event)
+            sent.add(event_id)
+            if number % REPLAY_CHUNK == 0:
+                await asyncio.sleep(0)
+                if self.closing:
+                    break
+        return sent
+
+    async def _read_log(
+        self, label: str, since: object, refused: str | None
+    ) -> tuple[Replay | None, str | None]:
+        fallback = hub.last_ids.get(label)
+        return await event_log.on_subscribe(label, since, refused, self.sender.room, fallback)
+
+    async def on_unsubscribe(self, message: dict[str, Any]) -> None:
+        """Stop delivering a model's or an object's events (silently, if not subscribed)."""
+        config, pk = target(message)
+        self.subscriptions.discard((config.label, pk))
+        self.floors.discard((config.label, pk))
+        hub.remove(self, config.label, pk)
+        presence_protocol.unsubscribed(self, config.label, pk)
+
+    handlers: dict[str, Callable[[BroadcastConsumer, dict[str, Any]], Awaitable[None]]] = {
+        "ping": on_ping,
+        "subscribe": on_subscribe,
+        "unsubscribe": on_unsubscribe,
+        **presence_protocol.HANDLERS,
+    }
+
+    # -- revocation (see access.py) ---------------------------------------------------
+
+    async def revoke(self) -> None:
+        """Close the connection: its user is no longer authenticated."""
+        self.closing = True
+        self._unsubscribe_all()
+        await self.close(code=access.CLOSE_REVOKED)
+
+    def forbid(self, label: str, pk: str | None) -> None:
+        """Drop a subscription whose permission the user lost, telling the client."""
+        self.forbidden.add(label)
+        self.subscriptions.discard((label, pk))
+        hub.remove(self, label, pk)
+        presence_protocol.unsubscribed(self, label, pk)
+        self.reply(
+            {
+                "type": "error",
+                "code": "forbidden",
+                "detail": f"You may no longer see {label}.",
+                "model": label,
+                **naming(pk),
+                "ref": None,
+            }
+        )
+
+    def _unsubscribe_all(self) -> None:
+        for label, pk in getattr(self, "subscriptions", ()):
+            hub.remove(self, label, pk)
+        self.subscriptions = set()
+        presence_protocol.forget(self)  # (a close, a revocation, a client that stopped reading)
