@@ -5,14 +5,16 @@ it never waits on Redis, so a Redis outage cannot make it fail or hang. One daem
 thread per process drains the queue in batches, works out each event (for an
 autocommit save: what changed, dropping a save that changed nothing), encodes it, and
 sends each batch in one pipelined round trip over a persistent connection (no event
-loop, no connection per event). The events go through Lua scripts
-(:mod:`.publish_script`, one call per run of a model's events) that append each to the
+loop, no connection per event), through the transport
+(:mod:`broadcast_app.transport.redis_transport`): Lua scripts (one call per run of a
+model's events) that append each to the
 model's stream (``XADD``: Redis assigns the id) and publish it on the model's
 channel-layer group in the same atomic step, so ids increase in publish order across
 every publishing process.
 
 Events that cannot be published (queue full, Redis down or slower than
-``BROADCAST_REDIS_TIMEOUT``) are logged and counted, never raised into user code. What
+``BROADCAST_REDIS_TIMEOUT``) wait in the outage buffer (:mod:`.outage_buffer`), or
+are logged and counted, never raised into user code. What
 Redis has not taken when the process exits is written to the outbox table (see
 :func:`.outbox_rows.spill_events`), from where a relay publishes it.
 
@@ -31,8 +33,7 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..conf import conf
@@ -40,22 +41,19 @@ from ..events.change import (
     Change,
     Saved,
     event_body,
-    frame_from_body,
     iso_time,
     resolved,
     split_hidden,
 )
 from ..stats import stats
-from ..transport.redis_clients import failures, make_client
-from ..transport.routes import MESSAGE_TYPE, RESET_TYPE, Route, route
-from ..transport.scripts import RESET_SCRIPT, load, pack, unpack
+from ..transport.interface import Item, Once, PublishingTransport
+from ..transport.redis_transport import RedisTransport
 from ..transport.testenv import held_back
-from ..upstream.channels_redis import LayerSender
-from .published_ids import PublishedIds
+from .outage_buffer import OutageBuffer
 from .throttle import Throttle
 
 if TYPE_CHECKING:
-    import redis
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +73,9 @@ _BATCH = 500
 # instance's fan-out to tens of clients and short enough not to hold the next batch
 # (the figures that chose it: docs/benchmark.md, "Where the time goes", Replies).
 _REPLY_DELAY = 0.0005
-_RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts while Redis is down
 #: a queue item that only wakes the thread up (a rate-limited event was held)
 _WAKE: Any = ("", "")
 _WARN_EVERY = 10.0  # seconds between two warnings of the same kind (no log flood)
-# How long Redis remembers that an outbox event went out. The relay deletes the hash as
-# soon as its rows are deleted; this bounds what a relay that died in between leaves.
-_ONCE_TTL_MS = 24 * 3600 * 1000
-
-#: an event for Redis: model label and body (see events.event_body)
-Item = tuple[str, str]
-#: where an outbox event is recorded as published: (hash key, field)
-Once = tuple[str, str]
 
 
 class Publisher:
@@ -103,11 +92,11 @@ class Publisher:
         self._room = threading.Condition()
         self._waiting_for_room = 0
         self._thread: threading.Thread | None = None
-        self._clients: dict[str, _Client] = {}
+        #: where the events go (see transport/interface.py)
+        self.transport: PublishingTransport = RedisTransport()
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
         self._throttle = Throttle()
-        self._published = PublishedIds()
         #: test hooks (see broadcast_app.testing): called with each event dict
         self.sinks: list[Any] = []
         #: whether events still go to Redis while a sink is installed
@@ -205,15 +194,11 @@ class Publisher:
 
     def reset(self) -> None:
         """Forget Redis clients (settings changed); the thread reconnects lazily."""
-        with self._lock:
-            self._clients = {}
+        self.transport.reset()
 
     def close(self) -> None:
         """Close this publisher's Redis clients (an outbox relay that stops)."""
-        with self._lock:
-            clients, self._clients = self._clients, {}
-        for client in clients.values():
-            client.close()
+        self.transport.close()
 
     def _forked(self) -> None:
         # In a forked child the thread and its sockets did not survive.
@@ -227,7 +212,7 @@ class Publisher:
                 # New process (first use, or a fork): threads and sockets did not survive.
                 self._pid = os.getpid()
                 self._queue = queue.SimpleQueue()
-                self._clients = {}
+                self.transport.reset()
                 self._thread = threading.Thread(
                     target=self._run, args=(self._queue,), name="broadcast-publisher", daemon=True
                 )
@@ -255,13 +240,7 @@ class Publisher:
     # -- the publisher thread ---------------------------------------------------------
 
     def _run(self, q: queue.SimpleQueue[Queued | _Flush]) -> None:
-        # Events Redis refused (down, or slower than BROADCAST_REDIS_TIMEOUT) wait here,
-        # oldest first, and go out before newer ones once it answers again; past
-        # BROADCAST_OUTAGE_BUFFER the oldest are dropped and their models marked "lost",
-        # which turns into a reset for their subscribers, never silence. One queue per
-        # Redis host: order only matters per model, and a model lives on one host, so a
-        # host that is down holds back its own models' events, not the others'.
-        pending: dict[str, _Waiting] = {}
+        pending = OutageBuffer()
         flushes: list[_Flush] = []
         #: an item taken while waiting to read replies (see _REPLY_DELAY)
         early: list[Queued | _Flush] = []
@@ -274,8 +253,8 @@ class Publisher:
 
         while True:
             timeout = self._throttle.next_due()
-            if pending:
-                due = max(0.0, min(w.retry_at for w in pending.values()) - time.monotonic())
+            due = pending.next_retry()
+            if due is not None:
                 timeout = due if timeout is None else min(timeout, due)
             # Between an event's commit and its write to Redis, this thread runs cold
             # (woken after milliseconds of idleness): what runs here is kept short.
@@ -306,41 +285,23 @@ class Publisher:
                 if released:
                     self._emit(_queued(released), wait=False)
             # Encoded here, not in save(): the saving thread only pays for the hand-off.
-            for event in _encoded(taken):
-                # Grouped by today's host; each send routes again, so a held event follows
-                # a settings change (tests point the layer at another Redis).
-                key = route(event[0]).key
-                waiting = pending.get(key)
-                if waiting is None:
-                    waiting = pending[key] = _Waiting()
-                waiting.events.append(event)
+            pending.add(_encoded(taken))
             if spill is not None:
                 self._spill(pending, q, spill)
                 for marker in flushes:
                     marker.done.set()
                 return  # the process is exiting: nothing is sent after this
-            now = time.monotonic()
-            # Not a host that failed a moment ago. Only the last write pauses before its
-            # replies: another host's events must not wait for that pause.
-            ready = [waiting for waiting in pending.values() if waiting.retry_at <= now]
-            for index, waiting in enumerate(ready):
-                self._send_waiting(waiting, pause if index == len(ready) - 1 else None)
-            for key in [k for k, w in pending.items() if not w.events and not w.lost]:
-                del pending[key]
+            pending.send(self.transport, pause)
             stats.incr("queued", len(taken))
-            overflow = sum(len(w.events) for w in pending.values()) - conf.BROADCAST_OUTAGE_BUFFER
-            for _ in range(max(0, overflow)):
-                longest = max(pending.values(), key=lambda w: len(w.events))
-                longest.lost.add(longest.events.popleft()[0])
-                stats.incr("dropped")
-            if flushes and not any(w.events for w in pending.values()):
+            pending.trim(conf.BROADCAST_OUTAGE_BUFFER)
+            if flushes and pending.empty():
                 # Every event queued before these markers was sent or dropped.
                 for marker in flushes:
                     marker.done.set()
                 flushes = []
 
     def _spill(
-        self, pending: dict[str, _Waiting], q: queue.SimpleQueue[Queued | _Flush], spill: _Spill
+        self, pending: OutageBuffer, q: queue.SimpleQueue[Queued | _Flush], spill: _Spill
     ) -> None:
         """Write every event still held, and every reset still owed, to the outbox."""
         from .outbox_rows import spill_events  # needed only at exit, with events left
@@ -351,9 +312,9 @@ class Publisher:
                 item = q.get_nowait()
                 if not isinstance(item, _Flush) and item is not _WAKE:
                     rest.append(item)
-        events = [event for waiting in pending.values() for event in waiting.events]
+        events, lost = pending.held()
         events += _encoded(rest)
-        lost = set(self._published.lost).union(*(waiting.lost for waiting in pending.values()))
+        lost |= self.transport.lost
         try:
             if events or lost:
                 spill.written = spill_events(events, lost)
@@ -365,22 +326,6 @@ class Publisher:
         finally:
             spill.done.set()
 
-    def _send_waiting(self, waiting: _Waiting, pause: Callable[[], None] | None) -> None:
-        """Send what waits for one host, in order, then the resets it owes. After a
-        failure the rest waits, with a growing delay."""
-        try:
-            sent = self._send_runs(list(waiting.events), None, pause)[0] if waiting.events else 0
-        except Exception:  # never let the thread die
-            logger.exception("broadcast_app publisher failed on a batch")
-            sent = 0
-        for _ in range(sent):
-            waiting.events.popleft()
-        if not waiting.events and waiting.lost:
-            waiting.lost -= self._send_resets(waiting.lost)
-        if waiting.events or waiting.lost:
-            waiting.retry_in = min(max(waiting.retry_in * 2, _RETRY_MIN), _RETRY_MAX)
-            waiting.retry_at = time.monotonic() + waiting.retry_in
-
     def send_now(self, batch: list[Item], once: list[Once]) -> tuple[int, int]:
         """Publish outbox events now, in order, in this thread; never raises.
 
@@ -388,183 +333,23 @@ class Publisher:
         there already is skipped. Returns how many of the first events were dealt with
         (published or skipped) and how many of those were skipped.
         """
-        return self._send_runs(batch, once)
-
-    def _send_runs(
-        self,
-        batch: list[Item],
-        once: list[Once] | None,
-        pause: Callable[[], None] | None = None,
-    ) -> tuple[int, int]:
-        """Publish ``batch`` in order: how many of the first events were dealt with, and
-        how many of those were skipped (outbox duplicates). ``pause`` runs between each
-        write and the read of its replies."""
-        sent = skipped = 0
-        maxlen = conf.BROADCAST_LOG_MAXLEN
-        max_age = int(conf.BROADCAST_LOG_MAX_AGE * 1000)
-        for r, items in _runs_by_host(batch, once):
-            try:
-                client = self._client(r)
-                # EVALSHA directly: redis-py's Script in a pipeline sends SCRIPT EXISTS
-                # first on every execute(), an extra round trip per batch. A Redis that
-                # lost the scripts (restart) fails the batch with NOSCRIPT; the batch is
-                # retried on a new client, which loads them.
-                packed = pack(items, client.shas, maxlen, max_age, _ONCE_TTL_MS)
-                results = unpack(packed, client.call(packed.calls, pause))
-            except failures() as exc:
-                stats.incr("publish_errors", len(items))
-                self._warn(
-                    "redis",
-                    "broadcast_app could not publish %s event(s) to Redis (kept for retry): %s",
-                    len(items),
-                    exc,
-                )
-                self._drop_client(r)
-                return sent, skipped
-            if not items[0][0].channel:
-                self._send_through_layer(r, client, items, results)
-            duplicates = results.count(None)
-            if duplicates:
-                stats.incr("outbox_duplicates", duplicates)
-            stats.incr("published", len(items) - duplicates)
-            sent += len(items)
-            skipped += duplicates
-            self._published.record([item[0] for item in items], results)
-            if self._published.lost:
-                # Outside the batch's try: a failed reset must not send the batch again;
-                # it is retried after the next batch.
-                self._published.lost -= self._send_resets(
-                    self._published.lost, "were lost in a Redis failover"
-                )
-        return sent, skipped
-
-    def _send_through_layer(
-        self, r: Route, client: _Client, items: list[Any], results: list[Any]
-    ) -> None:
-        """Publish a logged batch with the channel layer's ``group_send`` (the script
-        published nothing: fast path "script_publish" off). A failure leaves the events
-        to the listeners' gap repair, which reads them from the log, rather than
-        publishing them twice."""
-        messages = [
-            (
-                event_route.group,
-                {
-                    "type": MESSAGE_TYPE,
-                    "frame": frame_from_body(_text(result[0]), body),
-                    "prev": _text(result[1]),
-                },
-            )
-            for (event_route, body, _seen), result in zip(items, results, strict=True)
-            if result
-        ]
-        try:
-            client.layer_send(messages)
-        except Exception as exc:
-            self._warn(
-                "layer", "broadcast_app could not send events through the channel layer: %s", exc
-            )
-            self._drop_client(r)
+        return self.transport.publish_batch(batch, once)
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Delete outbox "already published" hashes, given as (model label, key) pairs
+        """Delete outbox "already published" records, given as (model label, key) pairs
         (their rows are gone); never raises."""
-        by_host: dict[str, tuple[Route, set[str]]] = {}
-        for label, key in keys:
-            r = route(label)
-            by_host.setdefault(r.key, (r, set()))[1].add(key)
-        for r, names in by_host.values():
-            try:
-                self._client(r).redis.delete(*names)
-            except failures():
-                self._drop_client(r)  # they expire by themselves
+        self.transport.forget(keys)
 
     def send_resets(self, labels: set[str], why: str) -> set[str]:
         """Tell every instance that events of ``labels`` were lost (the outbox relay, for
         resets a process owed when it exited); return those told. Never raises."""
-        return self._send_resets(labels, why)
-
-    def _send_resets(
-        self, labels: set[str], why: str = "were dropped during an outage"
-    ) -> set[str]:
-        """Tell every instance that events of ``labels`` were lost; return those told."""
-        told = set()
-        for label in labels:
-            r = route(label)
-            try:
-                client = self._client(r)
-                client.redis.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
-                if not r.channel:
-                    message = {"type": RESET_TYPE, "model": label, "reason": "lost"}
-                    client.layer_send([(r.group, message)])
-            except failures():
-                self._drop_client(r)
-                continue
-            told.add(label)
-            stats.incr("lost_resets")
-            logger.warning("broadcast_app: %s events %s: reset sent", label, why)
-        return told
-
-    def _client(self, r: Route) -> _Client:
-        """The client of ``r``'s Redis host (one per host)."""
-        entry = self._clients.get(r.key)  # one dict lookup: atomic, no lock needed
-        if entry is None:
-            # Outside the lock: saving threads take it, and this talks to Redis.
-            entry = _Client(make_client(r.host, conf.BROADCAST_REDIS_TIMEOUT))
-            with self._lock:
-                self._clients[r.key] = entry
-        return entry
-
-    def _drop_client(self, r: Route) -> None:
-        with self._lock:
-            entry = self._clients.pop(r.key, None)
-        if entry is not None:
-            entry.close()
+        return self.transport.send_resets(labels, why)
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self._last_warning.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._last_warning[kind] = now
             logger.warning(message, *args)
-
-
-class _Client:
-    """A Redis client of the publisher's, with the script loaded and what sends a batch
-    of commands (see upstream/redis_py.py: one connection kept for publishing, where the
-    fast path allows it)."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        # Imported with the first client, as redis-py is (see redis_clients).
-        from ..upstream.redis_py import commands_for
-
-        self.redis = client
-        self.shas = load(client)
-        self._commands = commands_for(client)
-        #: sends through the channel layer (fast path "script_publish" off); made at use
-        self._layer: LayerSender | None = None
-
-    def call(
-        self, commands: list[tuple[Any, ...]], pause: Callable[[], None] | None = None
-    ) -> list[Any]:
-        """Send ``commands`` in one write and return their replies, in order (``pause``
-        runs in between, where it can); raises on the first error (the caller then
-        closes this client)."""
-        return self._commands.call(commands, pause)
-
-    def layer_send(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        """Send (group, message) pairs with the channel layer's ``group_send``."""
-        if self._layer is None:
-            self._layer = LayerSender(conf.BROADCAST_CHANNEL_LAYER)
-        self._layer.send(messages)
-
-    def close(self) -> None:
-        self._commands.close()
-        if self._layer is not None:
-            self._layer.close()
-        self.redis.close()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
@@ -595,18 +380,6 @@ class _Spill(_Flush):
         self.written = 0
 
 
-class _Waiting:
-    """The events waiting for one Redis host, and when to try it again."""
-
-    def __init__(self) -> None:
-        self.events: deque[Item] = deque()
-        #: models whose events were dropped (outage buffer full): each owes a reset
-        self.lost: set[str] = set()
-        self.retry_in = 0.0
-        #: not before (monotonic time); 0: at once
-        self.retry_at = 0.0
-
-
 def _queued(changes: list[tuple[Change, float]]) -> list[Queued]:
     return [(change.label, (change, ts)) for change, ts in changes]
 
@@ -630,20 +403,6 @@ def _encoded(items: list[Queued]) -> list[Item]:
             stats.incr("capture_errors")
             logger.exception("broadcast_app could not encode a %s event", label)
     return encoded
-
-
-def _runs_by_host(batch: list[Item], once: list[Once] | None) -> list[tuple[Route, list[Any]]]:
-    """Consecutive events grouped by Redis host, keeping their order; each run with the
-    route of its first event (every route of a run names the same host)."""
-    runs: list[tuple[Route, list[Any]]] = []
-    for index, (label, body) in enumerate(batch):
-        r = route(label)
-        entry = (r, body, None if once is None else once[index])
-        if runs and runs[-1][0].key == r.key:
-            runs[-1][1].append(entry)
-        else:
-            runs.append((r, [entry]))
-    return runs
 
 
 _publisher = Publisher()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..events.change import id_key
-from ..transport.routes import Route
+from .routes import Route
 
 
 def _text(value: Any) -> str:
