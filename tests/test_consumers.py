@@ -18,7 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.test import override_settings
 
-from broadcast_app.events.change import id_key
+from broadcast_app.events.wire import id_key
 from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 

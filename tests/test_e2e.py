@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
-from broadcast_app.events.change import id_key, origin_id
+from broadcast_app.events.wire import id_key, origin_id
 from tests.e2e_support import (
     Instance,
     admin_change,

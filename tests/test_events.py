@@ -11,14 +11,8 @@ from uuid import UUID
 from django.utils.translation import gettext_lazy
 
 from broadcast_app.capture.registry import get_config
-from broadcast_app.events.change import (
-    Change,
-    event_body,
-    frame_from_body,
-    frame_head,
-    iso_time,
-    normalize,
-)
+from broadcast_app.events.change import Change, normalize
+from broadcast_app.events.wire import event_body, frame_from_body, frame_head, iso_time
 from project.demo.models import Product
 
 
@@ -73,7 +67,7 @@ def test_frame_head_leaves_what_it_cannot_read_plainly_to_the_parser() -> None:
 
 
 def test_the_reused_encoder_encodes_as_djangojsonencoder_does() -> None:
-    from broadcast_app.events.change import _ENCODER, _encode
+    from broadcast_app.events.wire import _ENCODER, _encode
 
     values: list[object] = [
         {"price": Decimal("12.50"), "big": Decimal("1E+3"), "nan": float("nan")},

@@ -18,7 +18,8 @@ from django.test import override_settings
 from broadcast_app import publish_changes
 from broadcast_app.capture.outbox import to_payload
 from broadcast_app.capture.registry import get_config
-from broadcast_app.events.change import Change, origin_id, split_hidden
+from broadcast_app.events.change import Change
+from broadcast_app.events.wire import origin_id, split_hidden
 from broadcast_app.models import OutboxEvent
 from broadcast_app.publish import publisher
 from broadcast_app.publish.relay import Relay

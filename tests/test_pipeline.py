@@ -18,7 +18,7 @@ from django.db import connection
 from django.test import override_settings
 
 from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
-from broadcast_app.events.change import id_key
+from broadcast_app.events.wire import id_key
 from broadcast_app.instance import cache
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import override_settings
 
-from broadcast_app.events.change import id_key
+from broadcast_app.events.wire import id_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.publish import publisher
 from broadcast_app.web.routing import websocket_urlpatterns

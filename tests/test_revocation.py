@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from broadcast_app.conf import conf
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
-from broadcast_app.events.change import origin_id
+from broadcast_app.events.wire import origin_id
 from tests.e2e_support import (
     Instance,
     Socket,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
-from broadcast_app.events.change import origin_id
+from broadcast_app.events.wire import origin_id
 from tests.e2e_support import (
     FRAME_TIMEOUT,
     SERVERS,

@@ -19,7 +19,7 @@ import redis
 from django.test import override_settings
 
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
-from broadcast_app.events.change import split_hidden
+from broadcast_app.events.wire import split_hidden
 from broadcast_app.testing import capture_events
 from broadcast_app.transport.routes import route
 from project.demo.models import Product

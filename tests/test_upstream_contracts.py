@@ -34,7 +34,8 @@ from broadcast_app import upstream
 from broadcast_app.capture.registry import get_config
 from broadcast_app.conf import conf
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
-from broadcast_app.events.change import Change, id_key
+from broadcast_app.events.change import Change
+from broadcast_app.events.wire import id_key
 from broadcast_app.instance import status
 from broadcast_app.publish import publisher
 from broadcast_app.publish.publisher import Publisher

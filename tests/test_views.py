@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 
 from broadcast_app.conf import conf
-from broadcast_app.events.change import origin_id
+from broadcast_app.events.wire import origin_id
 from broadcast_app.instance.feed import feed
 from tests.conftest import layers_for
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from ..events.change import id_key
+from ..events.wire import id_key
 from ..stats import stats
 from ..transport.log_reader import Replay, event_log
 from . import cache

@@ -27,8 +27,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 
 from ..conf import conf
-from ..events.change import frame_head, split_hidden
 from ..events.model_configs import ModelConfig, all_configs, get_config
+from ..events.wire import frame_head, split_hidden
 from ..signals import change_received
 from ..stats import stats
 from ..transport import fast_path as direct

@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 from ..conf import conf
-from ..events.change import origin_id
 from ..events.model_configs import all_configs
+from ..events.wire import origin_id
 from .feed import feed, iso
 from .figures import STARTED_AT, cache_entries, instance_figures
 from .hub import hub

@@ -26,9 +26,10 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from ..conf import conf
-from ..events.change import Change, split_hidden, to_json_data
+from ..events.change import Change, to_json_data
 from ..events.model_configs import get_config
 from ..events.row_sets import RowSet
+from ..events.wire import split_hidden
 from ..stats import stats
 
 logger = logging.getLogger(__name__)

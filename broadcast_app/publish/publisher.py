@@ -37,14 +37,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..conf import conf
-from ..events.change import (
-    Change,
-    Saved,
-    event_body,
-    iso_time,
-    resolved,
-    split_hidden,
-)
+from ..events.change import Change, Saved, resolved
+from ..events.wire import event_body, iso_time, split_hidden
 from ..stats import stats
 from ..transport.interface import Item, Once, PublishingTransport
 from ..transport.redis_transport import RedisTransport

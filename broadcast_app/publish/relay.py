@@ -37,9 +37,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..conf import conf
-from ..events.change import event_body
 from ..events.coalesce import coalesce
 from ..events.row_sets import RowSet
+from ..events.wire import event_body
 from ..models import OutboxEvent, OutboxLock
 from ..stats import stats
 from ..transport.backoff import Backoff

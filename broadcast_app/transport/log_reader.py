@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..conf import conf
-from ..events.change import frame_from_body, split_hidden
+from ..events.wire import frame_from_body, split_hidden
 from ..stats import stats
 from .redis_clients import make_async_client
 from .routes import route

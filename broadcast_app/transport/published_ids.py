@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events.change import id_key
+from ..events.wire import id_key
 from .routes import Route
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..conf import conf
-from ..events.change import frame_from_body
+from ..events.wire import frame_from_body
 from ..stats import stats
 from ..upstream.channels_redis import LayerSender
 from .interface import Item, Once

@@ -26,11 +26,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from ..conf import conf
-from ..events.change import frame_head
 from ..events.filters import Where, held_keys, naming, replay_frames
 from ..events.frames import ProtocolError, parse_frame
 from ..events.model_configs import ModelConfig, get_config
 from ..events.socket_ids import bind
+from ..events.wire import frame_head
 from ..instance.hub import hub
 from ..instance.listener import listener
 from ..instance.probe import DISCONNECTED
