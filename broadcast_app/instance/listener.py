@@ -31,7 +31,7 @@ from ..events.model_configs import ModelConfig, all_configs, get_config
 from ..events.wire import frame_head, split_hidden
 from ..signals import change_received
 from ..stats import stats
-from ..transport import fast_path as direct
+from ..transport import fast_path
 from ..transport.routes import MESSAGE_TYPE, RESET_TYPE, group_name
 from . import cache
 from .continuity import Continuity, not_after
@@ -55,7 +55,7 @@ class Listener:
         self.subscribed = asyncio.Event()
         self.continuity = Continuity()
         self._order = asyncio.Lock()
-        #: an event was processed directly in this turn of the loop (see direct.py)
+        #: an event was processed directly in this turn of the loop (see transport/fast_path.py)
         self._turn_taken = False
         self.probes = Probes()
 
@@ -102,7 +102,7 @@ class Listener:
                 labels = [config.label for config in all_configs()]
                 await self.continuity.prime(labels)
                 channel = await layer.new_channel("broadcast-listener.")
-                direct.install(layer, channel, partial(self.handle_now, layer))
+                fast_path.install(layer, channel, partial(self.handle_now, layer))
                 for label in labels:
                     await layer.group_add(group_name(label), channel)
                 probes = self.probes.groups(labels)

@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 
 from ..conf import conf
 from ..stats import stats
-from ..transport import outage_log_filter as quiet
+from ..transport import outage_log_filter
 from ..transport.backoff import FIRST_DELAY as _FIRST_DELAY
 from ..transport.backoff import MAX_DELAY as _MAX_DELAY
 from ..transport.backoff import Backoff
@@ -149,7 +149,7 @@ class InstanceRuntime:
 
         self._bind()
         assert self._lock is not None
-        quiet.install()
+        outage_log_filter.install()
         async with self._lock:
             self.spawn("listener", listener.run)
             self.spawn("confirmation", listener.watch_confirmation)

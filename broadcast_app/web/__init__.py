@@ -1,1 +1,3 @@
-"""How a change reaches people: the websocket consumer, views, admin, template tags."""
+"""How a change reaches people: the websocket consumer and its sender, the dashboard,
+the live admin (the template tags are in ``broadcast_app/templatetags/``, where Django
+looks)."""
