@@ -131,7 +131,7 @@ def write_db(qs: models.QuerySet[Any]) -> str:
 
 
 def deletes_in_chunks(qs: models.QuerySet[Any]) -> bool:
-    """Whether ``qs.delete()`` may be run by broadcast_app itself, in chunks (bulk.py).
+    """Whether ``qs.delete()`` may be run by broadcast_app itself, in chunks (capture/bulk.py).
 
     Reads ``query.is_sliced``, ``combinator``, ``distinct_fields`` and
     ``QuerySet._fields`` (values()): Django refuses such deletes, and must say so with its

@@ -221,7 +221,7 @@ class Change:
     #: the websocket whose page made the change (``X-Socket-ID``), and whether to skip it
     socket_id: str | None = None
     to_others: bool = False
-    #: broadcast fields ``data`` leaves out, unchanged by this change (see incomplete.py)
+    #: broadcast fields ``data`` leaves out, unchanged by this change (see capture/incomplete.py)
     unknown: tuple[str, ...] = ()
     #: ``changed()``, once computed (a change is not modified after it is made)
     _changed: list[str] | None = None

@@ -1,11 +1,11 @@
 """Echo control: which websocket a change came from, and whether to spare it the echo.
 
 A page that makes a change over HTTP sends its websocket's id (``client.socketId`` in
-broadcast.js) in the ``X-Socket-ID`` header; :class:`SocketIdMiddleware` attaches it to
-every change the request makes, and the events carry it. The instance then skips that
-socket when the model is registered with ``to_others=True`` or the request sent
-``X-Broadcast-To-Others: 1`` (Laravel's ``toOthers()``). Outside requests, use
-:func:`from_socket`.
+broadcast.js) in the ``X-Socket-ID`` header; ``SocketIdMiddleware``
+(:mod:`broadcast_app.web.middleware`) attaches it to every change the request makes,
+and the events carry it. The instance then skips that socket when the model is
+registered with ``to_others=True`` or the request sent ``X-Broadcast-To-Others: 1``
+(Laravel's ``toOthers()``). Outside requests, use :func:`from_socket`.
 
 The id the page chose is not used as it is: both the websocket and the request use
 :func:`bind` of it and their session key, a keyed hash. Events (which every subscriber
@@ -17,13 +17,11 @@ Without a session (no cookie, or sessions not installed) the id is ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.utils.crypto import salted_hmac
 
 #: what a socket id may look like (the JS client sends a UUID)
@@ -82,34 +80,3 @@ def from_socket(socket_id: str | None, *, to_others: bool = False) -> Iterator[N
         yield
     finally:
         _current.reset(token)
-
-
-class SocketIdMiddleware:
-    """Reads ``X-Socket-ID`` / ``X-Broadcast-To-Others`` for the changes a request makes
-    (place it after ``SessionMiddleware``: the id is bound to the request's session)."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    @staticmethod
-    def _socket(request: HttpRequest) -> tuple[str | None, bool]:
-        to_others = request.headers.get("X-Broadcast-To-Others", "").lower() in {"1", "true"}
-        return request_socket_id(request), to_others
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        socket_id, to_others = self._socket(request)
-        with from_socket(socket_id, to_others=to_others):
-            return self.get_response(request)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        socket_id, to_others = self._socket(request)
-        with from_socket(socket_id, to_others=to_others):
-            response: Awaitable[HttpResponse] = self.get_response(request)
-            return await response

@@ -20,7 +20,7 @@ class Subscriber(Protocol):
         ``event`` holds at least the event's ``id``, ``model`` and ``pk``, and every key
         when its model has an ``object_check`` or the event names the websocket it came
         from (``socket_id``); ``frame`` is the whole event. For a filtered subscription
-        (see filters.py), ``frame`` has its ``match`` and ``where``, and ``event`` every
+        (see events/filters.py), ``frame`` has its ``match`` and ``where``, and ``event`` every
         key, those two, and ``sub`` (the subscription's key).
         """
 
@@ -30,7 +30,7 @@ class Subscriber(Protocol):
 
 class Hub:
     """Subscriptions of local clients: ``{label: {pk or None: {subscriber, ...}}}``, and
-    the filtered ones apart (``{label: {where: {subscriber, ...}}}``, see filters.py)."""
+    the filtered ones apart (``{label: {where: {subscriber, ...}}}``, see events/filters.py)."""
 
     def __init__(self) -> None:
         self._subs: dict[str, dict[str | None, set[Subscriber]]] = {}
@@ -84,7 +84,7 @@ class Hub:
     def deliver(self, frame: str, event: dict[str, Any], hidden: str | None = None) -> int:
         """Hand ``frame`` to each subscriber of its model or object, once, and its variant
         to each filtered subscriber it concerns (``hidden``: the old values the frame
-        carried for them, see filters.py). Returns how many."""
+        carried for them, see events/filters.py). Returns how many."""
         count = 0
         if self._filtered:
             filtered = self._filtered.get(event["model"])

@@ -279,7 +279,7 @@ class Listener:
         self, frame: str, event: dict[str, Any] | None = None, hidden: str | None = None
     ) -> None:
         """Cache, ``change_received``, local clients, for one event in order (``hidden``:
-        what the frame carried for filtered subscriptions only, see filters.py)."""
+        what the frame carried for filtered subscriptions only, see events/filters.py)."""
         if event is None:
             event = json.loads(frame)
         config = get_config(event["model"])

@@ -203,7 +203,7 @@ class EventLog:
                 if fields.get("p") != previous:
                     return []
                 previous = f"{entry_id}:{epoch}"
-                # (Without the hidden tail: replays are sent as they are, see filters.py.)
+                # (Without the hidden tail: replays are sent as they are, see events/filters.py.)
                 frames.append((previous, split_hidden(frame_from_body(previous, fields["b"]))[0]))
             if len(page) < PAGE_SIZE:
                 return frames

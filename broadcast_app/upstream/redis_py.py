@@ -6,7 +6,7 @@ and read with ``Connection.read_response``: names without an underscore, but red
 documents no contract for them, and ``get_connection``'s arguments changed in 5.3.
 Taking a connection from the pool for every command costs more than the command (a
 lock and a poll of the socket), and writing apart from reading lets the publisher
-thread wait before it reads Redis's replies (see publisher.py, ``_REPLY_DELAY``).
+thread wait before it reads Redis's replies (see publish/publisher.py, ``_REPLY_DELAY``).
 
 Public path: a non-transactional pipeline (``Redis.pipeline(transaction=False)``), one
 write and one read per batch, without the pause in between.

@@ -87,7 +87,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.user = self.scope.get("user") or AnonymousUser()
         # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
         # its HTTP requests repeat in X-Socket-ID to be spared their own echo; bound to
-        # the session, as SocketIdMiddleware binds the header (see echo.py).
+        # the session, as SocketIdMiddleware binds the header (see events/socket_ids.py).
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.socket_id = bind(session_key(self.scope), (query.get("socket_id") or [None])[0])
         self.checked_at = access.now()  # the handshake read the user (see access.py)
@@ -338,7 +338,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if event["id"] not in sent:
                 self._send_event(frame, event)
         if not listener.confirmed():
-            # Cut off from Redis (see probe.py): what this subscription receives may
+            # Cut off from Redis (see instance/probe.py): what this subscription receives may
             # already lag, as for the subscriptions that got this when it began.
             self.reset(config.label, pk, DISCONNECTED)
 
