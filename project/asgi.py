@@ -19,8 +19,8 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from broadcast_app.web.asgi import with_broadcast  # noqa: E402
-from broadcast_app.web.routing import websocket_urlpatterns  # noqa: E402
+from broadcast_app.asgi import with_broadcast  # noqa: E402
+from broadcast_app.routing import websocket_urlpatterns  # noqa: E402
 
 application = with_broadcast(
     ProtocolTypeRouter(

@@ -62,7 +62,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # X-Socket-ID / X-Broadcast-To-Others: which websocket a request's changes came from.
-    "broadcast_app.web.middleware.SocketIdMiddleware",
+    "broadcast_app.middleware.SocketIdMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"

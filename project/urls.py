@@ -7,6 +7,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("broadcast/", include("broadcast_app.web.urls")),
+    path("broadcast/", include("broadcast_app.urls")),
     path("", include("project.demo.urls")),
 ]

@@ -23,10 +23,10 @@ from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client, override_settings
 
+from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents
 from broadcast_app.web import access
 from broadcast_app.web.access import revalidator
-from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

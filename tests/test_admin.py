@@ -13,7 +13,7 @@ from django.contrib import admin
 from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
-from broadcast_app.web.admin import LiveAdminMixin
+from broadcast_app.admin import LiveAdminMixin
 from project.demo.admin import ProductAdmin
 from project.demo.models import Product
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from asgiref.testing import ApplicationCommunicator
 
+from broadcast_app.asgi import with_broadcast
 from broadcast_app.instance.listener import listener
-from broadcast_app.web.asgi import with_broadcast
 
 pytestmark = pytest.mark.asyncio
 

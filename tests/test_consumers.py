@@ -19,7 +19,7 @@ from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.test import override_settings
 
 from broadcast_app.events.wire import id_key
-from broadcast_app.web.routing import websocket_urlpatterns
+from broadcast_app.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

@@ -12,7 +12,7 @@ import redis
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from broadcast_app.instance import cache
+from broadcast_app import cache
 from broadcast_app.instance.hub import hub
 from broadcast_app.publish import publisher
 from broadcast_app.signals import change_received

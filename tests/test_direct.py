@@ -13,8 +13,8 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.test import override_settings
 
+from broadcast_app import cache
 from broadcast_app.events.wire import id_key
-from broadcast_app.instance import cache
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import Listener
 from broadcast_app.publish import publisher

@@ -24,7 +24,7 @@ from django.test import Client, RequestFactory
 from django.test.utils import override_settings
 
 from broadcast_app.events import socket_ids as echo
-from broadcast_app.web.routing import websocket_urlpatterns
+from broadcast_app.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

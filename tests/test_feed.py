@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from broadcast_app.instance import cache
+from broadcast_app import cache
 from broadcast_app.instance.feed import RATE_WINDOW, Feed, feed
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener

@@ -34,10 +34,10 @@ from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
 from broadcast_app.instance.presence_local import local as presence_local
 from broadcast_app.publish import publisher
+from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.stats import stats
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import route
-from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,9 +20,9 @@ from django.contrib.auth.models import User
 from django.test import override_settings
 
 from broadcast_app.publish import publisher
+from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.transport.log_reader import PAGE_SIZE, Replay, event_log
 from broadcast_app.web.limits import read_gate
-from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

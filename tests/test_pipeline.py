@@ -17,9 +17,9 @@ from channels.db import database_sync_to_async
 from django.db import connection
 from django.test import override_settings
 
+from broadcast_app import cache
 from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
 from broadcast_app.events.wire import id_key
-from broadcast_app.instance import cache
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
 from broadcast_app.publish import publisher

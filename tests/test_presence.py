@@ -23,7 +23,7 @@ from django.test import override_settings
 
 from broadcast_app.instance import presence
 from broadcast_app.instance.presence_local import local
-from broadcast_app.web.routing import websocket_urlpatterns
+from broadcast_app.routing import websocket_urlpatterns
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 

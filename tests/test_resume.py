@@ -15,7 +15,7 @@ from django.test import override_settings
 from broadcast_app.events.wire import id_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.publish import publisher
-from broadcast_app.web.routing import websocket_urlpatterns
+from broadcast_app.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

@@ -17,8 +17,8 @@ from django.test import Client, override_settings
 
 from broadcast_app.events import socket_ids as echo
 from broadcast_app.publish import publisher
+from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents, capture_events
-from broadcast_app.web.routing import websocket_urlpatterns
 from project.demo.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -39,6 +39,7 @@ from broadcast_app.events.wire import id_key
 from broadcast_app.instance import status
 from broadcast_app.publish import publisher
 from broadcast_app.publish.publisher import Publisher
+from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.stats import stats
 from broadcast_app.transport import fast_path as direct
 from broadcast_app.transport import outage_log_filter as quiet
@@ -47,7 +48,6 @@ from broadcast_app.upstream import asgi
 from broadcast_app.upstream import channels_redis as cr
 from broadcast_app.upstream.django_cache import locmem_keys
 from broadcast_app.upstream.redis_py import Pipelined, RawConnection, commands_for, resp
-from broadcast_app.web.routing import websocket_urlpatterns
 from broadcast_app.web.sender import Sender
 from project.demo.models import Product
 from tests.conftest import Received, layers_for

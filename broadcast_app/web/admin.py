@@ -1,6 +1,6 @@
 """A live Django admin, opt in per ``ModelAdmin``::
 
-    from broadcast_app.web.admin import LiveAdminMixin
+    from broadcast_app.admin import LiveAdminMixin
 
     @admin.register(Product)
     class ProductAdmin(LiveAdminMixin, admin.ModelAdmin):

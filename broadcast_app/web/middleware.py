@@ -1,6 +1,6 @@
 """Django middleware of broadcast_app: the socket a request's changes come from.
 
-Add ``"broadcast_app.web.middleware.SocketIdMiddleware"`` to ``MIDDLEWARE``, after
+Add ``"broadcast_app.middleware.SocketIdMiddleware"`` to ``MIDDLEWARE``, after
 ``SessionMiddleware``: echo control (:mod:`broadcast_app.events.socket_ids`).
 """
 

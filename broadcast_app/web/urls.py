@@ -1,4 +1,4 @@
-"""URLs of the staff dashboard: ``path("broadcast/", include("broadcast_app.web.urls"))``."""
+"""URLs of the staff dashboard: ``path("broadcast/", include("broadcast_app.urls"))``."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from broadcast_app.web.admin import LiveAdminMixin
+from broadcast_app.admin import LiveAdminMixin
 
 from .models import Product
 from .views import LOW_STOCK

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from broadcast_app.instance import cache
+from broadcast_app import cache
 
 from .models import Product
 
