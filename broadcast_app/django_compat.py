@@ -225,3 +225,41 @@ def filter_lookups(
     except AttributeError as exc:
         raise NotAnded(f"Django's query is not as broadcast_app reads it ({exc})") from None
     return found
+
+
+def known_pks(qs: models.QuerySet[Any]) -> list[str] | None:
+    """The pks (as events carry them) of the rows ``qs`` can match, where its filter
+    names them and nothing else: ``filter(pk=...)`` or ``filter(pk__in=[...])`` with
+    plain values (what Django's generic relations' ``add(bulk=True)`` runs, and most
+    updates by pk); some may not exist. None where that is not read off the query
+    (another condition, an expression or a subquery, a query tree not as
+    :func:`filter_lookups` reads it, :data:`QUERYSET_INTERNALS` off): the caller then
+    selects the rows (the public path)."""
+    if not QUERYSET_INTERNALS:
+        return None
+    try:
+        lookups = filter_lookups(qs)
+    except NotAnded:
+        return None
+    if lookups is None:
+        return []  # none(): matches nothing
+    pk = qs.model._meta.pk
+    if len(lookups) != 1 or pk is None:
+        return None
+    ((field, lookup_name, rhs),) = lookups
+    if field is None or field is not pk or lookup_name not in ("exact", "in"):
+        return None
+    values = [rhs] if lookup_name == "exact" else rhs
+    if not isinstance(values, list | tuple | set | frozenset):
+        return None  # a subquery or an expression
+    pks: dict[str, None] = {}
+    for value in values:
+        if value is None:
+            continue  # matches no row (SQL's NULL), as Django drops it from IN
+        if isinstance(value, models.Model) or hasattr(value, "resolve_expression"):
+            return None
+        try:
+            pks[str(field.to_python(value))] = None
+        except Exception:
+            return None  # Django refuses it, or converts it otherwise: not ours to guess
+    return list(pks)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from django.db import NotSupportedError, connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.db.models.functions import Length
 from django.db.models.signals import post_delete
 from django.test import override_settings
@@ -22,6 +22,7 @@ from broadcast_app.django_compat import (
     filter_lookups,
     hook_pending,
     keep_last,
+    known_pks,
     loaded_values,
     may_lock,
     plain_attribute,
@@ -32,7 +33,7 @@ from broadcast_app.events import model_configs
 from broadcast_app.testing import capture_events
 from project.demo.models import Product
 from tests.test_bulk import ReadsFromAReplica
-from tests.testapp.models import Article, Comment, Tag
+from tests.testapp.models import Article, ArticleProxy, Comment, Restaurant, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,6 +91,35 @@ def test_queryset_internals_read_for_chunked_deletes() -> None:
     )
     for what, qs in refused.items():
         assert not deletes_in_chunks(qs), f"a delete {what} is no longer told apart"
+
+
+def test_the_rows_a_filter_names_by_pk_are_read_off_the_query() -> None:
+    named = {
+        "pk=": (Product.objects.filter(pk=5), ["5"]),
+        "id__in=": (Product.objects.filter(id__in=[3, 1, 3, None]), ["3", "1"]),
+        "a string pk": (Product.objects.filter(pk="7"), ["7"]),
+        "through a proxy": (ArticleProxy.objects.filter(pk__in=[2]), ["2"]),
+        "of a multi-table child": (Restaurant.objects.filter(pk=4), ["4"]),
+        "none()": (Product.objects.none(), []),
+    }
+    for what, (qs, pks) in named.items():
+        assert known_pks(qs) == pks, (
+            f"Query.where (a filter by pk: {what}) is no longer read as before: "
+            "django_compat.known_pks() must follow"
+        )
+    not_named = {
+        "no filter": Product.objects.all(),
+        "another field": Product.objects.filter(stock=1),
+        "pk and another field": Product.objects.filter(pk=1, stock=2),
+        "exclude()": Product.objects.exclude(pk=1),
+        "an OR": Product.objects.filter(Q(pk=1) | Q(pk=2)),
+        "a subquery": Product.objects.filter(pk__in=Product.objects.values("pk")),
+        "an expression": Product.objects.filter(pk=F("stock")),
+        "a range": Product.objects.filter(pk__gt=1),
+        "across a relation": Comment.objects.filter(article__pk=1),
+    }
+    for what, qs in not_named.items():
+        assert known_pks(qs) is None, f"a filter with {what} is taken as naming its rows"
 
 
 def test_group_by_tells_an_aggregate_filter() -> None:

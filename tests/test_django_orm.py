@@ -73,33 +73,21 @@ APPS = (
 )
 #: a pass takes 20 to 60 s on a loaded 2-core machine (both run at once)
 TIMEOUT = 600
-#: Django's tests that count the queries of an update() of a registered model, or of a
-#: delete() of more than a chunk (1,000 rows) of it: broadcast_app selects (and locks)
-#: the rows first, one SELECT more per call (of the pks, and for update() the old
-#: values of the fields set), documented in the README's limitations. The test checks
-#: that each still fails (and so still belongs here).
+#: Django's tests that fail only with broadcast_app, because it makes a query Django
+#: does not (README, "Limitations"). The test checks that each still fails (and so
+#: still belongs here). Updates whose filter names their rows by pk and bulk_create()
+#: where the database returns the pks query nothing of ours (bulk.py).
 BY_DESIGN = {
-    "test_proxy_update (proxy_models.tests.ProxyModelTests.test_proxy_update)",
-    # compares the first query of an update() with a save()'s UPDATE
-    "test_update_parent_filtering"
-    " (model_inheritance.tests.ModelInheritanceTests.test_update_parent_filtering)",
+    # delete() of more than a chunk (1,000 rows): selected a chunk at a time, so memory
+    # is bounded by the chunk, where Django's collector (with any receiver) loads every
+    # row at once: one SELECT of the pks, and one per chunk, beyond Django's.
     "test_large_delete (delete.tests.DeletionTests.test_large_delete)",
-    # the collector's on_delete=SET_NULL / SET(...) goes through QuerySet.update()
+    # The collector's on_delete=SET_NULL / SET(...) is QuerySet.update() filtered on the
+    # foreign key (fk__in=[deleted rows]), never evaluated by Django: which rows it
+    # changes is known only by selecting them (no public UPDATE ... RETURNING), one
+    # SELECT per field set.
     "test_set_querycount (delete_regress.tests.SetQueryCountTests.test_set_querycount)",
-    # add(bulk=True) of a generic relation is a QuerySet.update()
-    "test_add_bulk (generic_relations.tests.GenericRelationsTests.test_add_bulk)",
 }
-if django.VERSION >= (6, 0):
-    # New in 6.0: bulk_create() in autocommit without a transaction, counted; the
-    # created rows are read back to publish them (one SELECT), right after the write.
-    BY_DESIGN |= {
-        f"{name} (bulk_create.tests.BulkCreateTransactionTests.{name})"
-        for name in (
-            "test_multiple_batches",
-            "test_no_unnecessary_transaction",
-            "test_objs_with_and_without_pk",
-        )
-    }
 _OUTCOME = re.compile(r"^(?:FAIL|ERROR): (.+)$", re.MULTILINE)
 
 

@@ -243,3 +243,28 @@ async def test_a_filter_is_not_an_object_presence_watches(
     watched = [key for key, members in local.watchers.items() if members]
     assert watched == [("demo.product", "7")]
     assert all(type(pk) is str for _label, pk in watched)
+
+
+async def test_an_update_by_pk_is_sent_by_its_new_values(viewer_ws: WebsocketCommunicator) -> None:
+    """An update() whose filter names its rows by pk reads no old value: whether the row
+    matched before is not known, so it is sent as ``enter`` or ``leave`` by the new
+    values (never dropped), as an event read back from the log is."""
+    product = await database_sync_to_async(make_quietly)("F-9", stock=1)
+    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+
+    def update(**values: Any) -> None:
+        Product.objects.filter(pk=product.pk).update(**values)
+
+    for stock, match in ((3, "enter"), (10, "leave"), (20, "leave"), (4, "enter")):
+        await database_sync_to_async(update)(stock=stock)
+        event = await frame(viewer_ws)
+        assert (event["match"], event["changed"], event["data"]["stock"]) == (
+            match,
+            ["stock"],
+            stock,
+        )
+        assert event["data"]["sku"] == "F-9" and "unknown" not in event
+    # A field the filter does not read: nothing moved, known from the data alone.
+    await database_sync_to_async(update)(name="renamed")
+    renamed = await frame(viewer_ws)
+    assert (renamed["match"], renamed["data"]["name"]) == ("stay", "renamed")

@@ -182,7 +182,8 @@ async def test_bulk_operations_are_read_back_at_relay_time(
                 c = make("BULK-C", stock=1)
                 Product.objects.filter(pk=c.pk).update(stock=5)
             Product.objects.filter(pk__in=[a.pk, b.pk]).update(stock=2)
-            Product.objects.filter(pk=a.pk).update(stock=2)  # no real change: nothing
+            # No real change: nothing (an update by pk would publish: it reads no old value).
+            Product.objects.filter(sku="BULK-A").update(stock=2)
             publish_changes(Product, [b.pk], changed=["name"])
         return [a.pk, b.pk, c.pk]
 
@@ -218,6 +219,21 @@ async def test_a_queryset_delete_keeps_each_rows_data_until_relayed(
         ("deleted", str(pk), f"GONE-{i}", i) for i, pk in enumerate(pks)
     ]
     assert all("cost_price" not in e["data"] for e in got)
+
+
+def test_bulk_create_stores_each_rows_data_from_the_objects(outbox_mode: None) -> None:
+    """The database returned the pks: each row goes to the outbox with its data, as
+    created in the transaction (a later update in it is folded in by the relay)."""
+    with capture_events() as events:
+        with transaction.atomic():
+            objs = [Product(name=f"BC{i}", sku=f"BC-{i}", price="1", stock=i) for i in range(2)]
+            first, second = Product.objects.bulk_create(objs)
+            assert stored_skus() == ["BC-0", "BC-1"]
+            Product.objects.filter(pk=second.pk).update(stock=9)
+    assert [(e["op"], e["pk"], e["data"]["stock"]) for e in events] == [
+        ("created", str(first.pk), 0),
+        ("created", str(second.pk), 9),
+    ]
 
 
 def test_transactions_go_out_in_the_order_they_changed_each_object(

@@ -10,7 +10,15 @@ the child and each registered parent (:func:`~.model_configs.configs_for`).
 ``update()`` first selects the matching pks (``SELECT ... FOR UPDATE`` where the database
 supports it) and the old values of the fields it sets, then updates exactly those rows
 by pk in chunks, inside one transaction: the rows broadcast are exactly the rows
-updated, with no race against concurrent writers.
+updated, with no race against concurrent writers. Where the filter names the rows by pk
+(``filter(pk=...)``, ``filter(pk__in=[...])``: :func:`~.django_compat.known_pks`) and no
+model asks for ``previous``, nothing is selected first: Django's own ``update()`` runs
+as it is, and every field it sets is reported changed, with no old value.
+
+``bulk_create()`` publishes the rows from the objects themselves where the database
+returned their pks (:func:`~.capture.inserted_change`); only an object that does not
+hold its row as written (a value the database computed and did not return), a model
+with a ``serializer`` hook, an upsert and ``ignore_conflicts`` are read back at commit.
 
 ``delete()`` locks and selects the rows, then hands them to Django's deletion
 collector (so cascades, ``on_delete`` handlers, other receivers and many-to-many
@@ -41,11 +49,11 @@ from django.db.models import Model, QuerySet
 
 from .. import django_compat
 from ..conf import conf
-from ..events.change import _MISSING, Op, normalize, raw_values
+from ..events.change import _MISSING, Change, Op, normalize, raw_values
 from ..events.model_configs import ModelConfig, configs_for, get_config
 from ..events.row_sets import DeletedRows, RowSet
 from ..stats import stats
-from .receivers import collect_deleted, record_item, snapshot_key, snapshots
+from .receivers import collect_deleted, inserted_change, record_item, snapshot_key, snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +131,10 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
     if not chosen or not _narrowable(self):
         # Nothing broadcast is set (or Django will refuse the update itself).
         return int(_original["update"](self, **kwargs))
+    # A model that sends ``previous`` asked for the old values: they are read first.
+    known = None if any(c.previous for c, _ in chosen) else django_compat.known_pks(self)
+    if known is not None:
+        return _update_by_pk(self, kwargs, chosen, known)
     # One read for every config: a child's fields include its parents'.
     read = list({f.attname: f for _, fields in chosen for f in fields}.values())
     using = django_compat.write_db(self)
@@ -146,6 +158,31 @@ def _update(self: QuerySet[Any], **kwargs: Any) -> int:
                     record_item(RowSet(config, "updated", pks, before=mine), using)
     finally:
         _inside.reset(token)
+    return count
+
+
+def _update_by_pk(
+    qs: QuerySet[Any],
+    kwargs: dict[str, Any],
+    chosen: list[tuple[ModelConfig, list[Any]]],
+    pks: list[str],
+) -> int:
+    """An update whose rows its filter names by pk: Django's own ``update()``, nothing
+    selected before it (its queries are Django's, in number and SQL). The old values are
+    not read, so every field it sets is reported changed, with no previous value (a
+    filtered subscription then decides by the new values: see filters.py); the rows are
+    read back at commit, as after any update, and a pk no row has publishes nothing."""
+    using = django_compat.write_db(qs)
+    token = _inside.set(True)
+    try:
+        count = int(_original["update"](qs, **kwargs))
+    finally:
+        _inside.reset(token)
+    if count and pks:
+        for config, fields in chosen:
+            forced = frozenset(f.name for f in fields)
+            # before={}: old values known for no field (bulk semantics: see Change.partial).
+            record_item(RowSet(config, "updated", pks, before={}, forced=forced), using)
     return count
 
 
@@ -296,14 +333,44 @@ def _bulk_create(self: QuerySet[Any], objs: Iterable[Model], *args: Any, **kwarg
             )
         upsert = bool(kwargs.get("update_conflicts"))
         forced = frozenset(kwargs.get("update_fields") or ()) if upsert else frozenset()
+        # Rows known inserted as the objects hold them: not an upsert (the row may have
+        # been there), nor conflicts ignored (the object may not have been written).
+        inserted = not (upsert or kwargs.get("ignore_conflicts") or len(args) > 1)
         if pks:
             op: Op = "updated" if upsert else "created"
             for config in configs:
-                record_item(RowSet(config, op, pks, forced=forced), using)
+                later = _record_inserted(config, created, using) if inserted else pks
+                if later:
+                    record_item(RowSet(config, op, later, forced=forced), using)
     finally:
         _inside.reset(token)
     _refresh_snapshots(self, created)
     return created
+
+
+def _record_inserted(config: ModelConfig, objs: list[Model], using: str) -> list[str]:
+    """Record the ``created`` changes of the rows ``bulk_create()`` inserted, made from
+    the objects (the database returned their pks: nothing is read back on the write
+    path). Returns the pks whose objects do not hold the row as written (a value the
+    database computed and did not return), to be read back at commit."""
+    changes: list[Change] = []
+    later: list[str] = []
+    for obj in objs:
+        if obj.pk is None:
+            continue  # counted as uncaptured by the caller
+        try:
+            change = inserted_change(config, obj)
+            if change is None:
+                later.append(str(obj.pk))
+            else:
+                changes.append(change)
+        except Exception:
+            # A broken serializer hook or pk type: never a failure of the user's write.
+            stats.incr("capture_errors")
+            logger.exception("broadcast_app could not capture a bulk_create of %s", config.label)
+    if changes:
+        record_item(DeletedRows.pack(config, changes, "created"), using)
+    return later
 
 
 def _pk_texts(config: ModelConfig, objs: list[Model]) -> list[str]:

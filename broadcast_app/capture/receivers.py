@@ -233,6 +233,25 @@ def _inserted_whole(config: ModelConfig, instance: models.Model) -> bool:
     )
 
 
+def inserted_change(config: ModelConfig, instance: models.Model) -> Change | None:
+    """The ``created`` change of the row ``bulk_create()`` inserted from ``instance``,
+    made from the instance as a save's is (no query); None where the instance does not
+    hold the row as written (a field not loaded, a value the database computes: an
+    expression, a ``db_default`` it did not return), and for a model with a
+    ``serializer`` hook (it may read relations: as before, at commit, not per object
+    inside ``bulk_create()``)."""
+    if not _inserted_whole(config, instance):
+        return None
+    loaded = loaded_values(instance)
+    if any(hasattr(loaded[name], "resolve_expression") for name in config.attnames):
+        return None
+    m2m: dict[str, list[Any]] | None = (
+        {f.name: [] for f in config.m2m_fields} if config.m2m_fields else None
+    )
+    current = raw_values(config, instance)
+    return Saved(config, str(instance.pk), True, current, {}, frozenset()).change(instance, m2m)
+
+
 def _read(config: ModelConfig, key: str, instance: models.Model, created: bool) -> Saved:
     """What ``save()`` must read of the instance now: its attribute values, copied where
     they could change in place, which become its snapshot."""

@@ -11,9 +11,9 @@ never equals, orders or contains anything (SQL's NULL).
 changed fields, in ``previous`` where the model opts in, else after the frame's JSON,
 behind :data:`~.events.HIDDEN`, where only instances read it
 (:func:`~.events.split_hidden` cuts it off before any client sees the frame). An event
-read back from the log (a resume, a gap repair) has no such tail: when an old value is
-unknown, the event is sent as ``enter`` or ``leave`` by the new values alone, never
-dropped.
+read back from the log (a resume, a gap repair) has no such tail, nor has an update by
+pk (bulk.py reads no old values for it): when an old value is unknown, the event is
+sent as ``enter`` or ``leave`` by the new values alone, never dropped.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ the next is read.
 
 Deleted rows cannot be read back: a chunked ``QuerySet.delete()`` records one
 :class:`DeletedRows` per chunk, holding the chunk's event data pickled into one
-``bytes`` (pickle shares the field names and classes across the chunk's rows).
+``bytes`` (pickle shares the field names and classes across the chunk's rows). Rows
+``bulk_create()`` inserted are held the same way, made from the objects, where the
+database returned their pks (no read-back query on the write path).
 """
 
 from __future__ import annotations
@@ -111,13 +113,17 @@ _Row = tuple[str, dict[str, Any], dict[str, Any] | None]
 
 @dataclass(eq=False)
 class DeletedRows(RowSet):
-    """Rows of one model deleted by one chunk of ``QuerySet.delete()``, with their data."""
+    """Rows of one model deleted by one chunk of ``QuerySet.delete()`` (or created by one
+    ``bulk_create()``), with their data: nothing is read back."""
 
     packed: bytes | list[_Row] = b""
 
     @classmethod
-    def pack(cls, config: ModelConfig, changes: Sequence[Change]) -> DeletedRows:
-        """The ``deleted`` changes of one chunk, kept compact until commit."""
+    def pack(
+        cls, config: ModelConfig, changes: Sequence[Change], op: Op = "deleted"
+    ) -> DeletedRows:
+        """The changes of one chunk (all ``op``, with no old values: ``deleted``, or
+        ``created`` by ``bulk_create()``), kept compact until commit."""
         rows: list[_Row] = [
             (c.pk, c.data, None if c.values == c.data else c.values) for c in changes
         ]
@@ -127,7 +133,7 @@ class DeletedRows(RowSet):
         except Exception:
             # A value pickle cannot copy (some custom field types): keep the objects.
             packed = rows
-        return cls(config, "deleted", [c.pk for c in changes], packed=packed)
+        return cls(config, op, [c.pk for c in changes], packed=packed)
 
     def changes(self, pks: list[str], *, gone: bool = False) -> Iterator[list[Change]]:
         """This chunk's changes for these pks (all of them, or those seen twice)."""
