@@ -27,16 +27,16 @@ from broadcast_app import access
 from broadcast_app.access import revalidator
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 5
-PRODUCT = "demo.product"
+PRODUCT = "testapp.product"
 
 
 def viewer(username: str = "viewer") -> tuple[User, str]:
-    """A user with demo.view_product, logged in: the user and its session key."""
+    """A user with testapp.view_product, logged in: the user and its session key."""
     user = User.objects.create_user(username, password="pw")
     user.user_permissions.add(Permission.objects.get(codename="view_product"))
     client = Client()

@@ -19,7 +19,7 @@ from broadcast_app.events import (
     normalize,
 )
 from broadcast_app.registry import get_config
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 
 def test_iso_time_matches_datetime_formatting_to_the_microsecond() -> None:
@@ -68,8 +68,10 @@ def test_frame_head_leaves_what_it_cannot_read_plainly_to_the_parser() -> None:
         assert json.loads(_frame(pk))["pk"] == pk
     # An event from a websocket: consumers check socket_id/to_others, in the full event.
     assert frame_head(_frame("12", socket_id="s1", to_others=True)) is None
-    assert frame_head('{"type":"reset","model":"demo.product"}') is None
-    assert frame_head('{"id":"1","type":"change","op":"updated","model":"demo.product",') is None
+    assert frame_head('{"type":"reset","model":"testapp.product"}') is None
+    assert (
+        frame_head('{"id":"1","type":"change","op":"updated","model":"testapp.product",') is None
+    )
 
 
 def test_the_reused_encoder_encodes_as_djangojsonencoder_does() -> None:

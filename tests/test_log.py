@@ -23,12 +23,12 @@ from broadcast_app import publisher
 from broadcast_app.limits import read_gate
 from broadcast_app.log import PAGE_SIZE, Replay, event_log
 from broadcast_app.routing import websocket_urlpatterns
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 TIMEOUT = 5
-LABEL = "demo.product"
+LABEL = "testapp.product"
 
 
 def changes(count: int) -> None:
