@@ -49,7 +49,8 @@ def relay() -> Iterator[Relay]:
 def skus_in_log(client: redis.Redis) -> list[str | None]:
     """The ``sku`` of every event in the product log (None: an event without one)."""
     bodies = [f[b"b"].decode() for _, f in client.xrange(route("testapp.product").stream)]
-    return [json.loads("{" + split_hidden(body)[0])["data"].get("sku") for body in bodies]
+    events = [json.loads("{" + split_hidden(body)[0]) for body in bodies]
+    return [event.get("data", {}).get("sku") for event in events]
 
 
 def stored_skus() -> list[str]:

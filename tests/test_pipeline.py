@@ -227,6 +227,7 @@ def _count(name: str) -> int:
     return stats.get(name)
 
 
+@pytest.mark.slow
 def test_save_neither_fails_nor_waits_when_redis_is_down(
     db: None, redis_client: redis.Redis
 ) -> None:
@@ -244,6 +245,7 @@ def test_save_neither_fails_nor_waits_when_redis_is_down(
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_outage_overflow_becomes_a_reset_never_silence(running_listener: Any) -> None:
     class Subscriber:
         resets: list[str] = []
@@ -291,6 +293,7 @@ def silent_redis(**settings: Any) -> Iterator[None]:
         silent.close()
 
 
+@pytest.mark.slow
 def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
     """A server that accepts connections but never replies: the publisher gives up."""
     errors = _count("publish_errors")
@@ -381,6 +384,7 @@ async def test_json_serializer_format_and_several_hosts(received: Received) -> N
 
 @pytest.mark.asyncio
 @override_settings(BROADCAST_RECOVERY_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone(
     received: Received,
 ) -> None:

@@ -51,6 +51,7 @@ class Failures(logging.Handler):
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_a_failing_task_is_logged_once_per_failure_and_restarted_with_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -208,6 +209,7 @@ async def test_stop_cancels_every_task_joins_the_thread_and_closes_every_connect
         checker.close()
 
 
+@pytest.mark.slow
 def test_the_relay_thread_is_restarted_with_backoff_when_its_loop_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
