@@ -183,11 +183,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A selection, not a skip: `-m "not slow"` is the fast tier, and the plain command
     # still runs everything (CI included).
     for item in items:
-        if DEMO_TESTS in item.path.parents:
+        in_demo = DEMO_TESTS in item.path.parents
+        if in_demo:
             item.add_marker(pytest.mark.demo)
-        if SLOW_MARKERS.intersection(mark.name for mark in item.iter_markers()) or (
-            DEMO_TESTS in item.path.parents
-        ):
+        if in_demo or SLOW_MARKERS.intersection(mark.name for mark in item.iter_markers()):
             item.add_marker(pytest.mark.slow)
 
 

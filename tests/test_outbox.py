@@ -46,9 +46,9 @@ def relay() -> Iterator[Relay]:
     relay.publisher.close()
 
 
-def skus_in_log(client: redis.Redis) -> list[str | None]:
-    """The ``sku`` of every event in the product log (None: an event without one)."""
-    bodies = [f[b"b"].decode() for _, f in client.xrange(route("testapp.product").stream)]
+def skus_in_log(client: redis.Redis, label: str = "testapp.product") -> list[str | None]:
+    """The ``sku`` of every event in ``label``'s log (None: an event without one)."""
+    bodies = [f[b"b"].decode() for _, f in client.xrange(route(label).stream)]
     events = [json.loads("{" + split_hidden(body)[0]) for body in bodies]
     return [event.get("data", {}).get("sku") for event in events]
 
