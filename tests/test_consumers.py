@@ -108,6 +108,7 @@ async def test_frames_beyond_the_connection_allowance_get_rate_limited_and_no_wo
 
 
 @override_settings(BROADCAST_FRAME_BURST=2, BROADCAST_FRAME_RATE=4)
+@pytest.mark.slow
 async def test_the_frame_allowance_comes_back_at_its_rate(running_listener: Any) -> None:
     ws = await connect(AnonymousUser())
     replies = [(await ask(ws, {"type": "ping"}))["type"] for _ in range(3)]
@@ -354,6 +355,7 @@ async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
+@pytest.mark.slow
 async def test_a_replay_longer_than_the_send_queue_is_a_reset(
     small_queue_ws: WebsocketCommunicator,
 ) -> None:
@@ -415,6 +417,7 @@ async def test_events_the_replay_carried_are_not_sent_again_when_they_arrive_lat
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
+@pytest.mark.slow
 async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
     small_queue_ws: WebsocketCommunicator, redis_client: Any
 ) -> None:
@@ -511,6 +514,7 @@ async def test_a_failing_object_check_denies_and_is_logged_once(
 
 
 @pytest.mark.parametrize("way_out", ["exception", "cancelled"])
+@pytest.mark.slow
 async def test_a_connection_ended_by_an_exception_or_cancellation_leaves_nothing_behind(
     running_listener: Any, monkeypatch: pytest.MonkeyPatch, way_out: str
 ) -> None:

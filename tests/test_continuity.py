@@ -69,6 +69,7 @@ async def test_gap_is_replayed_in_order_before_the_next_event(
 
 
 @override_settings(BROADCAST_RECOVERY_INTERVAL=0.1)
+@pytest.mark.slow
 async def test_watchdog_finds_a_gap_no_later_event_reveals(
     running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_server: Any
 ) -> None:

@@ -157,6 +157,7 @@ async def test_resumes_beyond_the_connection_allowance_are_reset_without_work(
 
 
 @override_settings(BROADCAST_RESUME_RATE=2, BROADCAST_RESUME_WINDOW=0.2)
+@pytest.mark.slow
 async def test_the_allowance_comes_back_over_the_window(
     running_listener: Any, admin_user: User, log_start: str
 ) -> None:
@@ -169,6 +170,7 @@ async def test_the_allowance_comes_back_over_the_window(
 
 
 @override_settings(BROADCAST_RESUME_CONCURRENCY=1, BROADCAST_REDIS_TIMEOUT=0.2)
+@pytest.mark.slow
 async def test_a_resume_finding_every_log_read_taken_waits_then_is_reset_busy(
     running_listener: Any, admin_user: User, log_start: str
 ) -> None:

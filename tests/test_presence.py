@@ -414,6 +414,7 @@ async def test_the_user_hook_decides_what_members_show(
 
 
 @override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_a_lost_permission_removes_the_member(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:
@@ -487,6 +488,7 @@ async def test_lists_are_read_from_redis_not_accumulated_from_notifications(
 
 
 @override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_a_revoked_session_closes_the_socket_and_removes_the_member(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:

@@ -228,6 +228,7 @@ async def subscribe_with_snapshot(
 
 @override_settings(BROADCAST_RESUME_RATE=100)
 @pytest.mark.parametrize("where", [None, WHERE])
+@pytest.mark.slow
 async def test_a_snapshot_under_concurrent_writers_has_no_gap_and_no_duplicate(
     viewer_ws: WebsocketCommunicator, where: dict[str, Any] | None
 ) -> None:
