@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,7 +93,9 @@ async def running_listener() -> AsyncIterator[Any]:
 def reregister() -> Iterator[Any]:
     """Re-register demo.Product with other options for one test, then restore it."""
     from broadcast_app.capture import registry
-    from project.demo.models import Product
+
+    """Re-register testapp.Product with other options for one test, then restore it."""
+    from tests.testapp.models import Product
 
     original = registry.get_config(Product)
 
@@ -170,6 +173,23 @@ def fault_report() -> Any:
         FIGURES.append(f"{fault}: {shown}")
 
     return report
+
+
+#: markers whose tests start processes, browsers or virtualenvs: the slow tier
+SLOW_MARKERS = frozenset({"e2e", "browser", "adoption", "django_orm"})
+#: where the demo project's own tests live (they run the demo, in subprocesses)
+DEMO_TESTS = Path(__file__).resolve().parent / "demo"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A selection, not a skip: `-m "not slow"` is the fast tier, and the plain command
+    # still runs everything (CI included).
+    for item in items:
+        in_demo = DEMO_TESTS in item.path.parents
+        if in_demo:
+            item.add_marker(pytest.mark.demo)
+        if in_demo or SLOW_MARKERS.intersection(mark.name for mark in item.iter_markers()):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -1,4 +1,4 @@
-"""Process and protocol helpers for the end-to-end tests (tests/test_e2e.py).
+"""Process and protocol helpers for the end-to-end tests (tests/demo/test_e2e.py).
 
 A throwaway database (SQLite file, or a uniquely named PostgreSQL or MySQL/MariaDB
 database), the demo's ``manage.py`` run in subprocesses, real server instances (uvicorn,

@@ -27,16 +27,16 @@ from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents
 from broadcast_app.web import access
 from broadcast_app.web.access import revalidator
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 5
-PRODUCT = "demo.product"
+PRODUCT = "testapp.product"
 
 
 def viewer(username: str = "viewer") -> tuple[User, str]:
-    """A user with demo.view_product, logged in: the user and its session key."""
+    """A user with testapp.view_product, logged in: the user and its session key."""
     user = User.objects.create_user(username, password="pw")
     user.user_permissions.add(Permission.objects.get(codename="view_product"))
     client = Client()
@@ -151,6 +151,7 @@ async def test_a_flushed_session_closes_the_socket_with_4003() -> None:
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("listening")
 @override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_a_lost_permission_drops_the_subscription_and_keeps_the_socket() -> None:
     user, key = await database_sync_to_async(viewer)()
     product = await database_sync_to_async(make)("PERM", 1)
@@ -217,6 +218,7 @@ def test_fresh_user_refuses_a_changed_hash_and_another_user() -> None:
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("listening")
 @override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_the_periodic_check_ends_with_the_last_subscription_and_on_stop() -> None:
     _user, key = await database_sync_to_async(viewer)()
     ws = await open_socket(key)

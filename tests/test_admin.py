@@ -14,12 +14,12 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from broadcast_app.admin import LiveAdminMixin
-from project.demo.admin import ProductAdmin
-from project.demo.models import Product
+from tests.testapp.admin import ProductAdmin
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db
 
-CHANGELIST = "/admin/demo/product/"
+CHANGELIST = "/admin/testapp/product/"
 SCRIPT = re.compile(r'<script src="/static/broadcast_app/js/admin\.js"([^>]*)></script>')
 
 
@@ -53,7 +53,7 @@ def test_changelist_gets_the_live_script_and_styles(
     attributes = script_attributes(page)
     assert attributes["type"] == "module"
     assert attributes["data-broadcast-admin"] == "changelist"
-    assert attributes["data-model"] == "demo.product"
+    assert attributes["data-model"] == "testapp.product"
     assert attributes["data-changelist-url"] == CHANGELIST
     assert "data-pk" not in attributes
     assert 'href="/static/broadcast_app/css/admin.css"' in page
@@ -123,7 +123,7 @@ def test_admin_index_links_to_the_dashboard(staff: Client) -> None:
     page = staff.get("/admin/").content.decode()
     assert 'id="broadcast-dashboard-link"' in page
     assert 'href="/broadcast/"' in page
-    assert "Demo" in page  # the apps are still listed
+    assert "Test app" in page  # the apps are still listed
 
 
 @pytest.mark.parametrize(

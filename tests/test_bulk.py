@@ -22,8 +22,7 @@ from broadcast_app.instance import cache
 from broadcast_app.publish import publisher
 from broadcast_app.stats import stats
 from broadcast_app.testing import capture_events
-from project.demo.models import Product
-from tests.testapp.models import Article, Comment
+from tests.testapp.models import Article, Comment, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -147,7 +146,7 @@ def test_publish_changes_reloads_rows_after_raw_sql() -> None:
 def test_publish_changes_defaults_and_deleted() -> None:
     product = seed(1)[0]
     with capture_events() as events:
-        broadcast_app.publish_changes("demo.product", [product.pk])
+        broadcast_app.publish_changes("testapp.product", [product.pk])
         broadcast_app.publish_changes(Product, ["123456"], op="deleted")
     assert events[0]["changed"] == ["name", "sku", "price", "stock"]
     assert (events[1]["op"], events[1]["data"]) == ("deleted", {"id": "123456"})
@@ -161,6 +160,7 @@ def test_publish_changes_defaults_and_deleted() -> None:
     [lambda: Product.objects.update(stock=F("stock") + 1), lambda: Product.objects.all().delete()],
     ids=["update", "delete"],
 )
+@pytest.mark.slow
 def test_large_bulk_write_publishes_every_row_through_a_small_queue(
     write: Callable[[], object],
 ) -> None:
@@ -175,7 +175,7 @@ def test_large_bulk_write_publishes_every_row_through_a_small_queue(
 
 
 class ReadsFromAReplica:
-    """A router that sends reads of demo products to a replica (an alias that does not
+    """A router that sends reads of products to a replica (an alias that does not
     exist here, so any read that goes there fails) and writes to ``default``."""
 
     def db_for_read(self, model: Any, **hints: Any) -> str | None:

@@ -1,6 +1,6 @@
 """``QuerySet.delete()`` of registered models: chunked, one ``deleted`` event per row.
 
-Product (demo) excludes ``cost_price``; Article (testapp) excludes ``secret``; Comment
+Product excludes ``cost_price``; Article (testapp) excludes ``secret``; Comment
 (testapp) cascades from Article and from itself, and is set null by its ``reply_to``.
 """
 
@@ -23,8 +23,7 @@ from broadcast_app.events.change import field_values, to_json_data
 from broadcast_app.events.socket_ids import from_socket
 from broadcast_app.publish import publisher
 from broadcast_app.testing import capture_events
-from project.demo.models import Product
-from tests.testapp.models import Article, Comment, Tag
+from tests.testapp.models import Article, Comment, Product, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,7 +61,7 @@ def test_filtered_delete_publishes_each_row_with_its_last_state() -> None:
     expected = {str(p.pk): to_json_data(field_values(config, p)) for p in doomed}
     with capture_events() as events:
         result = Product.objects.filter(stock__gte=1000).delete()
-    assert result == (1500, {"demo.Product": 1500})
+    assert result == (1500, {"testapp.Product": 1500})
     assert len(events) == 1500
     assert {e["pk"]: e["data"] for e in events} == expected
     assert all(e["op"] == "deleted" and e["changed"] == [] for e in events)
@@ -231,6 +230,7 @@ def _delete_peak(rows: int, *, wrapped: bool = True) -> tuple[int, int]:
     return peak, retained
 
 
+@pytest.mark.slow
 def test_delete_memory_is_bounded_by_the_chunk_not_the_rows() -> None:
     """Until commit each row keeps its pk and packed data; instances live per chunk."""
     peak_small, retained_small = _delete_peak(4000)

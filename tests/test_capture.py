@@ -11,8 +11,7 @@ from django.test import override_settings
 
 from broadcast_app.stats import stats
 from broadcast_app.testing import capture_events
-from project.demo.models import Product
-from tests.testapp.models import Article, Attachment
+from tests.testapp.models import Article, Attachment, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +30,7 @@ def make(sku: str = "A-1", **fields: object) -> Product:
 def test_create_publishes_created_with_broadcast_fields_only() -> None:
     with capture_events() as events:
         product = make(price="12.5")
-    event = events.assert_one(op="created", model="demo.product", pk=product.pk)
+    event = events.assert_one(op="created", model="testapp.product", pk=product.pk)
     assert event["data"]["price"] == "12.50"
     assert event["data"]["name"] == "Anvil"
     assert event["data"]["id"] == product.pk

@@ -20,7 +20,7 @@ from django.test import override_settings
 
 from broadcast_app.events.wire import id_key
 from broadcast_app.routing import websocket_urlpatterns
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -88,7 +88,10 @@ async def test_frames_beyond_the_connection_allowance_get_rate_limited_and_no_wo
         try:
             assert [await ask(ws, {"type": "ping"}) for _ in range(3)] == [{"type": "pong"}] * 3
             before = redis_client.info("commandstats").get("cmdstat_hget", {}).get("calls", 0)
-            for frame in ({"type": "subscribe", "model": "demo.product", "ref": 1}, "x" * 10**5):
+            for frame in (
+                {"type": "subscribe", "model": "testapp.product", "ref": 1},
+                "x" * 10**5,
+            ):
                 error = await ask(ws, frame)
                 assert (error["type"], error["code"], error["ref"]) == (
                     "error", "rate_limited", None
@@ -105,6 +108,7 @@ async def test_frames_beyond_the_connection_allowance_get_rate_limited_and_no_wo
 
 
 @override_settings(BROADCAST_FRAME_BURST=2, BROADCAST_FRAME_RATE=4)
+@pytest.mark.slow
 async def test_the_frame_allowance_comes_back_at_its_rate(running_listener: Any) -> None:
     ws = await connect(AnonymousUser())
     replies = [(await ask(ws, {"type": "ping"}))["type"] for _ in range(3)]
@@ -125,8 +129,8 @@ async def test_the_frame_allowance_comes_back_at_its_rate(running_listener: Any)
         ({"no": "type"}, "bad_request"),
         ({"type": "subscribe"}, "bad_request"),
         ({"type": "subscribe", "model": 12}, "bad_request"),
-        ({"type": "subscribe", "model": "demo.product", "pk": ["x"]}, "bad_request"),
-        ({"type": "subscribe", "model": "demo.product", "pk": "abc"}, "bad_request"),
+        ({"type": "subscribe", "model": "testapp.product", "pk": ["x"]}, "bad_request"),
+        ({"type": "subscribe", "model": "testapp.product", "pk": "abc"}, "bad_request"),
         ({"type": "subscribe", "model": "auth.user"}, "unknown_model"),
         ({"type": "subscribe", "model": "no.such"}, "unknown_model"),
         ({"type": "unsubscribe", "model": "nope"}, "unknown_model"),
@@ -135,16 +139,16 @@ async def test_the_frame_allowance_comes_back_at_its_rate(running_listener: Any)
         # Each of these raised out of the consumer once (issue 12).
         ('{"type":[]}', "bad_request"),
         ('{"type":{}}', "bad_request"),
-        ('{"type":"subscribe","model":["demo.product"]}', "bad_request"),
+        ('{"type":"subscribe","model":["testapp.product"]}', "bad_request"),
         ("[" * 2000 + "]" * 2000, "bad_request"),  # 3.11's parser raises, 3.13's reads it
         ('{"type":"ping","ref":' + "[" * 40 + "]" * 40 + "}", "bad_request"),
         ('{"type":"ping","ref":NaN}', "bad_json"),
         ('{"type":"ping","ref":-Infinity}', "bad_json"),
         ('{"type":"ping","ref":1e999}', "bad_json"),
-        ('{"type":"subscribe","model":"demo.\\ud800"}', "bad_request"),
-        ('{"type":"subscribe","model":"demo.product","pk":"\\udfff"}', "bad_request"),
-        ({"type": "subscribe", "model": "demo.product", "pk": 10**30}, "bad_request"),
-        ({"type": "subscribe", "model": "demo.product", "pk": "9" * 40}, "bad_request"),
+        ('{"type":"subscribe","model":"testapp.\\ud800"}', "bad_request"),
+        ('{"type":"subscribe","model":"testapp.product","pk":"\\udfff"}', "bad_request"),
+        ({"type": "subscribe", "model": "testapp.product", "pk": 10**30}, "bad_request"),
+        ({"type": "subscribe", "model": "testapp.product", "pk": "9" * 40}, "bad_request"),
     ],
 )
 async def test_bad_frames_get_error_frames_and_the_connection_stays_usable(
@@ -171,17 +175,17 @@ async def test_error_frames_echo_ref(anon_ws: WebsocketCommunicator) -> None:
 
 
 async def test_anonymous_subscribe_is_forbidden(anon_ws: WebsocketCommunicator) -> None:
-    reply = await ask(anon_ws, {"type": "subscribe", "model": "demo.product", "ref": 1})
+    reply = await ask(anon_ws, {"type": "subscribe", "model": "testapp.product", "ref": 1})
     assert (reply["type"], reply["code"], reply["ref"]) == ("error", "forbidden", 1)
 
 
 async def test_subscribed_then_change_events_then_unsubscribe(
     viewer_ws: WebsocketCommunicator,
 ) -> None:
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "ref": "r1"})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "ref": "r1"})
     assert reply == {
         "type": "subscribed",
-        "model": "demo.product",
+        "model": "testapp.product",
         "pk": None,
         "ref": "r1",
         "last_id": reply["last_id"],
@@ -191,7 +195,7 @@ async def test_subscribed_then_change_events_then_unsubscribe(
     assert event["type"] == "change"
     assert (event["op"], event["model"], event["pk"]) == (
         "created",
-        "demo.product",
+        "testapp.product",
         str(product.pk),
     )
     assert "cost_price" not in event["data"]
@@ -201,8 +205,8 @@ async def test_subscribed_then_change_events_then_unsubscribe(
     # must no longer arrive, so the next frame is the other object's event.
     other = await database_sync_to_async(make)("S-2")
     assert (await viewer_ws.receive_json_from(timeout=TIMEOUT))["pk"] == str(other.pk)
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": other.pk})
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": other.pk})
     assert (reply["type"], reply["pk"]) == ("subscribed", str(other.pk))
 
     def touch_both() -> None:
@@ -224,8 +228,8 @@ async def test_subscription_to_model_and_object_delivers_once(
     viewer_ws: WebsocketCommunicator,
 ) -> None:
     product = await database_sync_to_async(make_quietly)("D-1")
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product"})
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": str(product.pk)})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product"})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": str(product.pk)})
 
     def two_saves() -> None:
         product.stock = 2
@@ -243,12 +247,12 @@ async def test_subscription_to_model_and_object_delivers_once(
 @override_settings(BROADCAST_MAX_SUBSCRIPTIONS=2)
 async def test_subscriptions_per_connection_are_bounded(viewer_ws: WebsocketCommunicator) -> None:
     for pk in ("1", "2"):
-        reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": pk})
+        reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": pk})
         assert reply["type"] == "subscribed"
     # Subscribing again to the same target is not a new subscription.
-    again = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": "2"})
+    again = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": "2"})
     assert again["type"] == "subscribed"
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": "3"})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": "3"})
     assert (reply["type"], reply["code"]) == ("error", "too_many_subscriptions")
 
 
@@ -259,9 +263,9 @@ async def test_object_check_filters_subscriptions_and_events(
     hidden = await database_sync_to_async(make_quietly)("H-1", stock=0)
     ws = await connect(await database_sync_to_async(viewer)())
     try:
-        reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": hidden.pk})
+        reply = await ask(ws, {"type": "subscribe", "model": "testapp.product", "pk": hidden.pk})
         assert (reply["type"], reply["code"]) == ("error", "forbidden")
-        await ask(ws, {"type": "subscribe", "model": "demo.product"})
+        await ask(ws, {"type": "subscribe", "model": "testapp.product"})
         await database_sync_to_async(make)("H-2", stock=0)
         shown = await database_sync_to_async(make)("V-1", stock=4)
         event = await ws.receive_json_from(timeout=TIMEOUT)
@@ -270,6 +274,7 @@ async def test_object_check_filters_subscriptions_and_events(
         await ws.disconnect()
 
 
+@pytest.mark.slow
 async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_behind(
     running_listener: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -280,7 +285,7 @@ async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_beh
     with caplog.at_level(logging.WARNING):
         clients = await asyncio.gather(*(connect(user) for _ in range(200)))
         replies = await asyncio.gather(
-            *(ask(ws, {"type": "subscribe", "model": "demo.product"}) for ws in clients)
+            *(ask(ws, {"type": "subscribe", "model": "testapp.product"}) for ws in clients)
         )
         assert {r["type"] for r in replies} == {"subscribed"}
         assert hub.count() == before + 200
@@ -302,7 +307,7 @@ async def small_queue_ws(running_listener: Any) -> AsyncIterator[WebsocketCommun
 
 
 def change_frame(stock: int) -> tuple[str, dict[str, Any]]:
-    event = {"type": "change", "id": f"1-{stock}:e", "op": "updated", "model": "demo.product",
+    event = {"type": "change", "id": f"1-{stock}:e", "op": "updated", "model": "testapp.product",
              "pk": "7", "data": {"id": 7, "stock": stock}, "changed": ["stock"]}  # fmt: skip
     return json.dumps(event, separators=(",", ":")), event
 
@@ -313,9 +318,9 @@ async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
     from broadcast_app.instance.hub import hub
 
     ws = small_queue_ws
-    await ask(ws, {"type": "subscribe", "model": "demo.product"})
-    await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
-    (consumer,) = hub._subs["demo.product"]["7"]
+    await ask(ws, {"type": "subscribe", "model": "testapp.product"})
+    await ask(ws, {"type": "subscribe", "model": "testapp.product", "pk": "7"})
+    (consumer,) = hub._subs["testapp.product"]["7"]
     # The client stops reading: the server makes each send wait until it reads again.
     reading = asyncio.Event()
     server_send = consumer.sender._send
@@ -350,17 +355,20 @@ async def test_a_client_that_falls_behind_gets_a_reset_instead_of_the_backlog(
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
+@pytest.mark.slow
 async def test_a_replay_longer_than_the_send_queue_is_a_reset(
     small_queue_ws: WebsocketCommunicator,
 ) -> None:
     from broadcast_app.publish import publisher
 
     ws = small_queue_ws
-    assert (await ask(ws, {"type": "subscribe", "model": "demo.product"}))["type"] == "subscribed"
+    assert (await ask(ws, {"type": "subscribe", "model": "testapp.product"}))[
+        "type"
+    ] == "subscribed"
     product = await database_sync_to_async(make)("R-1")
     created = await ws.receive_json_from(timeout=TIMEOUT)
     assert created["op"] == "created", created
-    await ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    await ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}  # handled in order
 
     def saves(count: int) -> None:
@@ -370,7 +378,9 @@ async def test_a_replay_longer_than_the_send_queue_is_a_reset(
 
     await database_sync_to_async(saves)(6)
     assert await asyncio.to_thread(publisher.flush, 5)
-    reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "since": created["id"]})
+    reply = await ask(
+        ws, {"type": "subscribe", "model": "testapp.product", "since": created["id"]}
+    )
     assert reply["type"] == "subscribed"
     reset = await ws.receive_json_from(timeout=TIMEOUT)
     assert (reset["type"], reset["reason"]) == ("reset", "too_many")
@@ -386,15 +396,17 @@ async def test_events_the_replay_carried_are_not_sent_again_when_they_arrive_lat
     from tests.test_continuity import deaf_layers, save_stock
 
     ws = viewer_ws
-    await ask(ws, {"type": "subscribe", "model": "demo.product"})
+    await ask(ws, {"type": "subscribe", "model": "testapp.product"})
     product = await database_sync_to_async(make)("L-1")
     created = await ws.receive_json_from(timeout=TIMEOUT)
     assert created["op"] == "created", created
-    await ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    await ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
     with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
         await database_sync_to_async(save_stock)(product, range(11, 14))  # logged, unheard
-    reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "since": created["id"]})
+    reply = await ask(
+        ws, {"type": "subscribe", "model": "testapp.product", "since": created["id"]}
+    )
     assert reply["type"] == "subscribed"
     replayed = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(3)]
     assert [f["data"]["stock"] for f in replayed] == [11, 12, 13]
@@ -405,6 +417,7 @@ async def test_events_the_replay_carried_are_not_sent_again_when_they_arrive_lat
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}
 
 
+@pytest.mark.slow
 async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
     small_queue_ws: WebsocketCommunicator, redis_client: Any
 ) -> None:
@@ -412,15 +425,15 @@ async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
 
     ws = small_queue_ws
     await database_sync_to_async(make)("P-1")
-    first = await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
-    (consumer,) = hub._subs["demo.product"]["7"]
+    first = await ask(ws, {"type": "subscribe", "model": "testapp.product", "pk": "7"})
+    (consumer,) = hub._subs["testapp.product"]["7"]
     # Redis holds the log read back (CLIENT PAUSE) while twelve live events arrive.
     redis_client.client_pause(1000)
     await ws.send_json_to(
-        {"type": "subscribe", "model": "demo.product", "since": first["last_id"]}
+        {"type": "subscribe", "model": "testapp.product", "since": first["last_id"]}
     )
     deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while ("demo.product", None) not in consumer.resuming:
+    while ("testapp.product", None) not in consumer.resuming:
         assert asyncio.get_running_loop().time() < deadline, "the replay never started"
         await asyncio.sleep(0.01)  # the consumer's own task starts the read
     for stock in range(1, 13):
@@ -487,7 +500,7 @@ async def test_a_failing_object_check_denies_and_is_logged_once(
     product = await database_sync_to_async(make_quietly)("OC-1")
     before = (hub.count(), open_connections())
     ws = await connect(await database_sync_to_async(viewer)())
-    frame = {"type": "subscribe", "model": "demo.product", "pk": product.pk, "ref": 3}
+    frame = {"type": "subscribe", "model": "testapp.product", "pk": product.pk, "ref": 3}
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
             reply = await ask(ws, frame)
@@ -501,6 +514,7 @@ async def test_a_failing_object_check_denies_and_is_logged_once(
 
 
 @pytest.mark.parametrize("way_out", ["exception", "cancelled"])
+@pytest.mark.slow
 async def test_a_connection_ended_by_an_exception_or_cancellation_leaves_nothing_behind(
     running_listener: Any, monkeypatch: pytest.MonkeyPatch, way_out: str
 ) -> None:
@@ -510,7 +524,7 @@ async def test_a_connection_ended_by_an_exception_or_cancellation_leaves_nothing
     before = (hub.count(), open_connections())
     ws = await connect(await database_sync_to_async(viewer)())
     for pk in (None, "5"):
-        reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "pk": pk})
+        reply = await ask(ws, {"type": "subscribe", "model": "testapp.product", "pk": pk})
         assert reply["type"] == "subscribed"
     assert hub.count() == before[0] + 2
     senders = open_senders()

@@ -17,8 +17,8 @@ from broadcast_app.instance.hub import hub
 from broadcast_app.publish import publisher
 from broadcast_app.signals import change_received
 from broadcast_app.transport.routes import meta_key, stream_key
-from project.demo.models import Product
 from tests.conftest import layers_for
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -70,6 +70,7 @@ async def test_gap_is_replayed_in_order_before_the_next_event(
 
 
 @override_settings(BROADCAST_RECOVERY_INTERVAL=0.1)
+@pytest.mark.slow
 async def test_watchdog_finds_a_gap_no_later_event_reveals(
     running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_server: Any
 ) -> None:
@@ -92,7 +93,7 @@ async def test_the_first_events_of_a_log_empty_at_start_are_repaired_too(
 ) -> None:
     """A model with no event yet when the listener starts: its first events, if
     missed, are a gap like any other (nothing before them tells, but the log does)."""
-    redis_client.delete(stream_key("demo.product"), meta_key("demo.product"))
+    redis_client.delete(stream_key("testapp.product"), meta_key("testapp.product"))
     await running_listener.stop()  # follow the now empty log from its start
     await running_listener.start()
     with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
@@ -120,7 +121,7 @@ async def test_lost_log_resets_cache_and_subscribers(
             self.resets.append((label, pk, reason))
 
     subscriber = Subscriber()
-    hub.add(subscriber, "demo.product", None)
+    hub.add(subscriber, "testapp.product", None)
     try:
         product = await database_sync_to_async(Product.objects.create)(
             name="L", sku="L", price=Decimal(1)
@@ -128,17 +129,17 @@ async def test_lost_log_resets_cache_and_subscribers(
         await asyncio.wait_for(seen.get(), TIMEOUT)
         assert (await database_sync_to_async(cache.fetch)(Product, product.pk)).hit
         # Redis loses its data (restart without persistence): a new epoch begins.
-        redis_client.delete(stream_key("demo.product"), meta_key("demo.product"))
+        redis_client.delete(stream_key("testapp.product"), meta_key("testapp.product"))
         other = await database_sync_to_async(Product.objects.create)(
             name="M", sku="M", price=Decimal(1)
         )
         event = await asyncio.wait_for(seen.get(), TIMEOUT)
         assert event["pk"] == str(other.pk)
-        assert subscriber.resets == [("demo.product", None, "epoch")]
+        assert subscriber.resets == [("testapp.product", None, "epoch")]
         # The entry cached before the loss is gone: the next read is a miss.
         assert not (await database_sync_to_async(cache.fetch)(Product, product.pk)).hit
     finally:
-        hub.remove(subscriber, "demo.product", None)
+        hub.remove(subscriber, "testapp.product", None)
 
 
 async def test_a_listener_behind_but_processing_is_not_taken_for_deaf() -> None:
@@ -149,21 +150,21 @@ async def test_a_listener_behind_but_processing_is_not_taken_for_deaf() -> None:
         name="B", sku="B", price=Decimal(1)
     )
     await asyncio.to_thread(publisher.flush, TIMEOUT)
-    ids = [await event_log.last_id("demo.product")]
+    ids = [await event_log.last_id("testapp.product")]
     for stock in (1, 2):
         await database_sync_to_async(save_stock)(product, range(stock, stock + 1))
-        ids.append(await event_log.last_id("demo.product"))
+        ids.append(await event_log.last_id("testapp.product"))
     first, second, third = ids
     continuity = Continuity()
-    continuity.last["demo.product"] = first
+    continuity.last["testapp.product"] = first
     assert await continuity.stale_labels() == []  # the first check only notes the log's end
     # A whole interval later the log's end then is still not processed, but the
     # listener processed an event since: it is behind (a queue before it), not deaf.
-    continuity.last["demo.product"] = second
+    continuity.last["testapp.product"] = second
     assert await continuity.stale_labels() == []
     # One more interval without any progress: its subscription stopped delivering.
-    assert await continuity.stale_labels() == ["demo.product"]
-    continuity.last["demo.product"] = third
+    assert await continuity.stale_labels() == ["testapp.product"]
+    continuity.last["testapp.product"] = third
     assert await continuity.stale_labels() == []
     await event_log.close()
 
@@ -183,6 +184,7 @@ class _Resets:
         self.seen.set()
 
 
+@pytest.mark.slow
 async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers() -> None:
     """Probes go to every Redis host the listener hears from: one that hangs (SIGSTOP:
     connections open, no answer) lapses the confirmation within the bound."""
@@ -197,7 +199,7 @@ async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers(
         assert second.process is not None
         with override_settings(BROADCAST_CONFIRM_TIMEOUT=1.0):
             await listener.start()
-            hub.add(subscriber, "demo.product", None)
+            hub.add(subscriber, "testapp.product", None)
             try:
                 assert listener.subscribed.is_set() and cache.serving_hits()
                 os.kill(second.process.pid, signal.SIGSTOP)
@@ -209,6 +211,6 @@ async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers(
                 assert cache.serving_hits() and subscriber.reasons == ["disconnected"]
             finally:
                 os.kill(second.process.pid, signal.SIGCONT)
-                hub.remove(subscriber, "demo.product", None)
+                hub.remove(subscriber, "testapp.product", None)
                 await listener.stop()
     assert cache.serving_hits()  # no listener: hits as before

@@ -22,7 +22,7 @@ from broadcast_app.signals import change_received
 from broadcast_app.stats import stats
 from broadcast_app.transport import fast_path as direct
 from broadcast_app.transport.routes import MESSAGE_TYPE
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -53,16 +53,16 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     subscriber = Recorder()
-    hub.add(subscriber, "demo.product", None)
+    hub.add(subscriber, "testapp.product", None)
     yield subscriber
-    hub.remove(subscriber, "demo.product", None)
+    hub.remove(subscriber, "testapp.product", None)
 
 
 def raw_event(layer: Any, number: int, prev: str) -> tuple[bytes, str]:
     """A layer message as the publish script sends it, serialized as the layer reads it."""
     event_id = f"1-{number}:test"
     frame = json.dumps(
-        {"type": "change", "id": event_id, "op": "updated", "model": "demo.product",
+        {"type": "change", "id": event_id, "op": "updated", "model": "testapp.product",
          "pk": "7", "data": {"id": 7, "stock": number}, "changed": ["stock"],
          "ts": "2026-11-24T21:00:00.000000Z", "origin": "test"},
         separators=(",", ":"),
@@ -124,9 +124,9 @@ async def test_a_burst_still_goes_through_in_order(
 async def test_at_most_one_event_per_turn_of_the_loop_and_only_the_next_one() -> None:
     layer = channel_layers.make_backend("default")
     listener = Listener()
-    listener.continuity.last["demo.product"] = "1-1:test"
+    listener.continuity.last["testapp.product"] = "1-1:test"
     recorder = Recorder()
-    hub.add(recorder, "demo.product", None)
+    hub.add(recorder, "testapp.product", None)
     try:
         second, second_id = raw_event(layer, 2, "1-1:test")
         third, _ = raw_event(layer, 3, second_id)
@@ -140,7 +140,7 @@ async def test_at_most_one_event_per_turn_of_the_loop_and_only_the_next_one() ->
         async with listener._order:  # the listener is busy (a repair, say)
             assert not listener.handle_now(layer, raw_event(layer, 4, "1-3:test")[0])
         assert [f["data"]["stock"] for f in recorder.frames] == [2, 3]
-        assert listener.continuity.last["demo.product"] == "1-3:test"
+        assert listener.continuity.last["testapp.product"] == "1-3:test"
 
         async def receiver(**kwargs: Any) -> None:
             pass
@@ -151,7 +151,7 @@ async def test_at_most_one_event_per_turn_of_the_loop_and_only_the_next_one() ->
         finally:
             change_received.disconnect(dispatch_uid="test-direct")
     finally:
-        hub.remove(recorder, "demo.product", None)
+        hub.remove(recorder, "testapp.product", None)
 
 
 async def test_the_queue_offers_an_item_only_when_nothing_waits_before_it() -> None:

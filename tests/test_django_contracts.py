@@ -31,9 +31,8 @@ from broadcast_app.django_compat import (
 )
 from broadcast_app.events import model_configs
 from broadcast_app.testing import capture_events
-from project.demo.models import Product
 from tests.test_bulk import ReadsFromAReplica
-from tests.testapp.models import Article, ArticleProxy, Comment, Restaurant, Tag
+from tests.testapp.models import Article, ArticleProxy, Comment, Product, Restaurant, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,7 +166,7 @@ def test_a_deleted_queryset_is_evaluated_afresh(delete_path: str) -> None:
     qs = Product.objects.all()
     assert len(qs) == 2
     with capture_events() as events:
-        assert qs.delete() == (2, {"demo.Product": 2})
+        assert qs.delete() == (2, {"testapp.Product": 2})
     assert list(qs) == [], f"{delete_path}: the deleted queryset kept its rows"
     assert sorted(e["data"]["name"] for e in events.matching(op="deleted")) == ["P0", "P1"]
 

@@ -25,12 +25,12 @@ from django.test.utils import override_settings
 
 from broadcast_app.events import socket_ids as echo
 from broadcast_app.routing import websocket_urlpatterns
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 TIMEOUT = 5
-PRODUCT = "demo.product"
+PRODUCT = "testapp.product"
 
 
 def logged_in(username: str) -> Client:
@@ -60,7 +60,7 @@ async def open_socket(client: Client | None, socket_id: str) -> WebsocketCommuni
 def edit(client: Client, pk: int, stock: int, **headers: str) -> None:
     """Change a product through the admin, as a page would (a real request)."""
     response = client.post(
-        f"/admin/demo/product/{pk}/change/",
+        f"/admin/testapp/product/{pk}/change/",
         {"name": "N", "sku": "ECHO", "price": "1.00", "stock": str(stock), "cost_price": "0"},
         headers=headers,
     )

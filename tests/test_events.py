@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy
 from broadcast_app.capture.registry import get_config
 from broadcast_app.events.change import Change, normalize
 from broadcast_app.events.wire import event_body, frame_from_body, frame_head, iso_time
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 
 def test_iso_time_matches_datetime_formatting_to_the_microsecond() -> None:
@@ -62,8 +62,10 @@ def test_frame_head_leaves_what_it_cannot_read_plainly_to_the_parser() -> None:
         assert json.loads(_frame(pk))["pk"] == pk
     # An event from a websocket: consumers check socket_id/to_others, in the full event.
     assert frame_head(_frame("12", socket_id="s1", to_others=True)) is None
-    assert frame_head('{"type":"reset","model":"demo.product"}') is None
-    assert frame_head('{"id":"1","type":"change","op":"updated","model":"demo.product",') is None
+    assert frame_head('{"type":"reset","model":"testapp.product"}') is None
+    assert (
+        frame_head('{"id":"1","type":"change","op":"updated","model":"testapp.product",') is None
+    )
 
 
 def test_the_reused_encoder_encodes_as_djangojsonencoder_does() -> None:

@@ -19,7 +19,7 @@ T0 = 1_800_000_000.0  # a fixed "now", in Unix seconds
 
 def event(n: int, **extra: Any) -> dict[str, Any]:
     return {
-        "type": "change", "id": f"{n}-0", "op": "updated", "model": "demo.product",
+        "type": "change", "id": f"{n}-0", "op": "updated", "model": "testapp.product",
         "pk": str(n), "data": {"id": n, "price": "12.34"}, "changed": ["price"],
         "ts": "2027-01-15T08:00:00.000000Z", "origin": "a", **extra,
     }  # fmt: skip
@@ -74,5 +74,5 @@ async def test_the_listener_records_each_event() -> None:
         assert feed.last is not None and (feed.last.id, feed.last.pk) == ("42-0", "42")
     finally:
         # handle() also updated the cache and the last ids: leave nothing behind.
-        cache.delete("demo.product", 42)
+        cache.delete("testapp.product", 42)
         hub.last_ids.clear()

@@ -14,7 +14,6 @@ from django.test import override_settings
 
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.presence_local import local
-from project.demo.models import Product
 from tests.test_consumers import (
     TIMEOUT,
     ask,
@@ -24,6 +23,7 @@ from tests.test_consumers import (
     viewer,
     viewer_ws,
 )
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -48,11 +48,11 @@ def save(product: Product, **values: Any) -> None:
 
 async def test_rows_enter_stay_and_leave(viewer_ws: WebsocketCommunicator) -> None:
     reply = await ask(
-        viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW, "ref": "low"}
+        viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW, "ref": "low"}
     )
     assert reply == {
         "type": "subscribed",
-        "model": "demo.product",
+        "model": "testapp.product",
         "pk": None,
         "where": LOW,
         "ref": "low",
@@ -88,7 +88,7 @@ async def test_a_change_of_another_field_keeps_the_row_in(
 ) -> None:
     product = await database_sync_to_async(make_quietly)("F-3", stock=1, price=Decimal("9.00"))
     where = {"stock__lt": 5, "price__gte": "8.5"}
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": where})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": where})
     await database_sync_to_async(save)(product, price=Decimal("8.00"))
     left = await frame(viewer_ws)
     assert (left["match"], left["changed"]) == ("leave", ["price"])
@@ -99,10 +99,10 @@ async def test_a_change_of_another_field_keeps_the_row_in(
 
 
 async def test_filters_are_subscriptions_of_their_own(viewer_ws: WebsocketCommunicator) -> None:
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
     high = {"stock__gte": 5}
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": high})
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product"})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": high})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product"})
     product = await database_sync_to_async(make)("F-4", stock=1)
     frames = [await frame(viewer_ws) for _ in range(2)]
     plain = next(f for f in frames if "match" not in f)
@@ -111,9 +111,9 @@ async def test_filters_are_subscriptions_of_their_own(viewer_ws: WebsocketCommun
     assert plain["pk"] == low["pk"] == str(product.pk)
 
     # Unsubscribing names the where (its keys in any order stand for the same one).
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     await viewer_ws.send_json_to(
-        {"type": "unsubscribe", "model": "demo.product", "where": {"stock__lt": 5}}
+        {"type": "unsubscribe", "model": "testapp.product", "where": {"stock__lt": 5}}
     )
     assert await ask(viewer_ws, {"type": "ping"}) == {"type": "pong"}  # both handled
     await database_sync_to_async(save)(product, stock=7)
@@ -124,12 +124,12 @@ async def test_filters_are_subscriptions_of_their_own(viewer_ws: WebsocketCommun
 
 @override_settings(BROADCAST_MAX_SUBSCRIPTIONS=2)
 async def test_filters_count_as_subscriptions(viewer_ws: WebsocketCommunicator) -> None:
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product"})
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product"})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
     assert reply["type"] == "subscribed"
-    again = {"type": "subscribe", "model": "demo.product", "where": {"stock__lt": 5}}
+    again = {"type": "subscribe", "model": "testapp.product", "where": {"stock__lt": 5}}
     assert (await ask(viewer_ws, again))["type"] == "subscribed"  # the same one
-    other = {"type": "subscribe", "model": "demo.product", "where": {"stock__lt": 6}}
+    other = {"type": "subscribe", "model": "testapp.product", "where": {"stock__lt": 6}}
     reply = await ask(viewer_ws, other)
     assert (reply["type"], reply["code"]) == ("error", "too_many_subscriptions")
 
@@ -148,7 +148,7 @@ async def test_filters_count_as_subscriptions(viewer_ws: WebsocketCommunicator) 
 async def test_refused_filters(
     viewer_ws: WebsocketCommunicator, message: dict[str, Any], code: str
 ) -> None:
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", **message})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", **message})
     assert (reply["type"], reply["code"]) == ("error", code)
     assert hub.count() == 0
     assert await ask(viewer_ws, {"type": "ping"}) == {"type": "pong"}
@@ -157,7 +157,7 @@ async def test_refused_filters(
 async def test_anonymous_filters_are_forbidden(running_listener: Any) -> None:
     ws = await connect(AnonymousUser())
     try:
-        reply = await ask(ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+        reply = await ask(ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
         assert (reply["type"], reply["code"]) == ("error", "forbidden")
     finally:
         await ws.disconnect()
@@ -170,7 +170,7 @@ async def test_previous_is_sent_only_where_the_model_opts_in(
     product = await database_sync_to_async(make_quietly)("F-5", stock=1)
     ws = await connect(await database_sync_to_async(viewer)())
     try:
-        await ask(ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+        await ask(ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
         await database_sync_to_async(save)(product, stock=9, cost_price=Decimal("7.00"))
         event = await frame(ws)
         assert (event["match"], event["previous"]) == ("leave", {"stock": 1})
@@ -191,7 +191,7 @@ async def test_the_object_check_hides_what_a_row_was_from_whom_it_refused_then(
     shown = await database_sync_to_async(make_quietly)("y", stock=1)
     ws = await connect(await database_sync_to_async(viewer)())
     try:
-        await ask(ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+        await ask(ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
         await database_sync_to_async(save)(hidden, stock=2)  # refused now: not sent
         # Matched before, but the reader could not see it then: not a "stay".
         await database_sync_to_async(save)(hidden, name="z", stock=3)
@@ -210,9 +210,9 @@ async def test_the_object_check_hides_what_a_row_was_from_whom_it_refused_then(
 
 
 async def test_a_resume_replays_the_filtered_events(viewer_ws: WebsocketCommunicator) -> None:
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
     since = reply["last_id"]
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product", "where": LOW})
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product", "where": LOW})
     product = await database_sync_to_async(make)("F-6", stock=1)
     await database_sync_to_async(make)("F-7", stock=10)
     await database_sync_to_async(save)(product, stock=2)
@@ -220,11 +220,11 @@ async def test_a_resume_replays_the_filtered_events(viewer_ws: WebsocketCommunic
     user = await database_sync_to_async(User.objects.get)(username="viewer")
     other = await connect(user)
     try:
-        await ask(other, {"type": "subscribe", "model": "demo.product", "since": since})
+        await ask(other, {"type": "subscribe", "model": "testapp.product", "since": since})
         assert [(await frame(other))["op"] for _ in range(3)] == ["created", "created", "updated"]
     finally:
         await other.disconnect()
-    message = {"type": "subscribe", "model": "demo.product", "where": LOW, "since": since}
+    message = {"type": "subscribe", "model": "testapp.product", "where": LOW, "since": since}
     assert (await ask(viewer_ws, message))["type"] == "subscribed"
     first, second = await frame(viewer_ws), await frame(viewer_ws)
     assert (first["op"], first["match"]) == ("created", "enter")
@@ -238,10 +238,10 @@ async def test_a_filter_is_not_an_object_presence_watches(
 ) -> None:
     # A filter's key is a str, as a pk is: presence must not take it for an object (its
     # send task failed, and restarted, on every filtered subscribe).
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "pk": "7"})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": "7"})
     watched = [key for key, members in local.watchers.items() if members]
-    assert watched == [("demo.product", "7")]
+    assert watched == [("testapp.product", "7")]
     assert all(type(pk) is str for _label, pk in watched)
 
 
@@ -250,7 +250,7 @@ async def test_an_update_by_pk_is_sent_by_its_new_values(viewer_ws: WebsocketCom
     matched before is not known, so it is sent as ``enter`` or ``leave`` by the new
     values (never dropped), as an event read back from the log is."""
     product = await database_sync_to_async(make_quietly)("F-9", stock=1)
-    await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", "where": LOW})
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
 
     def update(**values: Any) -> None:
         Product.objects.filter(pk=product.pk).update(**values)

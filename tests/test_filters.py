@@ -14,7 +14,7 @@ from broadcast_app.capture.registry import get_config
 from broadcast_app.events.change import field_values, to_json_data
 from broadcast_app.events.filters import Where, _State, compile_where, replay_frames
 from broadcast_app.events.frames import ProtocolError
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 ROWS: list[dict[str, Any]] = [
     {"name": "Pro Anvil", "sku": "a", "price": Decimal("12.50"), "stock": 4},
@@ -147,7 +147,7 @@ def test_equal_wheres_are_one_key_whatever_their_order() -> None:
 
 def test_a_replay_gets_the_variant_frames() -> None:
     key = compile_where(get_config(Product), {"stock__lt": 5})
-    body = '"op":"created","model":"demo.product","pk":"1","data":{"stock":%d},"changed":[]}'
+    body = '"op":"created","model":"testapp.product","pk":"1","data":{"stock":%d},"changed":[]}'
     frames = [
         ("1-0:e", '{"type":"change","id":"1-0:e",' + body % 1),
         ("2-0:e", '{"type":"change","id":"2-0:e",' + body % 9),

@@ -38,7 +38,7 @@ from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.stats import stats
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import route
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,7 +103,9 @@ def structured(real_since: list[str]) -> st.SearchStrategy[str]:
     kind = st.sampled_from(
         ["subscribe", "subscribe", "unsubscribe", "ping", "presence.join", "presence.leave"]
     )
-    label = st.just("demo.product") | st.sampled_from(["DEMO.PRODUCT", "auth.user", "", "x" * 300])
+    label = st.just("testapp.product") | st.sampled_from(
+        ["TESTAPP.PRODUCT", "auth.user", "", "x" * 300]
+    )
     pk = (
         st.integers(1, 10**6).map(str)
         | st.sampled_from(["1", "7", "0", "-1", "9" * 30, " 1", "1.5"])
@@ -143,7 +145,7 @@ def nested() -> st.SearchStrategy[str]:
     bare = depth.map(deep)
     objects = depth.map(lambda n: '{"a":' * n + "1" + "}" * n)
     in_ref = depth.map(lambda n: '{"type":"ping","ref":' + deep(n) + "}")
-    in_since = depth.map(lambda n: '{"type":"subscribe","model":"demo.product","since":'
+    in_since = depth.map(lambda n: '{"type":"subscribe","model":"testapp.product","since":'
                          + deep(n) + "}")  # fmt: skip
     return bare | objects | in_ref | in_since
 
@@ -153,7 +155,7 @@ def literals() -> st.SearchStrategy[str]:
     number = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1e-999",
                               "1" + "0" * 4000, "1E400", "-0.0e99999"])  # fmt: skip
     key = st.sampled_from(["ref", "pk", "since", "model", "type"])
-    head = '{"type":"subscribe","model":"demo.product","'
+    head = '{"type":"subscribe","model":"testapp.product","'
     return st.builds(lambda k, n: head + k + '":' + n + "}", key, number)
 
 
@@ -174,13 +176,13 @@ def frames(real_since: list[str]) -> st.SearchStrategy[list[str | bytes]]:
     # among the hostile frames whatever the draws (random frames fill the connection's
     # subscriptions; this one stays subscribed unless one of them unsubscribes it).
     since = real_since[len(real_since) // 2]
-    resume = json.dumps({"type": "subscribe", "model": "demo.product", "since": since})
+    resume = json.dumps({"type": "subscribe", "model": "testapp.product", "since": since})
     return st.lists(one, min_size=BATCH - 1, max_size=BATCH - 1).map(lambda b: [resume, *b])
 
 
 def logged_ids() -> list[str]:
-    """Every event id in the demo.product log, and the one before the first."""
-    r = route("demo.product")
+    """Every event id in the testapp.product log, and the one before the first."""
+    r = route("testapp.product")
     with redis.Redis.from_url(r.host["address"], decode_responses=True) as client:
         epoch = client.hget(r.meta, "epoch")
         entries = client.xrange(r.stream)
@@ -270,6 +272,7 @@ def runner() -> Iterator[asyncio.Runner]:
     BROADCAST_MAX_SUBSCRIPTIONS=10,
     BROADCAST_CONFIRM_TIMEOUT=3600,
 )
+@pytest.mark.slow
 def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_behind(
     runner: asyncio.Runner, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -280,13 +283,15 @@ def test_ten_thousand_hostile_frames_leave_one_usable_connection_and_nothing_beh
     subscriptions_before = hub.count()
     ws = runner.run(connect(user))
     other = runner.run(connect(user))  # a bystander, subscribed, closed at the end too
-    runner.run(other.send_json_to({"type": "subscribe", "model": "demo.product"}))
+    runner.run(other.send_json_to({"type": "subscribe", "model": "testapp.product"}))
     assert json.loads(runner.run(other.receive_from(TIMEOUT)))["type"] == "subscribed"
-    (bystander,) = hub._subs["demo.product"][None]
-    runner.run(ws.send_json_to({"type": "subscribe", "model": "demo.product", "pk": "424242"}))
+    (bystander,) = hub._subs["testapp.product"][None]
+    runner.run(ws.send_json_to({"type": "subscribe", "model": "testapp.product", "pk": "424242"}))
     assert json.loads(runner.run(ws.receive_from(TIMEOUT)))["type"] == "subscribed"
-    (target,) = hub._subs["demo.product"]["424242"]
-    runner.run(ws.send_json_to({"type": "unsubscribe", "model": "demo.product", "pk": "424242"}))
+    (target,) = hub._subs["testapp.product"]["424242"]
+    runner.run(
+        ws.send_json_to({"type": "unsubscribe", "model": "testapp.product", "pk": "424242"})
+    )
     consumers = [weakref.ref(bystander), weakref.ref(target)]
     del target
     sent: list[int] = []

@@ -23,12 +23,12 @@ from broadcast_app.publish import publisher
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.transport.log_reader import PAGE_SIZE, Replay, event_log
 from broadcast_app.web.limits import read_gate
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 TIMEOUT = 5
-LABEL = "demo.product"
+LABEL = "testapp.product"
 
 
 def changes(count: int) -> None:
@@ -157,6 +157,7 @@ async def test_resumes_beyond_the_connection_allowance_are_reset_without_work(
 
 
 @override_settings(BROADCAST_RESUME_RATE=2, BROADCAST_RESUME_WINDOW=0.2)
+@pytest.mark.slow
 async def test_the_allowance_comes_back_over_the_window(
     running_listener: Any, admin_user: User, log_start: str
 ) -> None:
@@ -169,6 +170,7 @@ async def test_the_allowance_comes_back_over_the_window(
 
 
 @override_settings(BROADCAST_RESUME_CONCURRENCY=1, BROADCAST_REDIS_TIMEOUT=0.2)
+@pytest.mark.slow
 async def test_a_resume_finding_every_log_read_taken_waits_then_is_reset_busy(
     running_listener: Any, admin_user: User, log_start: str
 ) -> None:

@@ -71,7 +71,7 @@ def test_previous_holds_old_values_of_changed_fields(broadcast_events: CapturedE
 
 
 def test_models_without_previous_do_not_carry_it(broadcast_events: CapturedEvents) -> None:
-    from project.demo.models import Product
+    from tests.testapp.models import Product
 
     product = Product.objects.create(name="p", sku="p", price="1.00")
     product.stock = 3

@@ -20,8 +20,7 @@ from django.test.utils import CaptureQueriesContext
 import broadcast_app
 from broadcast_app import checks
 from broadcast_app.testing import capture_events
-from project.demo.models import Product
-from tests.testapp.models import Article, Comment, Tag
+from tests.testapp.models import Article, Comment, Product, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

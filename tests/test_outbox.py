@@ -25,9 +25,9 @@ from broadcast_app.publish import publisher
 from broadcast_app.publish.relay import Relay
 from broadcast_app.testing import capture_events
 from broadcast_app.transport.routes import route
-from project.demo.models import Product
 from tests.conftest import Received
 from tests.test_pipeline import make
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,10 +48,11 @@ def relay() -> Iterator[Relay]:
     relay.publisher.close()
 
 
-def skus_in_log(client: redis.Redis) -> list[str | None]:
-    """The ``sku`` of every event in the product log (None: an event without one)."""
-    bodies = [f[b"b"].decode() for _, f in client.xrange(route("demo.product").stream)]
-    return [json.loads("{" + split_hidden(body)[0])["data"].get("sku") for body in bodies]
+def skus_in_log(client: redis.Redis, label: str = "testapp.product") -> list[str | None]:
+    """The ``sku`` of every event in ``label``'s log (None: an event without one)."""
+    bodies = [f[b"b"].decode() for _, f in client.xrange(route(label).stream)]
+    events = [json.loads("{" + split_hidden(body)[0]) for body in bodies]
+    return [event.get("data", {}).get("sku") for event in events]
 
 
 def stored_skus() -> list[str]:
@@ -258,7 +259,7 @@ def test_transactions_go_out_in_the_order_they_changed_each_object(
     finally:
         relay.publisher.close()
     assert (outcome.rows, outcome.published) == (3, 3)
-    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("demo.product").stream)]
+    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("testapp.product").stream)]
     x_stocks = [
         data["stock"]
         for data in (json.loads("{" + split_hidden(body)[0])["data"] for body in bodies[-3:])
@@ -301,14 +302,14 @@ async def test_events_spilled_at_exit_are_read_back_and_lost_ones_become_a_reset
             # (whose event is not in this test); and a row deleted by the exiting one.
             Product.objects.filter(pk=kept.pk).update(stock=9)
             Product.objects.filter(pk=gone.pk).delete()
-        common = {"model": "demo.product", "ts": "2026-12-01T10:00:00.000000Z", "origin": "x"}
+        common = {"model": "testapp.product", "ts": "2026-12-01T10:00:00.000000Z", "origin": "x"}
         updated = {**common, "op": "updated", "pk": str(kept.pk), "changed": ["stock"]}
         deleted = {**common, "op": "deleted", "pk": str(gone.pk), "changed": []}
         bodies = [
             {**updated, "data": {"id": kept.pk, "sku": "SPILL-KEPT", "stock": 2}},
             {**deleted, "data": {"id": gone.pk, "sku": "SPILL-GONE", "stock": 1}},
         ]
-        events = [("demo.product", json.dumps(body)[1:]) for body in bodies]
+        events = [("testapp.product", json.dumps(body)[1:]) for body in bodies]
         return spill_events(events, {"testapp.article"})
 
     resets = stats.get("instance_resets")

@@ -287,6 +287,7 @@ def test_names_keep_their_old_homes() -> None:
     assert STARTED_AT > 0 and callable(cache_entries) and callable(instance_figures)
 
 
+@pytest.mark.slow
 def test_django_setup_loads_the_saving_side_only() -> None:
     # tests.settings registers models in a ready(): what every project's setup does.
     # Nothing of an instance's (listener, runtime, channels-redis), no development
@@ -337,6 +338,7 @@ print("IMPORTERS", in_saving_thread, importers)
 """
 
 
+@pytest.mark.slow
 def test_the_first_save_leaves_the_redis_import_to_the_publisher_thread(
     tmp_path: Path, redis_server: Any
 ) -> None:

@@ -27,9 +27,8 @@ from broadcast_app.publish.publisher import Publisher
 from broadcast_app.stats import stats
 from broadcast_app.transport.routes import Route, route
 from broadcast_app.upstream.redis_py import resp
-from project.demo.models import Product
 from tests.conftest import Received, layers_for
-from tests.testapp.models import Article, Attachment
+from tests.testapp.models import Article, Attachment, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,7 +49,7 @@ def two_hosts() -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis, Route, Route]]:
         layers = layers_for(first.url)
         layers["default"]["CONFIG"]["hosts"] = [first.url, second.url]
         with override_settings(CHANNEL_LAYERS=layers):
-            products, articles = route("demo.product"), route("testapp.article")
+            products, articles = route("testapp.product"), route("testapp.article")
             assert (products.host["address"], articles.host["address"]) == (first.url, second.url)
             yield first, second, products, articles
 
@@ -58,7 +57,7 @@ def two_hosts() -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis, Route, Route]]:
 @pytest.mark.django_db(transaction=False)
 def test_resp_packs_commands_as_redis_py_does(redis_client: redis.Redis) -> None:
     commands: list[tuple[Any, ...]] = [
-        ("EVALSHA", b"a" * 40, 2, "broadcast:log:demo.product", "k2", 10_000, "é" * 9000),
+        ("EVALSHA", b"a" * 40, 2, "broadcast:log:testapp.product", "k2", 10_000, "é" * 9000),
         ("PING",),
         ("SET", "", -1),
     ]
@@ -76,7 +75,7 @@ def test_resp_packs_commands_as_redis_py_does(redis_client: redis.Redis) -> None
 
 def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Redis) -> None:
     """Two publishers (as two processes would) racing on one model: order is Redis's."""
-    r = route("demo.product")
+    r = route("testapp.product")
     pubsub = redis_client.pubsub()
     pubsub.subscribe(r.channel)
     assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
@@ -140,7 +139,7 @@ async def test_events_update_the_cache_in_place_and_send_the_signal(
     await database_sync_to_async(update)()
     event = await received.next()
     assert event["changed"] == ["price"]
-    lookup = await database_sync_to_async(cache.fetch)("demo.product", str(product.pk))
+    lookup = await database_sync_to_async(cache.fetch)("testapp.product", str(product.pk))
     assert lookup.hit and lookup.data is not None
     assert lookup.data["price"] == "7.10"
     assert "5.55" not in lookup.data.values()  # the cost price, under any key
@@ -194,7 +193,7 @@ def test_cache_miss_loads_from_database_and_never_overwrites(db: None) -> None:
     assert "cost_price" not in (first.data or {})
     assert cache.fetch(Product, product.pk).hit
     # An event's newer data wins over what a racing miss loaded.
-    cache.apply_event({"model": "demo.product", "pk": str(product.pk), "op": "updated",
+    cache.apply_event({"model": "testapp.product", "pk": str(product.pk), "op": "updated",
                        "id": "9-0", "data": {"price": "4.00"}})  # fmt: skip
     assert cache.get(Product, product.pk) == {"price": "4.00"}
     cache.delete(Product, product.pk)
@@ -209,14 +208,14 @@ def test_cache_completes_an_event_with_unknown_fields_or_reads_the_row(db: None)
     loaded = cache.fetch(Product, product.pk).data
     assert loaded is not None and loaded["sku"] == "C-2"
     # A save of an instance that had only ``stock`` loaded: the entry keeps the rest.
-    cache.apply_event({"model": "demo.product", "pk": pk, "op": "updated", "id": "9-0",
+    cache.apply_event({"model": "testapp.product", "pk": pk, "op": "updated", "id": "9-0",
                        "data": {"id": product.pk, "stock": 7}, "unknown": ["sku"]})  # fmt: skip
     merged = cache.fetch(Product, product.pk)
     assert merged.hit and merged.data == {**loaded, "stock": 7}
     # No entry to complete: the row is read from the database, and nothing is stored,
     # not even by a miss that loaded the row before the event (it only adds).
     cache.delete(Product, product.pk)
-    cache.apply_event({"model": "demo.product", "pk": pk, "op": "updated", "id": "9-1",
+    cache.apply_event({"model": "testapp.product", "pk": pk, "op": "updated", "id": "9-1",
                        "data": {"id": product.pk, "stock": 8}, "unknown": ["sku"]})  # fmt: skip
     with override_settings(BROADCAST_ENABLED=False):
         Product.objects.filter(pk=product.pk).update(stock=8)
@@ -229,6 +228,7 @@ def _count(name: str) -> int:
     return stats.get(name)
 
 
+@pytest.mark.slow
 def test_save_neither_fails_nor_waits_when_redis_is_down(
     db: None, redis_client: redis.Redis
 ) -> None:
@@ -241,11 +241,12 @@ def test_save_neither_fails_nor_waits_when_redis_is_down(
         assert not publisher.flush(0.5)
     assert _count("publish_errors") >= errors + 1
     assert publisher.flush(TIMEOUT)  # "Redis is back": the test server answers
-    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("demo.product").stream)]
+    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("testapp.product").stream)]
     assert any('"sku":"DOWN-1"' in body for body in bodies)
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_outage_overflow_becomes_a_reset_never_silence(running_listener: Any) -> None:
     class Subscriber:
         resets: list[str] = []
@@ -259,7 +260,7 @@ async def test_outage_overflow_becomes_a_reset_never_silence(running_listener: A
             self.got_reset.set()
 
     subscriber = Subscriber()
-    hub.add(subscriber, "demo.product", None)
+    hub.add(subscriber, "testapp.product", None)
     dropped = _count("dropped")
     closed = free_port()
     try:
@@ -274,7 +275,7 @@ async def test_outage_overflow_becomes_a_reset_never_silence(running_listener: A
         assert subscriber.resets == ["lost"]
         assert _count("dropped") == dropped + 5
     finally:
-        hub.remove(subscriber, "demo.product", None)
+        hub.remove(subscriber, "testapp.product", None)
 
 
 @contextmanager
@@ -293,6 +294,7 @@ def silent_redis(**settings: Any) -> Iterator[None]:
         silent.close()
 
 
+@pytest.mark.slow
 def test_save_does_not_wait_for_a_redis_that_never_answers(db: None) -> None:
     """A server that accepts connections but never replies: the publisher gives up."""
     errors = _count("publish_errors")
@@ -334,6 +336,7 @@ def test_a_full_publish_queue_drops_and_counts_instead_of_waiting(db: None) -> N
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_listener_survives_a_redis_restart(received: Received) -> None:
     server = EmbeddedRedis().start()
     try:
@@ -382,6 +385,7 @@ async def test_json_serializer_format_and_several_hosts(received: Received) -> N
 
 @pytest.mark.asyncio
 @override_settings(BROADCAST_RECOVERY_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone(
     received: Received,
 ) -> None:
@@ -403,13 +407,13 @@ async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone
     with two_hosts() as (first, second, products, articles):
         listener.continuity.last.clear()  # nothing remembered of the session's Redis
         await listener.start()
-        for label in ("demo.product", "testapp.article"):
+        for label in ("testapp.product", "testapp.article"):
             hub.add(subscriber, label, None)
         try:
             await database_sync_to_async(make)(sku="H-1")
             article = await database_sync_to_async(Article.objects.create)(title="A-1")
             arrived = {(await received.next())["model"] for _ in range(2)}
-            assert arrived == {"demo.product", "testapp.article"}
+            assert arrived == {"testapp.product", "testapp.article"}
             with (
                 redis.Redis.from_url(first.url) as one,
                 redis.Redis.from_url(second.url) as two,
@@ -435,12 +439,13 @@ async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone
                 await asyncio.sleep(0.05)
             assert subscriber.resets == ["testapp.article"]
         finally:
-            for label in ("demo.product", "testapp.article"):
+            for label in ("testapp.product", "testapp.article"):
                 hub.remove(subscriber, label, None)
             await listener.stop()
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_listener_still_receives_after_being_idle(
     running_listener: Any, received: Received
 ) -> None:
@@ -454,7 +459,7 @@ async def test_listener_still_receives_after_being_idle(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_log_is_trimmed_by_age_at_most_once_a_second(redis_client: redis.Redis) -> None:
-    r = route("demo.product")
+    r = route("testapp.product")
     redis_client.delete(r.stream, r.meta)
     # One entry per stream node: "~" trimming only drops whole nodes.
     node_size = redis_client.config_get("stream-node-max-entries")["stream-node-max-entries"]
@@ -506,7 +511,7 @@ def test_an_event_queued_while_the_thread_waits_for_replies_goes_out_at_once(
 
     monkeypatch.setattr(publisher, "_REPLY_DELAY", 30.0)  # far beyond any timeout here
     config = get_config(Product)
-    r = route("demo.product")
+    r = route("testapp.product")
     pubsub = redis_client.pubsub()
     pubsub.subscribe(r.channel)
     assert pubsub.get_message(timeout=TIMEOUT)["type"] == "subscribe"
@@ -554,7 +559,7 @@ def test_only_the_last_host_written_waits_before_reading_replies(
                     Change(get_config(Article), "1", "created", one, one, confirmed=True),
                 ]
             )
-            labels = ("demo.product", "testapp.article")
+            labels = ("testapp.product", "testapp.article")
             for pubsub, label in zip(subscriptions, labels, strict=True):
                 message = pubsub.get_message(timeout=TIMEOUT)
                 assert message is not None, f"the {label} event waited for the reply delay"

@@ -1,6 +1,6 @@
 """Presence through the websocket endpoint (WebsocketCommunicator), on the test Redis.
 
-Two instances on one Redis are in tests/test_e2e_presence.py; here one process plays
+Two instances on one Redis are in tests/demo/test_e2e_presence.py; here one process plays
 every connection, and a member written to Redis under another process's token plays a
 killed instance's.
 """
@@ -28,7 +28,7 @@ from broadcast_app.routing import websocket_urlpatterns
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 TIMEOUT = 5
-PRODUCT = "demo.product"
+PRODUCT = "testapp.product"
 
 
 def make_user(username: str, view: bool = True) -> User:
@@ -262,7 +262,7 @@ async def test_anonymous_users_and_users_without_the_permission_are_forbidden(
 async def test_an_object_check_that_refuses_the_object_forbids_joining(
     users: dict[str, User], sockets: list[WebsocketCommunicator], reregister: Any
 ) -> None:
-    from project.demo.models import Product
+    from tests.testapp.models import Product
 
     def make() -> Product:
         with override_settings(BROADCAST_ENABLED=False):  # no event to race with
@@ -286,7 +286,7 @@ async def test_joining_needs_a_subscription_to_the_object(
     await subscribe(alice, "42")
     reply = await ask(alice, {"type": "presence.join", "model": PRODUCT, "pk": "43"})
     assert (reply["type"], reply["code"]) == ("error", "bad_request")
-    assert "Subscribe to demo.product 43" in reply["detail"]
+    assert "Subscribe to testapp.product 43" in reply["detail"]
 
 
 async def test_a_filtered_subscription_is_no_object_to_be_present_on(
@@ -322,7 +322,7 @@ async def test_a_filtered_subscription_is_no_object_to_be_present_on(
             "too_large",
         ),
         (
-            '{"type":"presence.join","model":"demo.product","pk":"51","state":{"a":"\\ud800"}}',
+            '{"type":"presence.join","model":"testapp.product","pk":"51","state":{"a":"\\ud800"}}',
             "bad_request",
         ),
     ],
@@ -414,6 +414,7 @@ async def test_the_user_hook_decides_what_members_show(
 
 
 @override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_a_lost_permission_removes_the_member(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:
@@ -437,6 +438,7 @@ async def test_a_lost_permission_removes_the_member(
 
 
 @override_settings(BROADCAST_PRESENCE_TTL=0.6)
+@pytest.mark.slow
 async def test_members_whose_instance_stopped_refreshing_them_disappear_within_the_bound(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:
@@ -486,6 +488,7 @@ async def test_lists_are_read_from_redis_not_accumulated_from_notifications(
 
 
 @override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
 async def test_a_revoked_session_closes_the_socket_and_removes_the_member(
     users: dict[str, User], sockets: list[WebsocketCommunicator]
 ) -> None:

@@ -16,8 +16,7 @@ from django.db import transaction
 from broadcast_app.publish import publisher
 from broadcast_app.transport.routes import route
 from broadcast_app.transport.scripts import MAX_PER_CALL, load, pack, unpack
-from project.demo.models import Product
-from tests.testapp.models import Article
+from tests.testapp.models import Article, Product
 
 ONCE_TTL_MS = 60_000
 
@@ -40,7 +39,7 @@ def messages(pubsub: Any, count: int) -> list[dict[str, Any]]:
 def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
     redis_client: redis.Redis,
 ) -> None:
-    products, articles = route("demo.product"), route("testapp.article")
+    products, articles = route("testapp.product"), route("testapp.article")
     redis_client.delete(products.stream, products.meta, articles.stream, articles.meta)
     shas = load(redis_client)
     order = [products, articles, products, products, articles]
@@ -84,7 +83,7 @@ def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
 def test_an_outbox_event_splits_its_models_run_and_a_call_holds_at_most_max_per_call(
     redis_client: redis.Redis,
 ) -> None:
-    products = route("demo.product")
+    products = route("testapp.product")
     shas = load(redis_client)
     entries: list[Any] = [(products, body(n), None) for n in range(MAX_PER_CALL + 3)]
     entries.insert(1, (products, body(-1), ("broadcast:once:t", "f")))
@@ -97,7 +96,7 @@ def test_an_outbox_event_splits_its_models_run_and_a_call_holds_at_most_max_per_
 def test_an_outbox_event_already_published_is_skipped_in_the_middle_of_a_batch(
     redis_client: redis.Redis,
 ) -> None:
-    products = route("demo.product")
+    products = route("testapp.product")
     redis_client.delete(products.stream, products.meta, "broadcast:once:t")
     redis_client.hset("broadcast:once:t", "f", "1")
     shas = load(redis_client)
@@ -120,7 +119,7 @@ def test_an_outbox_event_already_published_is_skipped_in_the_middle_of_a_batch(
 def test_a_bulk_transaction_publishes_every_event_chained_in_fewer_calls(
     redis_client: redis.Redis,
 ) -> None:
-    for label in ("demo.product", "testapp.article"):
+    for label in ("testapp.product", "testapp.article"):
         redis_client.delete(route(label).stream, route(label).meta)
     before = _calls(redis_client)
     with transaction.atomic():
@@ -130,7 +129,7 @@ def test_a_bulk_transaction_publishes_every_event_chained_in_fewer_calls(
             )
             Article.objects.create(title=f"a{n}")
     assert publisher.flush(10)
-    for label in ("demo.product", "testapp.article"):
+    for label in ("testapp.product", "testapp.article"):
         log = redis_client.xrange(route(label).stream)
         assert len(log) == 60
         epoch = redis_client.hget(route(label).meta, "epoch").decode()
@@ -150,7 +149,7 @@ def _calls(client: redis.Redis) -> int:
 def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
     redis_client: redis.Redis, size: int
 ) -> None:
-    products = route("demo.product")
+    products = route("testapp.product")
     redis_client.delete(products.stream, products.meta)
     text = "é" * size
     entries: list[Any] = [(products, f'"t":"{text}"}}', None)] * 2
@@ -172,7 +171,7 @@ def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
 
 
 def test_a_layer_reading_json_gets_the_same_message_as_json(redis_client: redis.Redis) -> None:
-    products = dataclasses.replace(route("demo.product"), serializer_format="json")
+    products = dataclasses.replace(route("testapp.product"), serializer_format="json")
     redis_client.delete(products.stream, products.meta)
     pubsub = redis_client.pubsub()
     pubsub.subscribe(products.channel)

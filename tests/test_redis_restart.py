@@ -30,7 +30,7 @@ from broadcast_app.transport.routes import route
 from tests.conftest import FIGURES, Received, layers_for
 from tests.test_pipeline import make
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 OBJECTS = 5
 UPDATES = 150
@@ -112,7 +112,7 @@ async def test_redis_killed_and_restarted_mid_stream(mode: str, received: Receiv
             sent, held = run.sent, run.held
             # Every event in the log must reach the listener, duplicates included.
             client = redis.Redis.from_url(server.url)
-            published = client.xlen(route("demo.product").stream)
+            published = client.xlen(route("testapp.product").stream)
             client.close()
             got = await received.wait_for(published, DELIVERY_TIMEOUT, strict=False)
             await listener.stop()
@@ -157,7 +157,7 @@ async def test_outbox_when_redis_restarts_without_its_data(received: Received) -
     relay = Relay()
     resets = _resets()
     subscriber = ResetSubscriber()
-    hub.add(subscriber, "demo.product", None)
+    hub.add(subscriber, "testapp.product", None)
     try:
         with override_settings(
             CHANNEL_LAYERS=layers_for(server.url),
@@ -170,7 +170,7 @@ async def test_outbox_when_redis_restarts_without_its_data(received: Received) -
             await asyncio.wait_for(subscriber.reset_seen.wait(), DELIVERY_TIMEOUT)
             await listener.stop()
     finally:
-        hub.remove(subscriber, "demo.product", None)
+        hub.remove(subscriber, "testapp.product", None)
         await listener.stop()
         relay.publisher.close()
         server.stop()

@@ -9,18 +9,17 @@ from broadcast_app.capture.registry import (
     all_configs,
     get_config,
 )
-from project.demo.models import Product
-from tests.testapp.models import Article, Attachment
+from tests.testapp.models import Article, Attachment, Product
 
 
-def test_demo_product_is_registered_without_cost_price() -> None:
+def test_product_is_registered_without_cost_price() -> None:
     config = get_config(Product)
-    assert config is get_config("demo.product") is get_config("DEMO.Product")
+    assert config is get_config("testapp.product") is get_config("TESTAPP.Product")
     names = [f.name for f in config.broadcast_fields]
     assert names == ["id", "name", "sku", "price", "stock", "updated_at"]
     assert "cost_price" in config.private_names
     assert config.volatile_names == {"updated_at"}
-    assert config.view_permission == "demo.view_product"
+    assert config.view_permission == "testapp.view_product"
     assert config in all_configs()
 
 
@@ -48,14 +47,14 @@ def test_registering_twice_is_an_error() -> None:
 
 def test_unknown_label_is_not_registered() -> None:
     with pytest.raises(NotRegistered):
-        get_config("demo.nothing")
+        get_config("testapp.nothing")
 
 
 def test_fields_keeps_primary_key_and_order(reregister) -> None:
-    config = reregister(fields=["stock", "name"], permission="demo.change_product")
+    config = reregister(fields=["stock", "name"], permission="testapp.change_product")
     assert [f.name for f in config.broadcast_fields] == ["id", "name", "stock"]
     assert {"price", "sku", "cost_price", "updated_at"} <= config.private_names
-    assert config.view_permission == "demo.change_product"
+    assert config.view_permission == "testapp.change_product"
     assert config.unknown_field_names() == []
 
 

@@ -16,7 +16,7 @@ from broadcast_app.events.wire import id_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.publish import publisher
 from broadcast_app.routing import websocket_urlpatterns
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -36,7 +36,7 @@ async def connect(user: User) -> WebsocketCommunicator:
 
 
 async def subscribe(ws: WebsocketCommunicator, **frame: Any) -> dict[str, Any]:
-    await ws.send_json_to({"type": "subscribe", "model": "demo.product", **frame})
+    await ws.send_json_to({"type": "subscribe", "model": "testapp.product", **frame})
     reply: dict[str, Any] = await ws.receive_json_from(TIMEOUT)
     assert reply["type"] == "subscribed", reply
     return reply
@@ -98,7 +98,7 @@ async def test_live_events_during_the_replay_arrive_once_and_in_order(
     since = await resume_point(admin_user)
     await database_sync_to_async(changes)(30, start=1)
     ws = await connect(admin_user)
-    await ws.send_json_to({"type": "subscribe", "model": "demo.product", "since": since})
+    await ws.send_json_to({"type": "subscribe", "model": "testapp.product", "since": since})
     writer = asyncio.ensure_future(database_sync_to_async(changes)(30, start=31))
     received = await frames(ws, 61)
     await writer
@@ -120,7 +120,7 @@ async def test_unusable_since_gets_reset_then_live(
     ws = await connect(admin_user)
     await subscribe(ws, since=since)
     reset = await ws.receive_json_from(TIMEOUT)
-    assert reset == {"type": "reset", "model": "demo.product", "pk": None, "reason": reason}
+    assert reset == {"type": "reset", "model": "testapp.product", "pk": None, "reason": reason}
     await database_sync_to_async(changes)(1, start=5)
     assert (await ws.receive_json_from(TIMEOUT))["data"]["stock"] == 6
     await ws.disconnect()

@@ -51,6 +51,7 @@ class Failures(logging.Handler):
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_a_failing_task_is_logged_once_per_failure_and_restarted_with_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -131,6 +132,7 @@ def test_the_backoff_doubles_up_to_its_cap_and_starts_over_after_a_long_run() ->
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_the_heartbeat_comes_back_after_a_failure_it_cannot_handle(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -191,7 +193,7 @@ async def test_stop_cancels_every_task_joins_the_thread_and_closes_every_connect
                 assert listener.subscribed.is_set() and in_process.running
                 await asyncio.wait_for(heartbeat.sent.wait(), TIMEOUT)
                 # A resume's read, in this loop, as a consumer's would be.
-                await event_log.read_after("demo.product", "1-0:epoch")
+                await event_log.read_after("testapp.product", "1-0:epoch")
                 assert all(runtime.running(n) for n in ("listener", "confirmation", "heartbeat"))
                 assert other_clients(checker)  # the test can fail
             finally:
@@ -207,6 +209,7 @@ async def test_stop_cancels_every_task_joins_the_thread_and_closes_every_connect
         checker.close()
 
 
+@pytest.mark.slow
 def test_the_relay_thread_is_restarted_with_backoff_when_its_loop_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

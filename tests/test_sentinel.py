@@ -33,10 +33,10 @@ from broadcast_app.instance.listener import listener
 from broadcast_app.publish import publisher
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import PUBSUB_BACKEND
-from project.demo.models import Product
 from tests.sentinel_support import Arrivals, SentinelSetup, eventually
+from tests.testapp.models import Product
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 SAVE_EVERY = 0.02  # seconds between two saves: about 50 events per second
 #: seconds the events may take to flow again after the master is killed
@@ -46,9 +46,9 @@ SETTLE_TIMEOUT = 15.0
 
 @pytest_asyncio.fixture
 async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
-    """The listener on the Sentinel setup, and a subscriber of demo.product there."""
+    """The listener on the Sentinel setup, and a subscriber of testapp.product there."""
     recorder = Recorder()
-    hub.add(recorder, "demo.product", None)
+    hub.add(recorder, "testapp.product", None)
     # A fresh start: nothing remembered of another test's Redis (that would be a reset).
     listener.continuity.last.clear()
     # As docs/reliability.md advises: every wait on a sentinel or a master bounded.
@@ -68,7 +68,7 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
             yield recorder
             assert listener.running  # the same listener task throughout
     finally:
-        hub.remove(recorder, "demo.product", None)
+        hub.remove(recorder, "testapp.product", None)
         await listener.stop()
         await event_log.close()
         hub.last_ids.clear()
@@ -76,7 +76,7 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
 
 
 class Recorder(Arrivals):
-    """A hub subscriber of demo.product: the products' numbers (``F-<n>``), or resets."""
+    """A hub subscriber of testapp.product: the products' numbers (``F-<n>``), or resets."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,5 +171,5 @@ async def test_writes_the_replica_never_got_become_a_reset(
     assert recorder.uncovered(range(15)) == []
     # Resuming from before the lost events must not look complete either.
     for since in (4, 5, 9):
-        replay = await event_log.read_after("demo.product", recorder.ids[since])
+        replay = await event_log.read_after("testapp.product", recorder.ids[since])
         assert (replay.complete, replay.reason) == (False, "epoch")

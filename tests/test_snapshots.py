@@ -18,9 +18,9 @@ from broadcast_app.capture.registry import get_config
 from broadcast_app.events.change import field_values, to_json_data
 from broadcast_app.instance.continuity import not_after
 from broadcast_app.publish import publisher
-from project.demo.models import Product
 from tests.test_consumers import TIMEOUT, ask, connect, make, make_quietly, viewer, viewer_ws
 from tests.test_filtered_subscriptions import frame
+from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -38,13 +38,13 @@ async def test_a_snapshot_follows_subscribed_with_the_rows_as_events_carry_them(
         await database_sync_to_async(make_quietly)(sku, stock=stock, cost_price=Decimal("9.99"))
         for sku, stock in (("S-1", 3), ("S-2", 8), ("S-3", 1))
     ]
-    message = {"type": "subscribe", "model": "demo.product", "snapshot": True, "ref": 1}
+    message = {"type": "subscribe", "model": "testapp.product", "snapshot": True, "ref": 1}
     reply = await ask(viewer_ws, message)
     assert (reply["type"], reply["snapshot"]) == ("subscribed", True)
     snapshot = await frame(viewer_ws)
     assert snapshot == {
         "type": "snapshot",
-        "model": "demo.product",
+        "model": "testapp.product",
         "pk": None,
         "rows": [{"pk": str(p.pk), "data": data_of(p)} for p in products],
         "last_id": reply["last_id"],
@@ -60,13 +60,15 @@ async def test_a_filtered_snapshot_in_order_and_limited(viewer_ws: WebsocketComm
         await database_sync_to_async(make_quietly)(sku, stock=stock, price=Decimal(price))
     await database_sync_to_async(make_quietly)("other", stock=2, price=Decimal("6.00"))
     where = {"stock__lt": 5, "name__startswith": "T-"}
-    message = {"type": "subscribe", "model": "demo.product", "where": where, "snapshot": True}
+    message = {"type": "subscribe", "model": "testapp.product", "where": where, "snapshot": True}
     await ask(viewer_ws, {**message, "order": "-price"})
     snapshot = await frame(viewer_ws)
     assert [row["data"]["sku"] for row in snapshot["rows"]] == ["T-3", "T-1"]
     assert (snapshot["where"], snapshot["pk"], snapshot["complete"]) == (where, None, True)
 
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product", "where": where})
+    await viewer_ws.send_json_to(
+        {"type": "unsubscribe", "model": "testapp.product", "where": where}
+    )
     await ask(viewer_ws, {**message, "order": ["price"], "limit": 1})
     snapshot = await frame(viewer_ws)
     assert [row["data"]["sku"] for row in snapshot["rows"]] == ["T-1"]
@@ -79,7 +81,7 @@ async def test_one_object_and_the_object_check(running_listener: Any, reregister
     await database_sync_to_async(make_quietly)("O-2", stock=0)
     ws = await connect(await database_sync_to_async(viewer)())
     try:
-        message = {"type": "subscribe", "model": "demo.product", "snapshot": True}
+        message = {"type": "subscribe", "model": "testapp.product", "snapshot": True}
         await ask(ws, {**message, "pk": shown.pk})
         assert [row["pk"] for row in (await frame(ws))["rows"]] == [str(shown.pk)]
         await ask(ws, message)
@@ -104,22 +106,22 @@ async def test_one_object_and_the_object_check(running_listener: Any, reregister
 async def test_refused_snapshots(
     viewer_ws: WebsocketCommunicator, extra: dict[str, Any], code: str
 ) -> None:
-    reply = await ask(viewer_ws, {"type": "subscribe", "model": "demo.product", **extra})
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", **extra})
     assert (reply["type"], reply["code"]) == ("error", code)
 
 
 async def test_with_since_a_complete_replay_answers_instead(
     viewer_ws: WebsocketCommunicator,
 ) -> None:
-    since = (await ask(viewer_ws, {"type": "subscribe", "model": "demo.product"}))["last_id"]
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    since = (await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product"}))["last_id"]
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     created = await database_sync_to_async(make)("R-1")
     await database_sync_to_async(publisher.flush)(TIMEOUT)
-    message = {"type": "subscribe", "model": "demo.product", "snapshot": True}
+    message = {"type": "subscribe", "model": "testapp.product", "snapshot": True}
     reply = await ask(viewer_ws, {**message, "since": since})
     assert reply["snapshot"] is False
     assert (await frame(viewer_ws))["pk"] == str(created.pk)  # replayed
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     # A resume the log cannot answer: the snapshot does (no reset).
     reply = await ask(viewer_ws, {**message, "since": "1-0:gone"})
     assert reply["snapshot"] is True
@@ -132,10 +134,10 @@ async def test_with_since_a_complete_replay_answers_instead(
 
 @override_settings(BROADCAST_RESUME_RATE=1, BROADCAST_RESUME_WINDOW=1000)
 async def test_snapshots_are_budgeted_like_resumes(viewer_ws: WebsocketCommunicator) -> None:
-    message = {"type": "subscribe", "model": "demo.product", "snapshot": True}
+    message = {"type": "subscribe", "model": "testapp.product", "snapshot": True}
     await ask(viewer_ws, message)
     assert (await frame(viewer_ws))["type"] == "snapshot"
-    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "demo.product"})
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     await ask(viewer_ws, message)
     assert (await frame(viewer_ws))["reason"] == "rate_limited"
 
@@ -226,10 +228,11 @@ async def subscribe_with_snapshot(
 
 @override_settings(BROADCAST_RESUME_RATE=100)
 @pytest.mark.parametrize("where", [None, WHERE])
+@pytest.mark.slow
 async def test_a_snapshot_under_concurrent_writers_has_no_gap_and_no_duplicate(
     viewer_ws: WebsocketCommunicator, where: dict[str, Any] | None
 ) -> None:
-    message: dict[str, Any] = {"type": "subscribe", "model": "demo.product", "snapshot": True}
+    message: dict[str, Any] = {"type": "subscribe", "model": "testapp.product", "snapshot": True}
     if where is not None:
         message["where"] = where
     with Writers(2) as writers:

@@ -23,8 +23,8 @@ from broadcast_app.instance.hub import hub
 from broadcast_app.publish import publisher
 from broadcast_app.templatetags.broadcast import NotBroadcastField, UntranslatableQueryset
 from broadcast_app.transport.routes import route
-from project.demo.models import Product
 from tests.conftest import layers_for
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +47,7 @@ def product() -> Product:
 
 def test_live_field_renders_the_broadcast_value_in_a_bound_element(product: Product) -> None:
     html = render('{% live_field product "price" %}', product=product)
-    assert html.startswith('<span class="broadcast-field" data-broadcast-model="demo.product"')
+    assert html.startswith('<span class="broadcast-field" data-broadcast-model="testapp.product"')
     assert f'data-broadcast-pk="{product.pk}"' in html
     assert 'data-broadcast-field="price" data-broadcast-kind="number"' in html
     # As the event carries it: two decimal places, not the "12.5" that was assigned.
@@ -71,7 +71,7 @@ def test_live_field_renders_datetimes_as_time_elements(product: Product) -> None
 
 
 def test_live_field_refuses_an_excluded_field(product: Product) -> None:
-    with pytest.raises(NotBroadcastField, match=r"demo\.product\.cost_price is not broadcast"):
+    with pytest.raises(NotBroadcastField, match=r"testapp\.product\.cost_price is not broadcast"):
         render('{% live_field product "cost_price" %}', product=product)
 
 
@@ -90,7 +90,7 @@ def test_live_table_renders_rows_cells_and_a_row_template(product: Product) -> N
         '{% live_table products "name" "price" "updated_at" order="pk" table_id="t" %}',
         products=Product.objects.all(),
     )
-    assert 'data-broadcast-table data-broadcast-model="demo.product"' in html
+    assert 'data-broadcast-table data-broadcast-model="testapp.product"' in html
     assert 'data-broadcast-order="pk"' in html
     assert '<table id="t" class="broadcast-table">' in html
     assert f'<tr data-broadcast-pk="{product.pk}">' in html
@@ -119,7 +119,7 @@ def test_live_table_takes_dicts_with_a_model_and_drops_their_private_keys(
     product: Product,
 ) -> None:
     rows = Product.objects.values("id", "name", "cost_price")
-    html = render('{% live_table rows "name" model="demo.product" %}', rows=rows)
+    html = render('{% live_table rows "name" model="testapp.product" %}', rows=rows)
     assert f'data-broadcast-pk="{product.pk}"' in html
     assert SECRET not in html
     with pytest.raises(TemplateSyntaxError, match="needs a queryset"):
@@ -148,19 +148,6 @@ def test_client_and_status_tags() -> None:
     assert 'data-broadcast-status data-status="connecting"' in html
 
 
-def test_the_demo_page_is_tags_only(client: Client, product: Product) -> None:
-    user = User.objects.create_superuser("boss", password="x")
-    client.force_login(user)
-    page = client.get("/").content.decode()
-    assert "broadcast_app/js/page.js" in page
-    assert 'id="products"' in page and "data-broadcast-table" in page
-    assert 'id="spotlight"' in page and 'data-broadcast-field="stock"' in page
-    assert "demo/js/" not in page  # no page script of its own
-    assert SECRET not in page
-    anonymous = Client().get("/").content.decode()
-    assert "data-broadcast" not in anonymous and "page.js" not in anonymous
-
-
 # -- the first render's since ---------------------------------------------------------
 
 SINCE = re.compile(r'data-(?:broadcast-)?since="([^"]*)"')
@@ -180,17 +167,17 @@ def test_first_render_since_is_read_from_the_log_on_an_instance_that_saw_no_even
         name="Anvil", sku="AN-9", price=Decimal("1.00"), stock=1, cost_price=Decimal("0.5")
     )
     publisher.flush(5)
-    last = redis_client.hget(route("demo.product").meta, "last").decode()
+    last = redis_client.hget(route("testapp.product").meta, "last").decode()
     field = render('{% live_field product "name" %}', product=product)
     table = render("{% live_table products %}", products=Product.objects.all())
     assert SINCE.findall(field) == [last]
     assert SINCE.findall(table) == [last]
     # The live admin too.
     client.force_login(User.objects.create_superuser("boss", "b@example.com", "x"))
-    page = client.get("/admin/demo/product/").content.decode()
+    page = client.get("/admin/testapp/product/").content.decode()
     assert SINCE.findall(page) == [last]
     # What the instance received itself, when it has, is used without asking Redis.
-    hub.last_ids["demo.product"] = "1-0:seen"
+    hub.last_ids["testapp.product"] = "1-0:seen"
     assert SINCE.findall(render('{% live_field product "name" %}', product=product)) == [
         "1-0:seen"
     ]

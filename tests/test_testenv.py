@@ -1,9 +1,10 @@
 """A user's tests publish nothing to a real Redis unless they ask
 (broadcast_app.transport.testenv).
 
-Run as a user's test process would: the demo project's settings (no
-``BROADCAST_PUBLISH_IN_TESTS``), a Redis that stands for the one running instances
-share, and Django's test environment set up as ``manage.py test`` and pytest-django do.
+Run as a user's test process would: a project's settings without
+``BROADCAST_PUBLISH_IN_TESTS`` (tests/user_settings.py), a Redis that stands for the one
+running instances share, and Django's test environment set up as ``manage.py test`` and
+pytest-django do.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from broadcast_app.events.wire import split_hidden
 from broadcast_app.testing import capture_events
 from broadcast_app.transport.routes import route
-from project.demo.models import Product
 from tests.e2e_support import BASE_DIR, subprocess_env
+from tests.testapp.models import Product
 
 SCRIPT = """
 import json, time
@@ -33,7 +34,7 @@ from django.core.management import call_command
 from django.test.utils import setup_test_environment, teardown_test_environment
 from broadcast_app.publish import publisher
 from broadcast_app.testing import capture_events
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 call_command("migrate", verbosity=0)
 
@@ -55,10 +56,13 @@ print(time.monotonic(), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_nothing_reaches_redis_from_a_users_test_process_unless_asked(tmp_path: Path) -> None:
     with EmbeddedRedis() as server:
         env = subprocess_env(
-            REDIS_URL=server.url, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}"
+            DJANGO_SETTINGS_MODULE="tests.user_settings",
+            REDIS_URL=server.url,
+            DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
         )
         result = subprocess.run(
             [sys.executable, "-c", SCRIPT],
@@ -76,7 +80,7 @@ def test_nothing_reaches_redis_from_a_users_test_process_unless_asked(tmp_path: 
         report = json.loads(report_line)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
-            log = client.xrange(route("demo.product").stream)
+            log = client.xrange(route("testapp.product").stream)
         finally:
             client.close()
     # capture_events() saw every event; only the block that asked reached Redis.
@@ -91,11 +95,11 @@ def test_nothing_reaches_redis_from_a_users_test_process_unless_asked(tmp_path: 
 def test_capture_events_sees_every_event_while_publishing_is_held_back(
     redis_client: redis.Redis,
 ) -> None:
-    stream = route("demo.product").stream
+    stream = route("testapp.product").stream
     before = redis_client.xlen(stream)
     with override_settings(BROADCAST_PUBLISH_IN_TESTS=False), capture_events() as events:
         Product.objects.create(name="A", sku="A-1", price="1.00", cost_price="0.5", stock=1)
-    events.assert_one(op="created", model="demo.product")
+    events.assert_one(op="created", model="testapp.product")
     with override_settings(BROADCAST_PUBLISH_IN_TESTS=False):
         Product.objects.create(name="B", sku="B-1", price="1.00", cost_price="0.5", stock=1)
     from broadcast_app.publish import publisher

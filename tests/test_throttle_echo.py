@@ -19,7 +19,7 @@ from broadcast_app.events import socket_ids as echo
 from broadcast_app.publish import publisher
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents, capture_events
-from project.demo.models import Product
+from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +85,7 @@ def test_x_socket_id_header_reaches_the_event(broadcast_events: CapturedEvents) 
     client = Client()
     client.login(username="root", password="pw")
     response = client.post(
-        f"/admin/demo/product/{product.pk}/change/",
+        f"/admin/testapp/product/{product.pk}/change/",
         {"name": "via admin", "sku": "E-3", "price": "1.00", "stock": "4", "cost_price": "0"},
         headers={"X-Socket-ID": "tab-9", "X-Broadcast-To-Others": "1"},
     )
@@ -113,7 +113,7 @@ async def test_to_others_skips_only_the_originating_socket(running_listener: Any
         )
         ws.scope["user"], ws.scope["session"] = user, session
         assert (await ws.connect(TIMEOUT))[0]
-        await ws.send_json_to({"type": "subscribe", "model": "demo.product"})
+        await ws.send_json_to({"type": "subscribe", "model": "testapp.product"})
         assert (await ws.receive_json_from(TIMEOUT))["type"] == "subscribed"
         sockets.append(ws)
     me, you = sockets

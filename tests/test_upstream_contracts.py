@@ -49,8 +49,8 @@ from broadcast_app.upstream import channels_redis as cr
 from broadcast_app.upstream.django_cache import locmem_keys
 from broadcast_app.upstream.redis_py import Pipelined, RawConnection, commands_for, resp
 from broadcast_app.web.sender import Sender
-from project.demo.models import Product
 from tests.conftest import Received, layers_for
+from tests.testapp.models import Product
 
 TIMEOUT = 5
 
@@ -154,7 +154,7 @@ async def session_ws(running_listener: Any) -> AsyncIterator[WebsocketCommunicat
 
 
 async def subscribe_and_receive_a_save(ws: WebsocketCommunicator) -> dict[str, Any]:
-    await ws.send_json_to({"type": "subscribe", "model": "demo.product"})
+    await ws.send_json_to({"type": "subscribe", "model": "testapp.product"})
     assert (await ws.receive_json_from(timeout=TIMEOUT))["type"] == "subscribed"
     await database_sync_to_async(make)("UP-1")
     frame: dict[str, Any] = await ws.receive_json_from(timeout=TIMEOUT)
@@ -273,7 +273,7 @@ async def test_fallback_everything_public_a_save_reaches_a_websocket_client(
     public_paths: None, session_ws: WebsocketCommunicator
 ) -> None:
     """Every fast path off at once: save → Redis → listener → websocket, end to end."""
-    assert route("demo.product").channel == ""
+    assert route("testapp.product").channel == ""
     direct_before = count("received_direct")
     frame = await subscribe_and_receive_a_save(session_ws)
     assert (frame["op"], frame["data"]["sku"], frame["id"].count(":")) == ("created", "UP-1", 1)
@@ -302,7 +302,7 @@ async def test_contract_the_layer_subscribes_each_group_where_routes_say() -> No
         layers = layers_for(first.url)
         layers["default"]["CONFIG"]["hosts"] = [first.url, second.url]
         with override_settings(CHANNEL_LAYERS=layers):
-            labels = ["demo.product", "testapp.article", "a.b", "c.d", "e.f", "g.h"]
+            labels = ["testapp.product", "testapp.article", "a.b", "c.d", "e.f", "g.h"]
             routes = [route(label) for label in labels]
             layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
             channel = await layer.new_channel("contract.")
@@ -336,10 +336,10 @@ async def test_contract_the_layer_reads_what_the_publish_script_publishes(fmt: s
     layers = layers_for(layer_config()["CONFIG"]["hosts"][0])
     layers["default"]["CONFIG"]["serializer_format"] = fmt
     with override_settings(CHANNEL_LAYERS=layers):
-        assert route("demo.product").channel  # the script publishes
+        assert route("testapp.product").channel  # the script publishes
         layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
         channel = await layer.new_channel("contract.")
-        await layer.group_add(group_name("demo.product"), channel)
+        await layer.group_add(group_name("testapp.product"), channel)
         try:
             await database_sync_to_async(make)("UP-2")
             message = await asyncio.wait_for(layer.receive(channel), TIMEOUT)
@@ -355,8 +355,8 @@ async def test_contract_the_layer_reads_what_the_publish_script_publishes(fmt: s
 async def test_fallback_events_and_resets_go_through_group_send(
     public_paths: None, running_listener: Any, received: Received, redis_client: redis.Redis
 ) -> None:
-    r = route("demo.product")
-    assert r.channel == "" and r.group == group_name("demo.product")
+    r = route("testapp.product")
+    assert r.channel == "" and r.group == group_name("testapp.product")
     for n in range(3):
         await database_sync_to_async(make)(f"UP-{n}")
     events = await received.wait_for(3)
@@ -375,13 +375,15 @@ async def test_fallback_events_and_resets_go_through_group_send(
     from broadcast_app.instance.hub import hub
 
     watcher = Watcher()
-    hub.add(watcher, "demo.product", None)
+    hub.add(watcher, "testapp.product", None)
     try:
-        told = await asyncio.to_thread(publisher._publisher.send_resets, {"demo.product"}, "test")
-        assert told == {"demo.product"}
+        told = await asyncio.to_thread(
+            publisher._publisher.send_resets, {"testapp.product"}, "test"
+        )
+        assert told == {"testapp.product"}
         await asyncio.wait_for(reset.wait(), TIMEOUT)
     finally:
-        hub.remove(watcher, "demo.product", None)
+        hub.remove(watcher, "testapp.product", None)
     assert redis_client.hget(r.meta, "epoch") is None  # the script still dropped it
 
 

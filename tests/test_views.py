@@ -22,7 +22,7 @@ DASHBOARD = "/broadcast/"
 
 @pytest.fixture
 def staff(client: Client) -> Client:
-    """Staff allowed to see demo.product."""
+    """Staff allowed to see testapp.product."""
     user = User.objects.create_user("staff", password="x", is_staff=True)
     user.user_permissions.add(Permission.objects.get(codename="view_product"))
     client.force_login(user)
@@ -31,7 +31,7 @@ def staff(client: Client) -> Client:
 
 @pytest.fixture
 def staff_without_perm(client: Client) -> Client:
-    """Staff without demo.product's view permission."""
+    """Staff without testapp.product's view permission."""
     client.force_login(User.objects.create_user("blind", password="x", is_staff=True))
     return client
 
@@ -39,7 +39,7 @@ def staff_without_perm(client: Client) -> Client:
 def record_event(**extra: Any) -> None:
     feed.record(
         {
-            "id": "1-0", "op": "updated", "model": "demo.product", "pk": "7",
+            "id": "1-0", "op": "updated", "model": "testapp.product", "pk": "7",
             "data": {"id": 7, "price": "99.99"}, "changed": ["price"],
             "ts": "2026-01-01T00:00:00.000000Z", "origin": "elsewhere", **extra,
         }
@@ -88,11 +88,11 @@ def test_status_json_shape(staff: Client) -> None:
     assert receipt["pk"] == "7" and receipt["changed"] == ["price"]
     assert receipt["origin"] == "elsewhere" and receipt["lag_ms"] > 0
     assert receipt["origin_instance"] is None  # no live instance has that origin
-    (product,) = [m for m in status["models"] if m["label"] == "demo.product"]
+    (product,) = [m for m in status["models"] if m["label"] == "testapp.product"]
     assert "price" in product["fields"]
     # Excluded fields are not named, not even to staff who may see the model.
     assert "exclude" not in product and "cost_price" not in response.content.decode()
-    assert product["permission"] == "demo.view_product"
+    assert product["permission"] == "testapp.view_product"
     # Metadata only: no event data, so no value of any field, reaches the dashboard.
     assert "99.99" not in response.content.decode()
     assert '"data"' not in response.content.decode()
@@ -118,7 +118,7 @@ def test_staff_without_the_view_permission_see_nothing_of_the_model(
     status = response.json()
     assert status["feed"] == [] and status["models"] == []
     body = response.content.decode()
-    assert "demo.product" not in body and "cost_price" not in body and '"7"' not in body
+    assert "testapp.product" not in body and "cost_price" not in body and '"7"' not in body
     page = staff_without_perm.get(DASHBOARD)
     assert page.status_code == 200
     assert "cost_price" not in page.content.decode()

@@ -1,6 +1,26 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.db import models
+
+
+class Product(models.Model):
+    """The shape of a typical broadcast model (the demo's too): saves and deletes are
+    broadcast, ``cost_price`` excepted."""
+
+    name = models.CharField(max_length=200)
+    sku = models.CharField("SKU", max_length=64, unique=True)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    stock = models.IntegerField(default=0)
+    cost_price = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal("0"))
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.sku})"
 
 
 class Tag(models.Model):

@@ -1,4 +1,4 @@
-"""The demo project's settings, plus the knobs the fault tests turn (tests/test_faults.py).
+"""The demo project's settings, plus the knobs the fault tests turn (tests/demo/test_faults.py).
 
 Instances of the fault tests run the demo exactly as users do, bar the limits below,
 made small enough to hit quickly.

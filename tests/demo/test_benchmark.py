@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e_support import subprocess_env
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.e2e

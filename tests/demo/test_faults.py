@@ -143,7 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with (
         EmbeddedRedis() as redis,
         demo_stack(
-            redis.url, directory, SETUP, password, "fault-setup", "tests.fault_settings"
+            redis.url, directory, SETUP, password, "fault-setup", "tests.demo.fault_settings"
         ) as demo,
     ):
         session_id = login(demo.a.base_url, ADMIN, password)

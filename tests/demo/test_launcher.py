@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -23,14 +24,12 @@ import time
 from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from broadcast_app.dev.embedded_redis import free_port
 from broadcast_app.web.server_limits import ws_max_size
-from project.demo import launcher
-from tests.e2e_support import BASE_DIR, subprocess_env
+from tests.e2e_support import BASE_DIR, last_json_line, manage, subprocess_env
 
 #: seconds the demo may take to migrate, seed and start its instances
 STARTUP_TIMEOUT = 90.0
@@ -38,18 +37,44 @@ STARTUP_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
-def test_a_port_in_use_is_reported_with_the_option_that_changes_it() -> None:
+def test_a_port_in_use_is_reported_with_the_option_that_changes_it(tmp_path: Path) -> None:
+    env = subprocess_env(DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        with pytest.raises(CommandError, match=rf"Port {port} is already in use.*--ports \d+"):
-            call_command("broadcast_demo", ports=str(port))
+        result = subprocess.run(
+            [sys.executable, "manage.py", "broadcast_demo", "--ports", str(port)],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(rf"CommandError: Port {port} is already in use.*--ports \d+", result.stderr)
 
 
-def test_instances_run_with_a_websocket_size_limit_near_the_protocols() -> None:
-    command = launcher.instance_command(8001)
-    assert command[command.index("--ws-max-size") + 1] == str(ws_max_size())
+INSTANCE_COMMAND = """
+import json
+from broadcast_app.web.server_limits import ws_max_size
+from project.demo import launcher
+command = launcher.instance_command(8001)
+print(json.dumps([command[command.index("--ws-max-size") + 1], str(ws_max_size())]))
+"""
+
+
+def test_instances_run_with_a_websocket_size_limit_near_the_protocols(tmp_path: Path) -> None:
+    env = subprocess_env(DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    given, limit = last_json_line(manage("shell", "-c", INSTANCE_COMMAND, env=env).stdout)
+    assert given == limit
+
+
+def _port_is_free(port: int) -> bool:
+    """As the launcher checks it (SO_REUSEADDR: connections in TIME_WAIT don't count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _descendants(root: int) -> set[int]:
@@ -150,7 +175,7 @@ def test_closing_the_terminal_stops_everything_the_demo_started(tmp_path: Path) 
         left = [pid for pid in started if _alive(pid)]
         assert left == [], f"still running after SIGHUP: {left}"
         for port in ports:
-            assert launcher._port_is_free(port)
+            assert _port_is_free(port)
     finally:
         if master != -1:
             os.close(master)

@@ -61,6 +61,11 @@ def outbox_env(
         yield env
 
 
+def demo_skus(client: redis.Redis) -> list[str | None]:
+    """The ``sku`` of every event in the log of the demo's products, which these save."""
+    return skus_in_log(client, "demo.product")
+
+
 def shell(script: str, *args: str, env: dict[str, str]) -> None:
     # ``shell -c`` takes no extra arguments: pass them in sys.argv through a wrapper.
     code = f"import sys; sys.argv += {list(args)!r}\n{script}"
@@ -72,15 +77,15 @@ def test_event_committed_by_a_process_that_died_is_relayed_later(
 ) -> None:
     sku = f"DIE-{uuid.uuid4().hex[:8]}"
     shell(DIE_AFTER_COMMIT, sku, env=outbox_env)
-    assert sku not in skus_in_log(redis_client)  # no relay ran: still in the outbox
+    assert sku not in demo_skus(redis_client)  # no relay ran: still in the outbox
     first = manage("broadcast_relay", "--once", env=outbox_env)
     assert "relayed 1 event(s) from 1 outbox row(s)" in first.stdout
-    assert skus_in_log(redis_client).count(sku) == 1
+    assert demo_skus(redis_client).count(sku) == 1
     again = manage("broadcast_relay", "--once", env=outbox_env)
     assert "relayed 0 event(s) from 0 outbox row(s)" in again.stdout
     FIGURES.append(
         "Saving process killed (os._exit) right after commit [outbox]: sent 1, "
-        f"published by a later relay {skus_in_log(redis_client).count(sku)}, lost 0"
+        f"published by a later relay {demo_skus(redis_client).count(sku)}, lost 0"
     )
 
 
@@ -113,7 +118,7 @@ def test_two_relay_commands_publish_each_event_once_in_order(
         shell(SAVE_MANY, prefix, str(count), env=outbox_env)
         expected = [f"{prefix}-{i}" for i in range(count)]
         deadline = time.monotonic() + DEADLINE
-        while len([s for s in skus_in_log(redis_client) if s and s.startswith(prefix)]) < count:
+        while len([s for s in demo_skus(redis_client) if s and s.startswith(prefix)]) < count:
             assert time.monotonic() < deadline, "the relays did not publish every row"
             time.sleep(0.1)  # polling the log, bounded by the deadline
         for relay in relays:
@@ -125,7 +130,7 @@ def test_two_relay_commands_publish_each_event_once_in_order(
             if relay.poll() is None:
                 relay.kill()
                 relay.communicate()
-    assert [s for s in skus_in_log(redis_client) if s and s.startswith(prefix)] == expected
+    assert [s for s in demo_skus(redis_client) if s and s.startswith(prefix)] == expected
     relayed = 0
     for relay, (out, err) in zip(relays, outputs, strict=True):
         assert relay.returncode == 0, err
