@@ -34,6 +34,7 @@ from ..events.wire import frame_head
 from ..instance.hub import hub
 from ..instance.listener import listener
 from ..instance.probe import DISCONNECTED
+from ..instance.runtime import runtime
 from ..stats import stats
 from ..transport.log_reader import Replay, covers, event_log, position
 from ..upstream.asgi import server_send
@@ -83,7 +84,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._cleanup()
 
     async def connect(self) -> None:
-        await listener.ensure_started()
+        await runtime.ensure_started()
         self.user = self.scope.get("user") or AnonymousUser()
         # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
         # its HTTP requests repeat in X-Socket-ID to be spared their own echo; bound to
