@@ -15,6 +15,9 @@ exactly as in production (use ``transaction=True`` tests, or pytest-django's
 Captured events have ``id`` None: ids are assigned by Redis, which is not involved.
 In ``outbox`` delivery mode each commit relays its outbox rows at once while a capture
 is active, so the events appear at commit in both modes.
+
+A capture is an in-memory transport (:mod:`broadcast_app.transport.memory`) installed on
+the publisher for the block: it takes each event in the thread that publishes it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .publish import publisher as _publisher_module
+from .transport.memory import MemoryTransport
 
 __all__ = ["CapturedEvents", "capture_events"]
 
@@ -56,13 +60,14 @@ def capture_events(*, forward: bool = False) -> Iterator[CapturedEvents]:
     """Record the events published in the block; with ``forward`` also send them to Redis."""
     publisher = _publisher_module._publisher
     events = CapturedEvents()
+    transport = MemoryTransport(events.append)
     previous = publisher.forward
-    publisher.sinks.append(events.append)
+    publisher.inline.append(transport)
     publisher.forward = forward
     try:
         yield events
     finally:
-        publisher.sinks.remove(events.append)
+        publisher.inline.remove(transport)
         publisher.forward = previous
 
 

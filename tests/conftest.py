@@ -21,6 +21,7 @@ from django.test import override_settings
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
+from broadcast_app.instance.runtime import runtime
 from broadcast_app.publish import publisher
 from broadcast_app.publish.throttle import Throttle
 from broadcast_app.signals import change_received
@@ -79,10 +80,10 @@ def _drain_publisher() -> Iterator[None]:
 @pytest_asyncio.fixture
 async def running_listener() -> AsyncIterator[Any]:
     """The instance listener, started in this test's event loop and stopped after."""
-    await listener.start()
+    await runtime.start()
     assert listener.subscribed.is_set()
     yield listener
-    await listener.stop()
+    await runtime.stop()
     hub.last_ids.clear()
     # Close what the thread that ran database_sync_to_async calls still holds open, or
     # PostgreSQL refuses to drop the test database at the end of the session.

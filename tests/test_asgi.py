@@ -9,6 +9,7 @@ from asgiref.testing import ApplicationCommunicator
 
 from broadcast_app.asgi import with_broadcast
 from broadcast_app.instance.listener import listener
+from broadcast_app.instance.runtime import runtime
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,5 +40,5 @@ async def test_http_scope_starts_the_listener_lazily_and_passes_through() -> Non
         assert (await http.receive_output(5))["status"] == 204
         assert listener.running
     finally:
-        await listener.stop()
+        await runtime.stop()
     assert not listener.running

@@ -12,8 +12,9 @@ import redis
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from broadcast_app import cache
+from broadcast_app.instance import cache
 from broadcast_app.instance.hub import hub
+from broadcast_app.instance.runtime import runtime
 from broadcast_app.publish import publisher
 from broadcast_app.signals import change_received
 from broadcast_app.transport.routes import meta_key, stream_key
@@ -74,8 +75,8 @@ async def test_gap_is_replayed_in_order_before_the_next_event(
 async def test_watchdog_finds_a_gap_no_later_event_reveals(
     running_listener: Any, seen: asyncio.Queue[dict[str, Any]], redis_server: Any
 ) -> None:
-    await running_listener.stop()  # restart it with the short interval
-    await running_listener.start()
+    await runtime.stop()  # restart it with the short interval
+    await runtime.start()
     product = await database_sync_to_async(Product.objects.create)(
         name="W", sku="W", price=Decimal(1)
     )
@@ -94,8 +95,8 @@ async def test_the_first_events_of_a_log_empty_at_start_are_repaired_too(
     """A model with no event yet when the listener starts: its first events, if
     missed, are a gap like any other (nothing before them tells, but the log does)."""
     redis_client.delete(stream_key("testapp.product"), meta_key("testapp.product"))
-    await running_listener.stop()  # follow the now empty log from its start
-    await running_listener.start()
+    await runtime.stop()  # follow the now empty log from its start
+    await runtime.start()
     with override_settings(CHANNEL_LAYERS=deaf_layers(redis_server.url)):
         product = await database_sync_to_async(Product.objects.create)(
             name="E", sku="E", price=Decimal(1)
@@ -198,7 +199,7 @@ async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers(
     with two_hosts() as (_first, second, _products, _articles):
         assert second.process is not None
         with override_settings(BROADCAST_CONFIRM_TIMEOUT=1.0):
-            await listener.start()
+            await runtime.start()
             hub.add(subscriber, "testapp.product", None)
             try:
                 assert listener.subscribed.is_set() and cache.serving_hits()
@@ -212,5 +213,5 @@ async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers(
             finally:
                 os.kill(second.process.pid, signal.SIGCONT)
                 hub.remove(subscriber, "testapp.product", None)
-                await listener.stop()
+                await runtime.stop()
     assert cache.serving_hits()  # no listener: hits as before

@@ -105,7 +105,7 @@ async def test_a_failure_that_is_not_redis_is_logged_and_the_task_goes_on(
 
 async def test_the_listener_runs_a_heartbeat(running_listener: Any) -> None:
     assert runtime.running("heartbeat")
-    await running_listener.stop()
+    await runtime.stop()
     assert not runtime.running("heartbeat")
 
 

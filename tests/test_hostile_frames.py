@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broadcast_app.instance.hub import hub
-from broadcast_app.instance.listener import listener
 from broadcast_app.instance.presence_local import local as presence_local
+from broadcast_app.instance.runtime import runtime
 from broadcast_app.publish import publisher
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.stats import stats
@@ -254,9 +254,9 @@ def sender_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
 def runner() -> Iterator[asyncio.Runner]:
     """An event loop of this test's own: hypothesis calls the property synchronously."""
     with asyncio.Runner() as loop_runner:
-        loop_runner.run(listener.start())
+        loop_runner.run(runtime.start())
         yield loop_runner
-        loop_runner.run(listener.stop())
+        loop_runner.run(runtime.stop())
         loop_runner.run(event_log.close())
         hub.last_ids.clear()
     connections.close_all()

@@ -155,20 +155,20 @@ async def test_rows_relayed_twice_are_published_once(
 
 @pytest.mark.asyncio
 async def test_in_process_relay_publishes_right_after_commit(received: Received) -> None:
-    from broadcast_app.instance.listener import listener
+    from broadcast_app.instance.runtime import runtime
     from broadcast_app.publish.relay import in_process
 
     # A long interval: only the commit's wake-up can make the event arrive in time.
     with override_settings(
         BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_RELAY=True, BROADCAST_OUTBOX_INTERVAL=60
     ):
-        await listener.start()
+        await runtime.start()
         try:
             assert in_process.running
             await database_sync_to_async(make)("INPROC-1")
             assert (await received.wait_for(1))[0]["data"]["sku"] == "INPROC-1"
         finally:
-            await listener.stop()
+            await runtime.stop()
     assert not in_process.running
 
 

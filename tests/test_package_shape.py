@@ -20,13 +20,7 @@ ROOT = PACKAGE.parent
 #: Import edges (importer, imported) left in place on purpose. Each closes a cycle that
 #: cannot go yet; the test still fails on any other cycle, and on a listed edge that no
 #: longer exists (so the list only shrinks).
-ALLOWED_EDGES = {
-    # Listener.start()/stop()/running/ensure_started() are the public way in (used by
-    # web/consumers.py and by projects' tests) and delegate to the runtime that owns the
-    # listener's tasks. Removing the edge means calling the runtime from consumers.py
-    # and retiring the facade (projects' tests call it): not done with the layout.
-    ("broadcast_app.instance.listener", "broadcast_app.instance.runtime"),
-}
+ALLOWED_EDGES: set[tuple[str, str]] = set()
 
 
 def _module_names() -> dict[str, Path]:

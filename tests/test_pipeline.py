@@ -22,6 +22,7 @@ from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
 from broadcast_app.events.wire import id_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
+from broadcast_app.instance.runtime import runtime
 from broadcast_app.publish import publisher
 from broadcast_app.publish.publisher import Publisher
 from broadcast_app.stats import stats
@@ -341,7 +342,7 @@ async def test_listener_survives_a_redis_restart(received: Received) -> None:
     server = EmbeddedRedis().start()
     try:
         with override_settings(CHANNEL_LAYERS=layers_for(server.url)):
-            await listener.start()
+            await runtime.start()
             await database_sync_to_async(make)(sku="R-0")
             assert (await received.next())["data"]["sku"] == "R-0"
             server.kill()
@@ -359,9 +360,9 @@ async def test_listener_survives_a_redis_restart(received: Received) -> None:
                 break
             else:
                 pytest.fail("no event arrived after Redis came back")
-            await listener.stop()
+            await runtime.stop()
     finally:
-        await listener.stop()
+        await runtime.stop()
         server.stop()
 
 
@@ -375,12 +376,12 @@ async def test_json_serializer_format_and_several_hosts(received: Received) -> N
             "serializer_format": "json",
         }
         with override_settings(CHANNEL_LAYERS=layers):
-            await listener.start()
+            await runtime.start()
             try:
                 await database_sync_to_async(make)(sku="J-1")
                 assert (await received.next())["data"]["sku"] == "J-1"
             finally:
-                await listener.stop()
+                await runtime.stop()
 
 
 @pytest.mark.asyncio
@@ -406,7 +407,7 @@ async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone
     subscriber = Subscriber()
     with two_hosts() as (first, second, products, articles):
         listener.continuity.last.clear()  # nothing remembered of the session's Redis
-        await listener.start()
+        await runtime.start()
         for label in ("testapp.product", "testapp.article"):
             hub.add(subscriber, label, None)
         try:
@@ -441,7 +442,7 @@ async def test_each_host_carries_its_models_and_one_down_leaves_the_others_alone
         finally:
             for label in ("testapp.product", "testapp.article"):
                 hub.remove(subscriber, label, None)
-            await listener.stop()
+            await runtime.stop()
 
 
 @pytest.mark.asyncio

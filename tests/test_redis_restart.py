@@ -22,6 +22,7 @@ from django.test import override_settings
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
+from broadcast_app.instance.runtime import runtime
 from broadcast_app.models import OutboxEvent
 from broadcast_app.publish import publisher
 from broadcast_app.publish.relay import Relay
@@ -64,7 +65,7 @@ async def _save_through_an_outage(mode: str, server: EmbeddedRedis, relay: Relay
     # A fresh instance: what the listener processed from an earlier test's Redis
     # (another epoch) would rightly count as a reset here.
     listener.continuity.last.clear()
-    await listener.start()
+    await runtime.start()
     products = [await database_sync_to_async(make)(f"KILL-{i}", stock=0) for i in range(OBJECTS)]
     run = Run(sent=OBJECTS)
     for n in range(1, UPDATES + 1):
@@ -115,9 +116,9 @@ async def test_redis_killed_and_restarted_mid_stream(mode: str, received: Receiv
             published = client.xlen(route("testapp.product").stream)
             client.close()
             got = await received.wait_for(published, DELIVERY_TIMEOUT, strict=False)
-            await listener.stop()
+            await runtime.stop()
     finally:
-        await listener.stop()
+        await runtime.stop()
         relay.publisher.close()
         server.stop()
     reset = _resets() - resets
@@ -168,10 +169,10 @@ async def test_outbox_when_redis_restarts_without_its_data(received: Received) -
             run = await _save_through_an_outage("outbox", server, relay)
             # The instance notices the new epoch at the next event or watchdog check.
             await asyncio.wait_for(subscriber.reset_seen.wait(), DELIVERY_TIMEOUT)
-            await listener.stop()
+            await runtime.stop()
     finally:
         hub.remove(subscriber, "testapp.product", None)
-        await listener.stop()
+        await runtime.stop()
         relay.publisher.close()
         server.stop()
     reset = _resets() - resets

@@ -30,6 +30,7 @@ from broadcast_app.conf import conf
 from broadcast_app.instance.heartbeat import instance_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
+from broadcast_app.instance.runtime import runtime
 from broadcast_app.publish import publisher
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import PUBSUB_BACKEND
@@ -63,13 +64,13 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
             BROADCAST_RECOVERY_INTERVAL=0.5,
             BROADCAST_HEARTBEAT_INTERVAL=0.5,
         ):
-            await listener.start()
+            await runtime.start()
             assert listener.subscribed.is_set()
             yield recorder
             assert listener.running  # the same listener task throughout
     finally:
         hub.remove(recorder, "testapp.product", None)
-        await listener.stop()
+        await runtime.stop()
         await event_log.close()
         hub.last_ids.clear()
         await sync_to_async(connections.close_all)()

@@ -19,6 +19,7 @@ from broadcast_app.events import socket_ids as echo
 from broadcast_app.publish import publisher
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents, capture_events
+from broadcast_app.transport.memory import MemoryTransport
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,8 +36,8 @@ def test_hot_row_is_rate_limited_and_its_last_state_arrives(reregister: Any) -> 
     final = 300
     arrived = threading.Event()
     with capture_events() as events:
-        publisher._publisher.sinks.append(
-            lambda e: arrived.set() if e["data"].get("stock") == final else None
+        publisher._publisher.inline.append(
+            MemoryTransport(lambda e: arrived.set() if e["data"].get("stock") == final else None)
         )
         try:
             product = make()
@@ -46,7 +47,7 @@ def test_hot_row_is_rate_limited_and_its_last_state_arrives(reregister: Any) -> 
             # Without any flush: the held last state is published by the thread, in time.
             assert arrived.wait(TIMEOUT)
         finally:
-            publisher._publisher.sinks.pop()
+            publisher._publisher.inline.pop()
     updates = events.matching(op="updated")
     assert 1 <= len(updates) < 30, len(updates)
     assert updates[-1]["data"]["stock"] == final

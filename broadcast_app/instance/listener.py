@@ -58,32 +58,24 @@ class Listener:
         #: an event was processed directly in this turn of the loop (see transport/fast_path.py)
         self._turn_taken = False
         self.probes = Probes()
+        #: the runtime that runs this listener's tasks, once it started in a loop
+        self._owner: InstanceRuntime | None = None
 
-    def bind(self) -> None:
-        """Start over in a new event loop (the runtime calls it): locks and events
-        belong to one loop."""
+    def bind(self, owner: InstanceRuntime) -> None:
+        """Start over in a new event loop, run by ``owner`` (the runtime calls it):
+        locks and events belong to one loop."""
+        self._owner = owner
         self._order = asyncio.Lock()
         self.subscribed = asyncio.Event()
 
-    # The runtime (broadcast_app.instance.runtime) owns the tasks; these stay the public way in.
-
     @property
     def running(self) -> bool:
-        """Whether the listener task runs in this loop."""
-        return _runtime().running("listener")
+        """Whether the listener task runs (or waits to be restarted) in this loop.
 
-    async def ensure_started(self) -> None:
-        """Start the instance unless it already runs in this loop (cheap when it does)."""
-        await _runtime().ensure_started()
-
-    async def start(self, wait: bool = True) -> None:
-        """Start the instance's tasks; with ``wait``, return once subscribed (or after a
-        few seconds)."""
-        await _runtime().start(wait)
-
-    async def stop(self) -> None:
-        """Stop the instance's tasks and close their connections."""
-        await _runtime().stop()
+        The runtime (:mod:`.runtime`) starts and stops it: ``runtime.start()``,
+        ``runtime.stop()``, ``runtime.ensure_started()``.
+        """
+        return self._owner is not None and self._owner.running("listener")
 
     async def run(self) -> None:
         """Subscribe, process events, and subscribe again when the subscription fails or
@@ -357,13 +349,6 @@ async def _close(layer: Any) -> None:
         await layer.flush()
     except Exception:  # closing a broken connection may fail too; nothing to save
         logger.debug("broadcast_app listener: error while closing the layer", exc_info=True)
-
-
-def _runtime() -> InstanceRuntime:
-    # The runtime imports this module: it owns the listener, not the other way round.
-    from .runtime import runtime
-
-    return runtime
 
 
 listener = Listener()

@@ -42,6 +42,7 @@ from ..transport.log_reader import event_log
 from . import cache
 from .figures import instance_figures
 from .heartbeat import heartbeat
+from .listener import listener
 from .presence_local import local as presence
 
 logger = logging.getLogger(__name__)
@@ -126,11 +127,9 @@ class InstanceRuntime:
             return
         # A new loop (tests, or a server restarted in-process): the tasks of the old
         # one died with it, and locks and events belong to one loop.
-        from .listener import listener  # it delegates its start() and stop() here
-
         self._loop, self._tasks, self.started = loop, {}, False
         self._lock = asyncio.Lock()
-        listener.bind()
+        listener.bind(self)
         heartbeat.bind()
         presence.attach(self)  # its tasks start when a connection first needs them
 
@@ -145,8 +144,6 @@ class InstanceRuntime:
     async def start(self, wait: bool = True) -> None:
         """Start the instance's tasks (those not running); with ``wait``, return once the
         listener is subscribed (or after a few seconds)."""
-        from .listener import listener
-
         self._bind()
         assert self._lock is not None
         outage_log_filter.install()
@@ -177,8 +174,6 @@ class InstanceRuntime:
         ours = [task for task in self._tasks.values() if task.get_loop() is loop]
         self._tasks = {n: t for n, t in self._tasks.items() if t.get_loop() is not loop}
         await asyncio.gather(*(_cancel(task) for task in ours))
-        from .listener import listener
-
         # Not subscribed any more: a start() in this loop waits for the new subscription
         # (the old flag let it return before the new listener had subscribed, and an
         # event published then was taken for one older than the listener).

@@ -20,13 +20,16 @@ Redis has not taken when the process exits is written to the outbox table (see
 
 In ``outbox`` mode the outbox relay (:mod:`.relay`) sends through the same script with
 :meth:`Publisher.send_now`, synchronously, with no thread or queue.
+
+Inline transports (:attr:`Publisher.inline`: the in-memory ones
+:mod:`broadcast_app.testing` installs, see :mod:`broadcast_app.transport.memory`) take
+events in the thread that publishes them, at commit, before the queue.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -34,20 +37,17 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..conf import conf
 from ..events.change import Change, Saved, resolved
-from ..events.wire import event_body, iso_time, split_hidden
+from ..events.wire import event_body, iso_time
 from ..stats import stats
 from ..transport.interface import Item, Once, PublishingTransport
 from ..transport.redis_transport import RedisTransport
 from ..transport.testenv import held_back
 from .outage_buffer import OutageBuffer
 from .throttle import Throttle
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,11 @@ class Publisher:
         self._last_warning: dict[str, float] = {}
         self._atexit_registered = False
         self._throttle = Throttle()
-        #: test hooks (see broadcast_app.testing): called with each event dict
-        self.sinks: list[Any] = []
-        #: whether events still go to Redis while a sink is installed
+        #: transports that take each event in the thread that publishes it, at commit,
+        #: rather than through the queue: in-memory ones, which never block
+        #: (broadcast_app.testing installs them while it captures)
+        self.inline: list[PublishingTransport] = []
+        #: whether events still go to ``transport`` while an inline one is installed
         self.forward = True
         _publishers.add(self)
 
@@ -126,7 +128,7 @@ class Publisher:
     def _emit(self, queued: list[Queued], wait: bool) -> None:
         if not queued:
             return
-        if self.sinks:
+        if self.inline:
             encoded = _encoded(queued)
             if self.captured(encoded):
                 return
@@ -161,15 +163,13 @@ class Publisher:
                 self._waiting_for_room -= 1
         return True
 
-    def captured(self, items: list[Item]) -> bool:
-        """Hand events to the test sinks (broadcast_app.testing), if any are installed;
-        True if the events must then not reach Redis (nor when tests run, see testenv)."""
-        if not self.sinks:
+    def captured(self, items: list[Item], once: list[Once] | None = None) -> bool:
+        """Hand events to the inline transports, if any are installed; True if the
+        events must then not go to ``transport`` (nor when tests run, see testenv)."""
+        if not self.inline:
             return held_back()
-        for _label, body in items:
-            event = json.loads('{"type":"change","id":null,' + split_hidden(body)[0])
-            for sink in self.sinks:
-                sink(event)
+        for transport in self.inline:
+            transport.publish_batch(items, once)
         return not self.forward
 
     def _wake(self) -> None:
@@ -404,8 +404,8 @@ captured = _publisher.captured
 
 
 def capturing() -> bool:
-    """Whether test sinks are installed (``broadcast_app.testing.capture_events``)."""
-    return bool(_publisher.sinks)
+    """Whether inline transports are installed (``broadcast_app.testing.capture_events``)."""
+    return bool(_publisher.inline)
 
 
 publish = _publisher.publish

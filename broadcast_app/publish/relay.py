@@ -174,7 +174,7 @@ class Relay:
                 once.append((key, f"{change.label}:{change.pk}"))
             if not batch:
                 continue
-            if publisher.captured(batch):  # capture_events() in a test: not for Redis
+            if publisher.captured(batch, once):  # capture_events() in a test: not for Redis
                 published += len(batch)
                 continue
             dealt, duplicates = self.publisher.send_now(batch, once)

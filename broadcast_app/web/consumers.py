@@ -3,9 +3,9 @@
 Every frame a client sends gets an answer or an ``error`` frame; a bad frame never
 closes the connection and never logs a traceback. Whatever ends a connection (a close,
 an exception, a cancellation), it is forgotten everywhere: hub, send queue, counters.
-Resumes are bounded per connection and per instance (see :mod:`.limits`). All outgoing
-frames, replies and
-events alike, go through one :class:`~.sender.Sender` per connection, so they keep
+What a subscription gets before its live events (the replay after its ``since``, a
+``reset``, a snapshot) is :mod:`.replays`. All outgoing frames, replies and events
+alike, go through one :class:`~.sender.Sender` per connection, so they keep
 their order and a client that falls behind cannot hold up the listener or grow this
 process's memory: when ``BROADCAST_SEND_QUEUE_SIZE`` frames are waiting, its queued
 events are dropped and each of its subscriptions gets ``reset`` instead; a client that
@@ -15,7 +15,6 @@ with code 4008.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,21 +25,18 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth.models import AnonymousUser
 
 from ..conf import conf
-from ..events.filters import Where, held_keys, naming, replay_frames
+from ..events.filters import held_keys, naming
 from ..events.frames import ProtocolError, parse_frame
-from ..events.model_configs import ModelConfig, get_config
+from ..events.model_configs import get_config
 from ..events.socket_ids import bind
-from ..events.wire import frame_head
 from ..instance.hub import hub
-from ..instance.listener import listener
-from ..instance.probe import DISCONNECTED
+from ..instance.runtime import runtime
 from ..stats import stats
-from ..transport.log_reader import Replay, covers, event_log, position
 from ..upstream.asgi import server_send
-from . import access, presence_protocol, snapshots
+from . import access, presence_protocol, replays, snapshots
 from .access import session_key
 from .floors import Floors
-from .limits import FrameBucket, ResumeBucket, resume_turn
+from .limits import FrameBucket, ResumeBucket
 from .sender import Sender
 from .targets import target
 
@@ -51,8 +47,6 @@ CLOSE_SLOW_CLIENT = 4008
 #: how every event frame starts (the publish script writes it so)
 _CHANGE_PREFIX = '{"type":"change"'
 _RESET_PREFIX = '{"type":"reset"'
-#: replayed frames sent between two turns given to the event loop's other work
-REPLAY_CHUNK = 10
 
 
 class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -83,7 +77,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._cleanup()
 
     async def connect(self) -> None:
-        await listener.ensure_started()
+        await runtime.ensure_started()
         self.user = self.scope.get("user") or AnonymousUser()
         # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
         # its HTTP requests repeat in X-Socket-ID to be spared their own echo; bound to
@@ -184,9 +178,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     else:
                         self.resuming[key] = None
                     return
-        self._send_event(frame, event)
+        self.send_event(frame, event)
 
-    def _send_event(self, frame: str, event: dict[str, Any]) -> None:
+    def send_event(self, frame: str, event: dict[str, Any]) -> None:
+        """Send an event to this client, unless it is its own echo or one it may not see."""
         if event.get("to_others") and self.socket_id and event.get("socket_id") == self.socket_id:
             return
         if self.forbidden and event["model"] in self.forbidden:
@@ -281,98 +276,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 return
             self.subscriptions.add(key)
             hub.add(self, config.label, pk)
-        await self._follow(config, pk, since, message.get("ref"), request)
+        await replays.follow(self, config, pk, since, message.get("ref"), request)
         presence_protocol.subscribed(self, config.label, pk)
-
-    async def _follow(
-        self,
-        config: ModelConfig,
-        pk: str | None,
-        since: object,
-        ref: Any,
-        request: snapshots.Request | None = None,
-    ) -> None:
-        """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
-        events held meanwhile (those the replay carried are not sent twice)."""
-        key = (config.label, pk)
-        self.resuming.setdefault(key, [])
-        sent: set[str] = set()
-        try:
-            if since is not None and self.resumes is None:
-                self.resumes = ResumeBucket()
-            async with resume_turn(self.resumes, since) as refused:
-                replay, last_id = await self._read_log(config.label, since, refused)
-                if self.closing:
-                    return
-                subscribed = {"type": "subscribed", "model": config.label, **naming(pk)}
-                snapshot = snapshots.plan(request, replay)  # (see snapshots.py)
-                answer = {} if snapshot is None else {"snapshot": snapshot}
-                self.reply({**subscribed, "ref": ref, "last_id": last_id, **answer})
-                if replay is not None and replay.complete and self.resuming.get(key) is not None:
-                    # The read was limited to the room left in the send queue, but
-                    # replies may have taken some meanwhile: a replay that overflowed
-                    # it would end in a reset after part of it went out.
-                    if len(replay.frames) > self.sender.room - 1:
-                        replay = Replay(False, "too_many")
-                    else:
-                        sent = await self._replay(config, pk, replay.frames)
-            if snapshot and request is not None and not self.closing:
-                await snapshots.send(self, config, pk, request, last_id)
-                replay = None
-        finally:
-            held = self.resuming.pop(key, [])
-        if (since is not None or snapshot) and last_id is not None:
-            # What the read (or the snapshot) covered never goes out again, held or
-            # still on its way.
-            floor = position(last_id)
-            if floor is not None and held:
-                held = [(frame, event) for frame, event in held if not covers(floor, event["id"])]
-            self.floors.set(key, last_id, hub.last_ids.get(config.label))
-        if held is None:
-            # More live events came while the log was read than the queue holds.
-            self.reset(config.label, pk, "overflow")
-            return
-        if replay is not None and not replay.complete:
-            self.reset(config.label, pk, replay.reason)
-        for frame, event in held:
-            if event["id"] not in sent:
-                self._send_event(frame, event)
-        if not listener.confirmed():
-            # Cut off from Redis (see instance/probe.py): what this subscription receives may
-            # already lag, as for the subscriptions that got this when it began.
-            self.reset(config.label, pk, DISCONNECTED)
-
-    async def _replay(
-        self, config: ModelConfig, pk: str | None, frames: list[tuple[str, str]]
-    ) -> set[str]:
-        """Send the replayed events of the subscription; returns their ids.
-
-        A few frames at a time, letting the other connections' frames through in
-        between; the subscription's live events are held back until the end.
-        """
-        if isinstance(pk, Where):
-            frames, pk = replay_frames(pk, frames), None
-        sent: set[str] = set()
-        for number, (event_id, frame) in enumerate(frames, 1):
-            # Routing needs the frame's head only; the whole event when a check reads it.
-            event: dict[str, Any] = frame_head(frame) or json.loads(frame)
-            if pk is not None and event["pk"] != pk:
-                continue
-            if config.object_check is not None and "data" not in event:
-                event = json.loads(frame)
-            self._send_event(frame, event)
-            sent.add(event_id)
-            if number % REPLAY_CHUNK == 0:
-                await asyncio.sleep(0)
-                if self.closing:
-                    break
-        return sent
-
-    async def _read_log(
-        self, label: str, since: object, refused: str | None
-    ) -> tuple[Replay | None, str | None]:
-        fallback = hub.last_ids.get(label)
-        return await event_log.on_subscribe(label, since, refused, self.sender.room, fallback)
 
     async def on_unsubscribe(self, message: dict[str, Any]) -> None:
         """Stop delivering a model's or an object's events (silently, if not subscribed)."""
