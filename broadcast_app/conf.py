@@ -107,8 +107,8 @@ SETTINGS: dict[str, Setting] = {
         None,
         "cluster_nodes",
         'Redis Cluster (or Valkey cluster mode) startup nodes, ``["host:port", ...]``: '
-        "events are logged and published (sharded pub/sub) through the cluster instead of "
-        "the channel layer's hosts (None: not a cluster).",
+        "events are logged, published and listened to (sharded pub/sub) through the cluster "
+        "instead of the channel layer's hosts (None: not a cluster).",
     ),
     "BROADCAST_QUEUE_SIZE": Setting(
         10_000,

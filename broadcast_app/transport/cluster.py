@@ -22,6 +22,9 @@ from ..conf import conf
 
 #: what a route's ``host`` holds for the cluster (a key no channel-layer host entry has)
 CLUSTER = "cluster"
+#: what separates a probe group's model group from its token (see instance/probe.py):
+#: the probe then travels in the model's slot, on the same node and connection
+PROBE_MARK = "|probe."
 #: the highest port a node may listen on (its bus port is 10000 above by default)
 _MAX_PORT = 65535
 
@@ -69,3 +72,15 @@ def tagged(kind: str, label: str) -> str:
 def channel(label: str) -> str:
     """The sharded channel of ``label``'s events (and of the probes that follow them)."""
     return tagged("events", label)
+
+
+def probe_group(label: str, token: str) -> str:
+    """The group of one listener's probes (``token``) that follow ``label``'s events."""
+    return f"{conf.BROADCAST_GROUP_PREFIX}.{label}{PROBE_MARK}{token}"
+
+
+def sharded_channel(group: str) -> str:
+    """The sharded channel of a model's group (``group_name``) or of a probe group."""
+    base, mark, token = group.partition(PROBE_MARK)
+    label = base.removeprefix(f"{conf.BROADCAST_GROUP_PREFIX}.")
+    return f"{tagged('probe', label)}:{token}" if mark else channel(label)
