@@ -81,7 +81,9 @@ class ClusterSetup:
         return len(self.replicas()) == 3
 
     def client(self, **options: Any) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **options)
+        """A cluster client, through the first node still running."""
+        node = next(n for n in self.nodes if n.process is not None)
+        return redis.RedisCluster(host="127.0.0.1", port=node.port, **options)
 
     def node_of(self, key: str) -> ClusterNode:
         """The node that serves ``key``'s slot now."""

@@ -23,6 +23,8 @@ from channels.db import database_sync_to_async
 from django.db import connections
 from django.test import override_settings
 
+from broadcast_app.conf import conf
+from broadcast_app.instance.heartbeat import instance_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
 from broadcast_app.publish import publisher
@@ -55,6 +57,7 @@ async def recorder(cluster_setup: ClusterSetup) -> AsyncIterator[Recorder]:
         with override_settings(
             BROADCAST_REDIS_CLUSTER=cluster_setup.addresses,
             BROADCAST_RECOVERY_INTERVAL=0.5,
+            BROADCAST_HEARTBEAT_INTERVAL=0.5,
         ):
             await listener.start()
             assert listener.subscribed.is_set()
@@ -101,8 +104,14 @@ async def test_events_flow_again_after_a_cluster_failover(
     figures = recorder.figures(sent)
     figures.update(failover_s=round(failover_seconds, 1), flowing_again_s=round(flowing_after, 1))
     fault_report("cluster failover, in-process listener", **figures)
-    assert recorder.uncovered(range(sent)) == []
+    assert recorder.uncovered(range(sent)) == [], recorder.log
     # Its probes, in each model's slot, came back on the new master's connection too.
     assert listener.confirmed()
+    # The heartbeat, on a cluster client of its own, goes on too (whichever node its
+    # slot is on now).
+    key = instance_key(conf.BROADCAST_INSTANCE_ID)
+    with cluster_setup.client() as client:
+        client.delete(key)
+        assert await eventually(lambda: bool(client.exists(key)), SETTLE_TIMEOUT)
     # Once the failover is over, nothing is missed.
     assert set(range(sent - 20, sent)) <= recorder.received
