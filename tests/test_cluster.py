@@ -15,8 +15,10 @@ from django.test import override_settings
 from redis.cluster import key_slot
 
 from broadcast_app import checks
+from broadcast_app.instance import presence
 from broadcast_app.transport import cluster
 from broadcast_app.transport.log_reader import EventLog
+from broadcast_app.transport.redis_clients import make_async_client
 from broadcast_app.transport.redis_transport import RedisTransport
 from broadcast_app.transport.routes import route
 from tests.cluster_support import ClusterSetup
@@ -123,6 +125,40 @@ def test_a_reset_is_spublished_and_drops_the_epoch(on_cluster: ClusterSetup) -> 
             pubsub.close()
         assert client.hget(r.meta, "epoch") is None
     assert got[1]["type"] == "broadcast.reset" and got[1]["model"] == LABELS[0]
+
+
+def test_presence_keeps_each_objects_keys_in_one_slot_and_notifies(
+    on_cluster: ClusterSetup,
+) -> None:
+    assert key_slot(presence.deadlines_key(LABELS[0], "7").encode()) == key_slot(
+        presence.data_key(LABELS[0], "7").encode()
+    )
+
+    async def run() -> tuple[Any, list[Any], Any]:
+        [host] = presence.all_hosts()
+        listening = make_async_client(host, 1.0, decode_responses=True, socket_timeout=None)
+        await listening.initialize()  # type: ignore[attr-defined]
+        pubsub = listening.pubsub()
+        try:
+            await pubsub.subscribe(presence.channel())
+            since = await presence.join(LABELS[0], "7", "t/1|u1", "u1", '{"a":1}', 0)
+            members = await presence.read(LABELS[0], "7")
+            note = None
+            for _ in range(100):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                if message is not None:
+                    note = presence.parse_note(message["data"])
+                    break
+            await presence.leave(LABELS[0], "7", ["t/1|u1"])
+            return since, members, note
+        finally:
+            await pubsub.aclose()
+            await listening.aclose()
+            await presence.close_clients()
+
+    since, members, note = asyncio.run(run())
+    assert since is not None and len(members) == 1
+    assert note == (LABELS[0], "7")
 
 
 def test_publishing_follows_a_failover(cluster_setup: ClusterSetup) -> None:

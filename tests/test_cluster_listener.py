@@ -32,6 +32,7 @@ from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import route
 from tests.cluster_support import ClusterSetup
 from tests.sentinel_support import eventually
+from tests.test_presence import connect, join, make_user, members_until, subscribe
 from tests.test_sentinel import SAVE_EVERY, Recorder, save
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -115,3 +116,21 @@ async def test_events_flow_again_after_a_cluster_failover(
         assert await eventually(lambda: bool(client.exists(key)), SETTLE_TIMEOUT)
     # Once the failover is over, nothing is missed.
     assert set(range(sent - 20, sent)) <= recorder.received
+
+
+async def test_presence_works_on_a_cluster(recorder: Recorder) -> None:
+    """Joins reach another connection's subscriber through the cluster (keys in the
+    object's slot, notes by plain ``PUBLISH``, which every node relays)."""
+    alice = await database_sync_to_async(make_user)("alice")
+    bob = await database_sync_to_async(make_user)("bob")
+    sockets = [await connect(alice), await connect(bob)]
+    try:
+        for ws in sockets:
+            await subscribe(ws, "11")
+        await join(sockets[0], "11", {"editing": "price"})
+        for ws in sockets:
+            members = await members_until(ws, "11", lambda m: bool(m))
+            assert [m["user"]["username"] for m in members] == ["alice"]
+    finally:
+        for ws in sockets:
+            await ws.disconnect()
