@@ -301,16 +301,6 @@ def check_cluster(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> lis
                 id="broadcast_app.E014",
             )
         ]
-    if value is not None and getattr(settings, "BROADCAST_DELIVERY", "") == "outbox":
-        return [
-            Error(
-                "BROADCAST_DELIVERY = 'outbox' is not supported on a Redis Cluster yet "
-                "(BROADCAST_REDIS_CLUSTER is set).",
-                hint="Use BROADCAST_DELIVERY = 'best_effort' with the cluster, or the "
-                "outbox with a Redis (or Sentinel) in the channel layer's hosts.",
-                id="broadcast_app.E015",
-            )
-        ]
     return []
 
 

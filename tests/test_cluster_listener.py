@@ -20,14 +20,16 @@ import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.db import connections
+from django.db import connections, transaction
 from django.test import override_settings
 
 from broadcast_app.conf import conf
 from broadcast_app.instance.heartbeat import instance_key
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.listener import listener
+from broadcast_app.models import OutboxEvent
 from broadcast_app.publish import publisher
+from broadcast_app.publish.relay import Relay
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import route
 from tests.cluster_support import ClusterSetup
@@ -134,3 +136,30 @@ async def test_presence_works_on_a_cluster(recorder: Recorder) -> None:
     finally:
         for ws in sockets:
             await ws.disconnect()
+
+
+async def test_the_outbox_relays_through_the_cluster_once(recorder: Recorder) -> None:
+    """A relay that dies after publishing but before its delete commits: the events
+    relayed again are skipped by the publish script (their records in the model's slot)."""
+    relay = Relay()
+
+    def crashed_pass() -> int:
+        for number in range(3):
+            save(number)
+        with transaction.atomic():
+            outcome = relay.relay_once()
+            transaction.set_rollback(True)  # as if the process died here
+        return outcome.published
+
+    try:
+        with override_settings(BROADCAST_DELIVERY="outbox", BROADCAST_OUTBOX_RELAY=False):
+            assert await database_sync_to_async(crashed_pass)() == 3
+            again = await database_sync_to_async(relay.drain)()
+            assert (again.rows, again.published, again.duplicates) == (3, 0, 3)
+            await database_sync_to_async(save)(3)
+            await database_sync_to_async(relay.drain)()
+            assert not await database_sync_to_async(OutboxEvent.objects.exists)()
+            assert await eventually(lambda: len(recorder.log) >= 4, SETTLE_TIMEOUT)
+    finally:
+        relay.publisher.close()
+    assert recorder.log == [0, 1, 2, 3]

@@ -84,3 +84,9 @@ def sharded_channel(group: str) -> str:
     base, mark, token = group.partition(PROBE_MARK)
     label = base.removeprefix(f"{conf.BROADCAST_GROUP_PREFIX}.")
     return f"{tagged('probe', label)}:{token}" if mark else channel(label)
+
+
+def once_in_slot(key: str, label: str) -> str:
+    """An outbox transaction's "already published" hash (``routes.once_key``) for one
+    of its models: on a cluster, one hash per model, in the model's slot."""
+    return f"{key}:{{{label}}}"

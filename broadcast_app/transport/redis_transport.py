@@ -19,7 +19,7 @@ from ..conf import conf
 from ..events.wire import frame_from_body
 from ..stats import stats
 from ..upstream.channels_redis import LayerSender
-from .cluster import CLUSTER
+from .cluster import CLUSTER, once_in_slot
 from .interface import Item, Once
 from .published_ids import PublishedIds
 from .redis_clients import failures, make_client
@@ -135,7 +135,7 @@ class RedisTransport:
         by_host: dict[str, tuple[Route, set[str]]] = {}
         for label, key in keys:
             r = route(label)
-            by_host.setdefault(r.key, (r, set()))[1].add(key)
+            by_host.setdefault(r.key, (r, set()))[1].add(_in_slot(r, key))
         for r, names in by_host.values():
             try:
                 self._client(r).redis.delete(*names)
@@ -262,13 +262,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _in_slot(r: Route, key: str) -> str:
+    """An outbox record's key, on a Redis Cluster in the slot of ``r``'s model (the
+    publish script writes it beside the model's log)."""
+    return once_in_slot(key, r.label) if CLUSTER in r.host else key
+
+
+def _once_in_slot(r: Route, once: Once) -> Once:
+    return (_in_slot(r, once[0]), once[1])
+
+
 def _runs_by_host(batch: list[Item], once: list[Once] | None) -> list[tuple[Route, list[Any]]]:
     """Consecutive events grouped by Redis host, keeping their order; each run with the
     route of its first event (every route of a run names the same host)."""
     runs: list[tuple[Route, list[Any]]] = []
     for index, (label, body) in enumerate(batch):
         r = route(label)
-        entry = (r, body, None if once is None else once[index])
+        entry = (r, body, None if once is None else _once_in_slot(r, once[index]))
         if runs and runs[-1][0].key == r.key:
             runs[-1][1].append(entry)
         else:
