@@ -121,6 +121,30 @@ class ClusterSetup:
         _wait(promoted, 30.0)
         return master, time.monotonic() - start
 
+    def move_slot_of(self, key: str) -> ClusterNode:
+        """Migrate ``key``'s slot, with its keys, to another master (as a resharding
+        does, one slot); the master that serves it now."""
+        with self.client() as client:
+            slot = client.keyslot(key)
+        source = self.node_of(key)
+        target = next(
+            n for n in self.nodes if n is not source and n.process and _role(n.port) == "master"
+        )
+        ids = {node.port: _node_id(node.port) for node in (source, target)}
+        with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port])
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port])
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+            for node in self.nodes:
+                if node.process is not None and _role(node.port) == "master":
+                    with redis.Redis(port=node.port) as each:
+                        each.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
+        _wait(lambda: self.node_of(key) is target, 10.0)
+        return target
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -135,6 +159,11 @@ def _cluster_info(port: int) -> dict[str, Any]:
     if isinstance(text, dict):
         return {k: str(v) for k, v in text.items()}
     return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+
+def _node_id(port: int) -> str:
+    with redis.Redis(port=port, decode_responses=True) as client:
+        return str(client.execute_command("CLUSTER MYID"))
 
 
 def _role(port: int) -> str:

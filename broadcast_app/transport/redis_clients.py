@@ -81,6 +81,10 @@ def make_async_client(host: dict[str, Any], timeout: float, **extra: Any) -> aio
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         nodes = [ClusterNode(h, p) for h, p in host.pop(CLUSTER)]
+        # One retry, which redis-py's cluster client makes with a fresh slot map: the
+        # first read after a failover or a slot move then finds the slot's new node
+        # (an instance would otherwise reset its subscribers for want of one read).
+        options["retry"] = AsyncRetry(NoBackoff(), 1)
         cluster: Any = RedisCluster(startup_nodes=nodes, **{**host, **options})
         return cluster  # type: ignore[no-any-return]
     if "address" in host:
