@@ -207,6 +207,10 @@ async def close_clients() -> None:
 
 async def _run(script: str, label: str, pk: str, args: Iterable[Any]) -> Any:
     client = client_for(label)
+    if cluster.enabled():
+        # The slot map and redis-py's command table, read once per client, are not part
+        # of one call's bound (each of their reads has the socket timeouts).
+        await client.initialize()
     keys = [deadlines_key(label, pk), data_key(label, pk)]
     async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
         return await client.register_script(script)(keys=keys, args=list(args))
