@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 
 from .conf import DELIVERY_MODES, SETTINGS, Kind, conf
 from .events.model_configs import all_configs
+from .transport.cluster import nodes_problem
 from .transport.routes import PUBSUB_BACKEND, layer_config
 from .upstream import FAST_PATHS
 
@@ -35,6 +36,7 @@ CHECK_OF_KIND: dict[Kind, str] = {
     "delivery": "broadcast_app.E007",
     "fast_paths": "broadcast_app.E011",
     "callable": "broadcast_app.E030",
+    "cluster_nodes": "broadcast_app.E014",
 }
 
 
@@ -281,6 +283,25 @@ def check_text(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[C
         for none_ok in [SETTINGS[name].kind == "instance_id"]
         if not (isinstance(value, str) or (none_ok and value is None))
     ]
+
+
+@register()
+def check_cluster(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[CheckMessage]:
+    # Read raw: conf turns each node into a string.
+    value = getattr(settings, "BROADCAST_REDIS_CLUSTER", None)
+    problem = nodes_problem(value)
+    if problem is not None:
+        return [
+            Error(
+                f"BROADCAST_REDIS_CLUSTER must be None or a list of 'host:port' strings: "
+                f"{problem}.",
+                hint="Name some of the cluster's nodes, e.g. BROADCAST_REDIS_CLUSTER = "
+                "['10.0.0.1:7000', '10.0.0.2:7000'] (the client finds the others), or "
+                "remove the setting to use the channel layer's hosts.",
+                id="broadcast_app.E014",
+            )
+        ]
+    return []
 
 
 @register()

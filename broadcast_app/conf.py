@@ -29,6 +29,7 @@ Kind = Literal[
     "delivery",  # one of DELIVERY_MODES
     "fast_paths",  # True, False or a collection of fast path names
     "callable",  # a callable, or the dotted path of one
+    "cluster_nodes",  # None, or a non-empty list of "host:port" strings
 ]
 
 DELIVERY_MODES = ("best_effort", "outbox")
@@ -101,6 +102,13 @@ SETTINGS: dict[str, Setting] = {
         0.5,
         "positive",
         "Seconds the publisher waits on Redis (connect and reply) before giving up.",
+    ),
+    "BROADCAST_REDIS_CLUSTER": Setting(
+        None,
+        "cluster_nodes",
+        'Redis Cluster (or Valkey cluster mode) startup nodes, ``["host:port", ...]``: '
+        "events are logged, published and listened to (sharded pub/sub) through the cluster "
+        "instead of the channel layer's hosts (None: not a cluster).",
     ),
     "BROADCAST_QUEUE_SIZE": Setting(
         10_000,
@@ -378,6 +386,11 @@ class Settings:
     @property
     def BROADCAST_REDIS_TIMEOUT(self) -> float:
         return float(_setting("BROADCAST_REDIS_TIMEOUT"))
+
+    @property
+    def BROADCAST_REDIS_CLUSTER(self) -> list[str] | None:
+        value = _setting("BROADCAST_REDIS_CLUSTER")
+        return None if value is None else [str(node) for node in value]
 
     @property
     def BROADCAST_DELIVERY(self) -> str:

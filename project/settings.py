@@ -3,6 +3,9 @@
 ``REDIS_URL``             Redis the instances share (default ``redis://127.0.0.1:6379/0``).
 ``REDIS_SENTINELS``       ``host:port,host:port,...``: Redis Sentinel instead of ``REDIS_URL``,
                           for the master ``REDIS_MASTER_NAME`` (default ``mymaster``).
+``REDIS_CLUSTER_NODES``   ``host:port,host:port,...``: a Redis Cluster (or Valkey cluster mode)
+                          carries the events instead (``BROADCAST_REDIS_CLUSTER``);
+                          ``REDIS_URL`` is then not used.
 ``DATABASE_URL``          any URL dj-database-url reads (default: SQLite beside manage.py).
 ``DJANGO_ALLOWED_HOSTS``  comma-separated (default ``localhost,127.0.0.1``).
 ``DJANGO_SECRET_KEY``     required in any real deployment; a development key otherwise.
@@ -102,6 +105,17 @@ if REDIS_SENTINELS:
         "socket_connect_timeout": 1,
         "sentinel_kwargs": {"socket_timeout": 1, "socket_connect_timeout": 1},
     }
+REDIS_CLUSTER_NODES = [
+    address.strip()
+    for address in os.environ.get("REDIS_CLUSTER_NODES", "").split(",")
+    if address.strip()
+]
+if REDIS_CLUSTER_NODES:
+    BROADCAST_REDIS_CLUSTER = REDIS_CLUSTER_NODES
+    # broadcast_app does not use the channel layer on a cluster (channels-redis cannot).
+    # The layer entry stays for the project's own consumers: channels-redis' pub/sub
+    # layer uses no keys, which one node of a cluster serves (but only that node).
+    REDIS_HOST = f"redis://{REDIS_CLUSTER_NODES[0]}/0"
 
 _database = dj_database_url.parse(
     os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")

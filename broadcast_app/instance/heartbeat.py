@@ -5,7 +5,9 @@ Every ``BROADCAST_HEARTBEAT_INTERVAL`` seconds an instance writes its figures
 the key ``<prefix>:instance:<id>``, which expires after ``BROADCAST_HEARTBEAT_TTL``,
 and adds its id to the set ``<prefix>:instances``. An instance that dies silently
 drops out when its key expires; one that stops cleanly deletes it. Readers prune ids
-whose key is gone. The Redis is the first host of the broadcast channel layer.
+whose key is gone. The Redis is the first host of the broadcast channel layer, or the
+Redis Cluster (``BROADCAST_REDIS_CLUSTER``), where the keys carry one hash tag, so that
+each heartbeat's transaction and the index's reads stay in one slot.
 
 The task runs beside the listener, started and stopped with it by the instance runtime.
 Every Redis call is bounded by ``BROADCAST_REDIS_TIMEOUT``: a slow or absent Redis costs
@@ -28,6 +30,7 @@ from channels_redis.utils import decode_hosts
 
 from ..conf import conf
 from ..stats import stats
+from ..transport import cluster
 from ..transport.redis_clients import make_async_client
 from ..transport.routes import layer_config
 
@@ -39,19 +42,25 @@ _BACKOFF_MAX = 60.0  # seconds between two heartbeats at most while they keep fa
 
 def instance_key(instance_id: str) -> str:
     """The key holding one instance's last heartbeat."""
+    if cluster.enabled():
+        return f"{cluster.tagged('instance', 'instances')}:{instance_id}"
     return f"{conf.BROADCAST_GROUP_PREFIX}:instance:{instance_id}"
 
 
 def index_key() -> str:
     """The set of the ids of instances that sent heartbeats."""
+    if cluster.enabled():
+        return cluster.tagged("instances", "instances")
     return f"{conf.BROADCAST_GROUP_PREFIX}:instances"
 
 
 def make_client() -> aioredis.Redis:
     """An asyncio Redis client for the layer's first host, every wait bounded; one
     attempt per call (the next heartbeat is the retry)."""
-    config = layer_config().get("CONFIG", {}) or {}
-    host = decode_hosts(config.get("hosts"))[0]
+    if cluster.enabled():
+        host = cluster.cluster_host()
+    else:
+        host = decode_hosts((layer_config().get("CONFIG", {}) or {}).get("hosts"))[0]
     return make_async_client(host, conf.BROADCAST_REDIS_TIMEOUT, decode_responses=True)
 
 

@@ -31,7 +31,7 @@ from ..events.model_configs import ModelConfig, all_configs, get_config
 from ..events.wire import frame_head, split_hidden
 from ..signals import change_received
 from ..stats import stats
-from ..transport import fast_path
+from ..transport import cluster, fast_path
 from ..transport.routes import MESSAGE_TYPE, RESET_TYPE, group_name
 from . import cache
 from .continuity import Continuity, not_after
@@ -88,7 +88,7 @@ class Listener:
         self._lapsed()
         resubscribing = False
         while True:
-            layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
+            layer = _make_layer()
             tasks: list[asyncio.Task[None]] = []
             try:
                 labels = [config.label for config in all_configs()]
@@ -349,6 +349,16 @@ async def _close(layer: Any) -> None:
         await layer.flush()
     except Exception:  # closing a broken connection may fail too; nothing to save
         logger.debug("broadcast_app listener: error while closing the layer", exc_info=True)
+
+
+def _make_layer() -> Any:
+    """A layer of the listener's own: the channel layer's, or on a Redis Cluster
+    (which channels-redis does not support) sharded pub/sub through redis-py."""
+    if cluster.enabled():
+        from ..transport.cluster_layer import ClusterLayer
+
+        return ClusterLayer()
+    return channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
 
 
 listener = Listener()

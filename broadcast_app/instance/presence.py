@@ -1,7 +1,8 @@
 """Presence in Redis: who has an object open, kept by every instance, read by any.
 
 Each websocket connection that joined an object's presence is one entry in two keys on
-the object's model's Redis host (:func:`.layer.route`):
+the object's model's Redis host (:func:`.layer.route`), or on a Redis Cluster in the
+object's hash slot (the keys' tag is ``{<label>:<pk>}``):
 
 - ``<prefix>:presence:d:<label>:<pk>``, a sorted set: connection id → deadline (Redis
   time, milliseconds);
@@ -36,6 +37,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
 from ..conf import conf
+from ..transport import cluster
 from ..transport.redis_clients import make_async_client
 from ..transport.routes import layer_config, route
 from ..upstream.channels_redis import decode_hosts
@@ -131,10 +133,14 @@ return redis.call('HGETALL', KEYS[2])
 
 
 def deadlines_key(label: str, pk: str) -> str:
+    if cluster.enabled():  # both keys of a script in one slot: the object's
+        return cluster.tagged("presence:d", f"{label}:{pk}")
     return f"{conf.BROADCAST_GROUP_PREFIX}:presence:d:{label}:{pk}"
 
 
 def data_key(label: str, pk: str) -> str:
+    if cluster.enabled():
+        return cluster.tagged("presence:m", f"{label}:{pk}")
     return f"{conf.BROADCAST_GROUP_PREFIX}:presence:m:{label}:{pk}"
 
 
@@ -162,7 +168,10 @@ def ttl_ms() -> int:
 
 
 def all_hosts() -> list[dict[str, Any]]:
-    """Every Redis host of the channel layer (objects are spread over them by model)."""
+    """Every Redis host of the channel layer (objects are spread over them by model);
+    on a Redis Cluster, the cluster, where a plain ``PUBLISH`` reaches every node."""
+    if cluster.enabled():
+        return [cluster.cluster_host()]
     config = layer_config().get("CONFIG", {}) or {}
     seen: dict[str, dict[str, Any]] = {}
     for host in decode_hosts(config.get("hosts")):
@@ -198,6 +207,10 @@ async def close_clients() -> None:
 
 async def _run(script: str, label: str, pk: str, args: Iterable[Any]) -> Any:
     client = client_for(label)
+    if cluster.enabled():
+        # The slot map and redis-py's command table, read once per client, are not part
+        # of one call's bound (each of their reads has the socket timeouts).
+        await client.initialize()
     keys = [deadlines_key(label, pk), data_key(label, pk)]
     async with asyncio.timeout(2 * conf.BROADCAST_REDIS_TIMEOUT):
         return await client.register_script(script)(keys=keys, args=list(args))

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from ..conf import conf
 from ..stats import stats
+from ..transport import cluster
 from ..transport.redis_clients import make_async_client
 from . import presence
 
@@ -337,6 +338,9 @@ class LocalPresence:
         client = make_async_client(
             host, conf.BROADCAST_REDIS_TIMEOUT, decode_responses=True, socket_timeout=None
         )
+        if cluster.enabled():
+            # The slot map first: the cluster's pub/sub picks its node from it.
+            await client.initialize()
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(presence.channel())

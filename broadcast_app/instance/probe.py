@@ -20,6 +20,7 @@ from typing import Any
 
 from ..conf import conf
 from ..stats import stats
+from ..transport import cluster
 from ..transport.routes import group_name, route
 
 #: ``type`` of the channel-layer message of a probe
@@ -54,6 +55,14 @@ class Probes:
         alone (its name holds a token of this process); group i probes host i."""
         if self._token_pid != os.getpid():  # a forked child must not share the parent's
             self._token, self._token_pid = secrets.token_hex(8), os.getpid()
+        if cluster.enabled():
+            # On a cluster each model's events come from its slot's node: one probe per
+            # model, in its slot, confirms each connection they travel on.
+            self._confirmed = {}
+            groups = [cluster.probe_group(label, self._token) for label in labels]
+            groups = groups or [cluster.probe_group(self._label(0), self._token)]
+            self._hosts = len(groups)
+            return groups
         wanted = {route(label).key for label in labels} or {route(self._label(0)).key}
         found: dict[str, str] = {}
         # The layer picks a group's host by hashing its name: try names until each

@@ -2,10 +2,11 @@
 
 A transport carries events between processes. Publishing hands it batches of encoded
 events (and resets); receiving reads a model's log after an id, for resumes and gap
-repair. :mod:`.redis_transport` and :mod:`.log_reader` implement them on Redis; a
-second transport (Redis Cluster) is a new pair of modules, not a fork of the publisher.
-Listening (one subscription per instance) still goes through the channel layer the
-listener uses (:mod:`broadcast_app.instance.listener`).
+repair. :mod:`.redis_transport` and :mod:`.log_reader` implement them on Redis, and on
+a Redis Cluster with its client (:mod:`.cluster_publish`, the sharded scripts).
+Listening (one subscription per instance) goes through the channel layer the listener
+uses (:mod:`broadcast_app.instance.listener`), or on a cluster through sharded pub/sub
+behind the same few layer methods (:mod:`.cluster_layer`).
 """
 
 from __future__ import annotations

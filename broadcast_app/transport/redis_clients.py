@@ -1,7 +1,9 @@
 """Redis clients for one channel-layer host entry, sync and async, with bounded timeouts.
 
 A host entry is what channels-redis accepts in ``CONFIG["hosts"]``: an address URL, a
-Sentinel config (``sentinels`` + ``master_name``), or ``redis.Redis`` keyword arguments.
+Sentinel config (``sentinels`` + ``master_name``), or ``redis.Redis`` keyword arguments;
+or a Redis Cluster's startup nodes (``cluster``, see :mod:`.cluster`), for which the
+client is redis-py's cluster client, routing each command to its slot's node.
 
 redis-py is imported when the first client is made, not with this module: the saving
 side (registry, capture, the publisher's queue) is loaded at ``django.setup()``, and the
@@ -11,6 +13,8 @@ publisher thread makes its client, so neither the startup nor a save pays that i
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from .cluster import CLUSTER
 
 if TYPE_CHECKING:
     import redis
@@ -42,6 +46,13 @@ def make_client(host: dict[str, Any], timeout: float) -> redis.Redis:
     from redis.retry import Retry
 
     host, options = dict(host), _options(timeout, Retry(NoBackoff(), 0))
+    if CLUSTER in host:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(h, p) for h, p in host.pop(CLUSTER)]  # type: ignore[no-untyped-call]
+        # Typed as a plain client: the callers use the commands both share.
+        cluster: Any = RedisCluster(startup_nodes=nodes, **{**host, **options})
+        return cluster  # type: ignore[no-any-return]
     if "address" in host:
         return redis.Redis.from_url(host.pop("address"), **{**host, **options})
     if "master_name" in host:
@@ -66,6 +77,16 @@ def make_async_client(host: dict[str, Any], timeout: float, **extra: Any) -> aio
     from redis.backoff import NoBackoff
 
     host, options = dict(host), {**_options(timeout, AsyncRetry(NoBackoff(), 0)), **extra}
+    if CLUSTER in host:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(h, p) for h, p in host.pop(CLUSTER)]
+        # One retry, which redis-py's cluster client makes with a fresh slot map: the
+        # first read after a failover or a slot move then finds the slot's new node
+        # (an instance would otherwise reset its subscribers for want of one read).
+        options["retry"] = AsyncRetry(NoBackoff(), 1)
+        cluster: Any = RedisCluster(startup_nodes=nodes, **{**host, **options})
+        return cluster  # type: ignore[no-any-return]
     if "address" in host:
         return aioredis.Redis.from_url(host.pop("address"), **{**host, **options})
     if "master_name" in host:

@@ -19,6 +19,7 @@ from ..conf import conf
 from ..events.wire import frame_from_body
 from ..stats import stats
 from ..upstream.channels_redis import LayerSender
+from .cluster import CLUSTER, once_in_slot
 from .interface import Item, Once
 from .published_ids import PublishedIds
 from .redis_clients import failures, make_client
@@ -27,6 +28,8 @@ from .scripts import RESET_SCRIPT, load, pack, unpack
 
 if TYPE_CHECKING:
     import redis
+
+    from .cluster_publish import ClusterClient
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class RedisTransport:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[str, _Client] = {}
+        self._clients: dict[str, _Client | ClusterClient] = {}
         self._last_warning: dict[str, float] = {}
         self._published = PublishedIds()
 
@@ -100,7 +103,7 @@ class RedisTransport:
         return sent, skipped
 
     def _send_through_layer(
-        self, r: Route, client: _Client, items: list[Any], results: list[Any]
+        self, r: Route, client: _Client | ClusterClient, items: list[Any], results: list[Any]
     ) -> None:
         """Publish a logged batch with the channel layer's ``group_send`` (the script
         published nothing: fast path "script_publish" off). A failure leaves the events
@@ -132,7 +135,7 @@ class RedisTransport:
         by_host: dict[str, tuple[Route, set[str]]] = {}
         for label, key in keys:
             r = route(label)
-            by_host.setdefault(r.key, (r, set()))[1].add(key)
+            by_host.setdefault(r.key, (r, set()))[1].add(_in_slot(r, key))
         for r, names in by_host.values():
             try:
                 self._client(r).redis.delete(*names)
@@ -155,7 +158,9 @@ class RedisTransport:
             r = route(label)
             try:
                 client = self._client(r)
-                client.redis.eval(RESET_SCRIPT, 1, r.meta, r.channel, label, r.serializer_format)
+                client.redis.eval(
+                    client.reset_script, 1, r.meta, r.channel, label, r.serializer_format
+                )
                 if not r.channel:
                     message = {"type": RESET_TYPE, "model": label, "reason": "lost"}
                     client.layer_send([(r.group, message)])
@@ -180,12 +185,12 @@ class RedisTransport:
         for entry in clients.values():
             entry.close()
 
-    def _client(self, r: Route) -> _Client:
+    def _client(self, r: Route) -> _Client | ClusterClient:
         """The client of ``r``'s Redis host (one per host)."""
         entry = self._clients.get(r.key)  # one dict lookup: atomic, no lock needed
         if entry is None:
             # Outside the lock: saving threads take it, and this talks to Redis.
-            entry = _Client(make_client(r.host, conf.BROADCAST_REDIS_TIMEOUT))
+            entry = _new_client(r)
             with self._lock:
                 self._clients[r.key] = entry
         return entry
@@ -203,10 +208,24 @@ class RedisTransport:
             logger.warning(message, *args)
 
 
+def _new_client(r: Route) -> _Client | ClusterClient:
+    """A client for ``r``'s Redis: a cluster's (see cluster_publish.py), or one host's."""
+    client = make_client(r.host, conf.BROADCAST_REDIS_TIMEOUT)
+    if CLUSTER in r.host:
+        # Imported with the first cluster client: a process on one Redis never needs it.
+        from .cluster_publish import ClusterClient
+
+        return ClusterClient(client)
+    return _Client(client)
+
+
 class _Client:
     """A Redis client of the publisher's, with the script loaded and what sends a batch
     of commands (see upstream/redis_py.py: one connection kept for publishing, where the
     fast path allows it)."""
+
+    #: what sends a reset (dropping the model's epoch)
+    reset_script = RESET_SCRIPT
 
     def __init__(self, client: redis.Redis) -> None:
         # Imported with the first client, as redis-py is (see redis_clients).
@@ -243,13 +262,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _in_slot(r: Route, key: str) -> str:
+    """An outbox record's key, on a Redis Cluster in the slot of ``r``'s model (the
+    publish script writes it beside the model's log)."""
+    return once_in_slot(key, r.label) if CLUSTER in r.host else key
+
+
+def _once_in_slot(r: Route, once: Once) -> Once:
+    return (_in_slot(r, once[0]), once[1])
+
+
 def _runs_by_host(batch: list[Item], once: list[Once] | None) -> list[tuple[Route, list[Any]]]:
     """Consecutive events grouped by Redis host, keeping their order; each run with the
     route of its first event (every route of a run names the same host)."""
     runs: list[tuple[Route, list[Any]]] = []
     for index, (label, body) in enumerate(batch):
         r = route(label)
-        entry = (r, body, None if once is None else once[index])
+        entry = (r, body, None if once is None else _once_in_slot(r, once[index]))
         if runs and runs[-1][0].key == r.key:
             runs[-1][1].append(entry)
         else:

@@ -26,6 +26,7 @@ from ..upstream.channels_redis import (
     group_channel,
     script_publishing,
 )
+from . import cluster
 
 PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 #: ``type`` of the channel-layer message that carries one event
@@ -109,6 +110,8 @@ def forget_routes() -> None:
 def _route(label: str) -> Route:
     """Compute the route of ``label``: the host the pubsub layer uses for its group
     (where the model's log lives too)."""
+    if cluster.enabled():
+        return _cluster_route(label)
     config = layer_config().get("CONFIG", {}) or {}
     hosts = decode_hosts(config.get("hosts"))
     prefix = config.get("prefix", "asgi")
@@ -124,4 +127,19 @@ def _route(label: str) -> Route:
         stream=stream_key(label),
         meta=meta_key(label),
         serializer_format=str(config.get("serializer_format", "msgpack")),
+    )
+
+
+def _cluster_route(label: str) -> Route:
+    """The route of ``label`` on a Redis Cluster: every name in the model's hash slot
+    (see :mod:`.cluster`), published with ``SPUBLISH`` by the script itself."""
+    return Route(
+        label=label,
+        host=cluster.cluster_host(),
+        key=cluster.CLUSTER,
+        group=group_name(label),
+        channel=cluster.channel(label),
+        stream=cluster.tagged("log", label),
+        meta=cluster.tagged("meta", label),
+        serializer_format="msgpack",
     )

@@ -121,6 +121,11 @@ def _redis(write: Write) -> Iterator[str]:
         write("Using the Redis at REDIS_URL.")
         yield url
         return
+    if os.environ.get("REDIS_CLUSTER_NODES"):
+        # The settings read the cluster's nodes; REDIS_URL is not used.
+        write("Using the Redis Cluster at REDIS_CLUSTER_NODES.")
+        yield ""
+        return
     # Ctrl-C must not reach it: the instances stop first, then it.
     redis = EmbeddedRedis(own_process_group=True)
     try:
@@ -137,7 +142,11 @@ def _redis(write: Write) -> Iterator[str]:
 
 @contextmanager
 def _using_redis(url: str) -> Iterator[None]:
-    """Point this process's channel layer at ``url``, like the instances' (for seeding)."""
+    """Point this process's channel layer at ``url``, like the instances' (for seeding);
+    "" (a Redis Cluster, which the settings name): leave the settings as they are."""
+    if not url:
+        yield
+        return
     layers: dict[str, dict[str, Any]] = copy.deepcopy(settings.CHANNEL_LAYERS)
     layers[conf.BROADCAST_CHANNEL_LAYER].setdefault("CONFIG", {})["hosts"] = [url]
     # override_settings sends setting_changed, on which channels and broadcast_app drop
