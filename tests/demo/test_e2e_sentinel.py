@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,27 @@ async def test_a_websocket_client_sees_changes_again_after_a_failover(
         REDIS_SENTINELS=sentinels, REDIS_MASTER_NAME=MASTER_NAME,
     ) as demo:  # fmt: skip
         session_id = await asyncio.to_thread(login, demo.a.base_url, ADMIN, password)
-        figures = await _run(
-            sentinel_setup, demo.a.base_url, demo.b, session_id, demo.setup_output
+
+        async def fail_over() -> Awaitable[float]:
+            sentinel_setup.master.kill()
+            return asyncio.ensure_future(asyncio.to_thread(sentinel_setup.wait_for_failover))
+
+        figures = await run_failover(
+            fail_over, demo.a.base_url, demo.b, session_id, demo.setup_output
         )
     fault_report("sentinel failover, two instances, websocket client", **figures)
 
 
-async def _run(
-    setup: SentinelSetup, admin_url: str, b: Instance, session_id: str, pk: int
+async def run_failover(
+    fail_over: Callable[[], Awaitable[Awaitable[float]]],
+    admin_url: str,
+    b: Instance,
+    session_id: str,
+    pk: int,
 ) -> dict[str, Any]:
+    """Change product ``pk`` through A's admin while B's websocket client watches it;
+    after ten changes arrived, ``fail_over()`` kills the master (it returns the failover's
+    duration to await). The figures of the run, once every change arrived or is covered."""
     watcher = Watcher()
     sent: list[int] = []
     async with (
@@ -99,9 +112,9 @@ async def _run(
             while len(watcher.received) < 10:
                 await change()
                 assert len(sent) < 100, "no change reached the client before the failover"
-            setup.master.kill()
-            killed_at, killed_after = time.monotonic(), sent[-1]
-            failover = asyncio.ensure_future(asyncio.to_thread(setup.wait_for_failover))
+            killed_at = time.monotonic()
+            failover = await fail_over()
+            killed_after = sent[-1]
             while not failover.done() or max(watcher.received) <= killed_after:
                 await change()
                 assert time.monotonic() - killed_at < RECOVERY_TIMEOUT, "nothing after failover"
