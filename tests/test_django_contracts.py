@@ -31,7 +31,7 @@ from broadcast_app.django_compat import (
 )
 from broadcast_app.events import model_configs
 from broadcast_app.testing import capture_events
-from tests.test_bulk import ReadsFromAReplica
+from tests.capture.test_bulk import ReadsFromAReplica
 from tests.testapp.models import Article, ArticleProxy, Comment, Product, Restaurant, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,7 +20,7 @@ import redis
 from broadcast_app.dev.embedded_redis import EmbeddedRedis
 from tests.conftest import FIGURES
 from tests.e2e_support import BASE_DIR, fresh_database, manage, subprocess_env
-from tests.test_outbox import skus_in_log
+from tests.publish.test_outbox import skus_in_log
 
 pytestmark = pytest.mark.e2e
 

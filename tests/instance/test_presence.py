@@ -304,6 +304,7 @@ async def test_a_filtered_subscription_is_no_object_to_be_present_on(
     assert await ask(alice, {"type": "ping"}) == {"type": "pong"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("frame", "code"),
     [

@@ -26,7 +26,7 @@ from broadcast_app.publish.relay import Relay
 from broadcast_app.testing import capture_events
 from broadcast_app.transport.routes import route
 from tests.conftest import Received
-from tests.test_pipeline import make
+from tests.publish.test_pipeline import make
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -18,9 +18,9 @@ from broadcast_app.capture.registry import get_config
 from broadcast_app.events.change import field_values, to_json_data
 from broadcast_app.instance.continuity import not_after
 from broadcast_app.publish import publisher
-from tests.test_consumers import TIMEOUT, ask, connect, make, make_quietly, viewer, viewer_ws
-from tests.test_filtered_subscriptions import frame
 from tests.testapp.models import Product
+from tests.web.test_consumers import TIMEOUT, ask, connect, make, make_quietly, viewer, viewer_ws
+from tests.web.test_filtered_subscriptions import frame
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -90,6 +90,7 @@ async def test_one_object_and_the_object_check(running_listener: Any, reregister
         await ws.disconnect()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "code"),
     [

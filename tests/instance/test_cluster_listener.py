@@ -34,9 +34,9 @@ from broadcast_app.publish.relay import Relay
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import route
 from tests.cluster_support import ClusterSetup
+from tests.instance.test_presence import connect, join, make_user, members_until, subscribe
+from tests.instance.test_sentinel import SAVE_EVERY, Recorder, save
 from tests.sentinel_support import eventually
-from tests.test_presence import connect, join, make_user, members_until, subscribe
-from tests.test_sentinel import SAVE_EVERY, Recorder, save
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio, pytest.mark.slow]
 

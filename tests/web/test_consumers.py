@@ -118,6 +118,7 @@ async def test_the_frame_allowance_comes_back_at_its_rate(running_listener: Any)
     await ws.disconnect()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
@@ -393,7 +394,7 @@ async def test_events_the_replay_carried_are_not_sent_again_when_they_arrive_lat
     """Events this instance's listener has not received yet when a resuming
     subscription reads the log reach the hub later (here: the listener repairs the gap
     they left); the client had them from the replay and gets each once."""
-    from tests.test_continuity import deaf_layers, save_stock
+    from tests.instance.test_continuity import deaf_layers, save_stock
 
     ws = viewer_ws
     await ask(ws, {"type": "subscribe", "model": "testapp.product"})

@@ -193,7 +193,7 @@ async def test_a_silent_host_of_two_ends_cache_hits_and_resets_until_it_answers(
     import signal
 
     from broadcast_app.instance.listener import listener
-    from tests.test_pipeline import two_hosts
+    from tests.publish.test_pipeline import two_hosts
 
     subscriber = _Resets()
     with two_hosts() as (_first, second, _products, _articles):

@@ -29,7 +29,7 @@ from broadcast_app.publish.relay import Relay
 from broadcast_app.stats import stats
 from broadcast_app.transport.routes import route
 from tests.conftest import FIGURES, Received, layers_for
-from tests.test_pipeline import make
+from tests.publish.test_pipeline import make
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -14,7 +14,8 @@ from django.test import override_settings
 
 from broadcast_app.instance.hub import hub
 from broadcast_app.instance.presence_local import local
-from tests.test_consumers import (
+from tests.testapp.models import Product
+from tests.web.test_consumers import (
     TIMEOUT,
     ask,
     connect,
@@ -23,7 +24,6 @@ from tests.test_consumers import (
     viewer,
     viewer_ws,
 )
-from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -134,6 +134,7 @@ async def test_filters_count_as_subscriptions(viewer_ws: WebsocketCommunicator) 
     assert (reply["type"], reply["code"]) == ("error", "too_many_subscriptions")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("message", "code"),
     [

@@ -61,6 +61,7 @@ def sharded_messages(pubsub: Any, count: int) -> list[dict[str, Any]]:
     raise AssertionError(f"only {len(found)} of {count} messages arrived: {found}")
 
 
+@pytest.mark.slow
 def test_a_models_names_share_its_slot_and_differ_between_models(on_cluster: ClusterSetup) -> None:
     for label in LABELS:
         r = route(label)
@@ -74,6 +75,7 @@ def test_a_models_names_share_its_slot_and_differ_between_models(on_cluster: Clu
         assert "{" not in route(LABELS[0]).stream
 
 
+@pytest.mark.slow
 def test_a_batch_is_logged_and_spublished_in_each_models_slot(on_cluster: ClusterSetup) -> None:
     products, articles = route(LABELS[0]), route(LABELS[1])
     with on_cluster.client() as client:
@@ -109,6 +111,7 @@ def test_a_batch_is_logged_and_spublished_in_each_models_slot(on_cluster: Cluste
     assert last_id == last
 
 
+@pytest.mark.slow
 def test_a_reset_is_spublished_and_drops_the_epoch(on_cluster: ClusterSetup) -> None:
     r = route(LABELS[0])
     transport = RedisTransport()
@@ -127,6 +130,7 @@ def test_a_reset_is_spublished_and_drops_the_epoch(on_cluster: ClusterSetup) -> 
     assert got[1]["type"] == "broadcast.reset" and got[1]["model"] == LABELS[0]
 
 
+@pytest.mark.slow
 def test_presence_keeps_each_objects_keys_in_one_slot_and_notifies(
     on_cluster: ClusterSetup,
 ) -> None:
@@ -161,6 +165,7 @@ def test_presence_keeps_each_objects_keys_in_one_slot_and_notifies(
     assert note == (LABELS[0], "7")
 
 
+@pytest.mark.slow
 def test_outbox_events_are_published_once_with_their_records_in_the_models_slot(
     on_cluster: ClusterSetup,
 ) -> None:

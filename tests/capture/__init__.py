@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.capture (the package layout, mirrored)."""

@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.dev (the package layout, mirrored)."""

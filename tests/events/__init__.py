@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.events (the package layout, mirrored)."""

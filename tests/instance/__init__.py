@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.instance (the package layout, mirrored)."""

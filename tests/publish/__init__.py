@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.publish (the package layout, mirrored)."""

@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.transport (the package layout, mirrored)."""

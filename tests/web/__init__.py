@@ -1,0 +1,1 @@
+"""Tests of broadcast_app.web (the package layout, mirrored)."""
