@@ -9,6 +9,7 @@ layer's ``hosts``) at a Redis they run themselves.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -53,17 +54,40 @@ def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now and that this
     process was not given before.
 
-    Callers often take several ports before binding any (a Sentinel setup, the
-    benchmark's two servers), and the OS may offer a port it offered a moment ago.
+    Callers often take several ports before binding any (a Sentinel setup, a cluster's
+    six nodes and their bus ports), and the OS may offer a port it offered a moment ago.
+    The port is chosen below the kernel's ephemeral range: a port from that range can
+    become the local port of any outgoing connection (a PING to the previous node) before
+    the server binds it, and the server then exits at start.
     """
-    for _ in range(100):
+    low, _high = _ephemeral_range()
+    for _ in range(1000):
+        port = random.randrange(_LOWEST_PORT, low) if low > _LOWEST_PORT + 1000 else 0
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something listens there (or holds it): another one
             port = int(sock.getsockname()[1])
         if port not in _handed_out:
             break
     _handed_out.add(port)
     return port
+
+
+#: the lowest port free_port() hands out (below it, well-known and registered services)
+_LOWEST_PORT = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; else IANA's)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 class EmbeddedRedis:
