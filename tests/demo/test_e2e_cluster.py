@@ -24,7 +24,7 @@ from tests.cluster_support import ClusterSetup
 from tests.demo.test_e2e_sentinel import ADMIN, SETUP, run_failover
 from tests.e2e_support import demo_stack, login
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio, pytest.mark.cluster]
 
 RECOVERY_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 15.0

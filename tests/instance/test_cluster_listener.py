@@ -38,7 +38,12 @@ from tests.instance.test_presence import connect, join, make_user, members_until
 from tests.instance.test_sentinel import SAVE_EVERY, Recorder, save
 from tests.sentinel_support import eventually
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.slow,
+    pytest.mark.cluster,
+]
 
 RECOVERY_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 15.0

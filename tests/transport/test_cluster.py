@@ -23,6 +23,8 @@ from broadcast_app.transport.redis_transport import RedisTransport
 from broadcast_app.transport.routes import once_key, route
 from tests.cluster_support import ClusterSetup
 
+pytestmark = pytest.mark.cluster
+
 LABELS = ("testapp.product", "testapp.article")
 
 
