@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -13,7 +14,7 @@ from django.utils.module_loading import import_string
 
 from .conf import DELIVERY_MODES, SETTINGS, Kind, conf
 from .events.model_configs import all_configs
-from .transport.cluster import nodes_problem
+from .transport.cluster import client_problem, nodes_problem
 from .transport.routes import PUBSUB_BACKEND, layer_config
 from .upstream import FAST_PATHS
 
@@ -24,6 +25,7 @@ POSITIVE: tuple[str, ...] = tuple(n for n, s in SETTINGS.items() if s.kind == "p
 _NON_NEGATIVE = {
     "BROADCAST_LOG_MAX_AGE": "0 means no age limit",
     "BROADCAST_CACHE_TIMEOUT": "None keeps entries until evicted",
+    "BROADCAST_DELETE_CHUNK_SIZE": "None deletes every row at once",
 }
 #: every kind of setting in conf.SETTINGS, and the check id that validates it
 CHECK_OF_KIND: dict[Kind, str] = {
@@ -299,6 +301,16 @@ def check_cluster(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> lis
                 "['10.0.0.1:7000', '10.0.0.2:7000'] (the client finds the others), or "
                 "remove the setting to use the channel layer's hosts.",
                 id="broadcast_app.E014",
+            )
+        ]
+    client = None if value is None else client_problem(redis.__version__)
+    if client is not None:
+        return [
+            Error(
+                f"BROADCAST_REDIS_CLUSTER needs redis-py 8.0 or later: {client}.",
+                hint="Install redis>=8 (pip install 'redis>=8,<9'), or remove "
+                "BROADCAST_REDIS_CLUSTER to use the channel layer's hosts.",
+                id="broadcast_app.E015",
             )
         ]
     return []

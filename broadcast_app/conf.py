@@ -225,6 +225,13 @@ SETTINGS: dict[str, Setting] = {
         "Wrap ``QuerySet.update/bulk_create/bulk_update/delete`` so bulk writes of registered"
         " models broadcast; False leaves QuerySet alone (use ``publish_changes``).",
     ),
+    "BROADCAST_DELETE_CHUNK_SIZE": Setting(
+        None,
+        "positive_or_none",
+        "Rows a ``QuerySet.delete()`` of registered models hands Django's collector at a "
+        "time (memory bounded by it; one ``SELECT`` of the pks and one per chunk more); "
+        "None: every row at once, as Django's own delete with any receiver.",
+    ),
     "BROADCAST_FRAME_BURST": Setting(
         200,
         "positive",
@@ -487,6 +494,11 @@ class Settings:
     @property
     def BROADCAST_WRAP_QUERYSETS(self) -> bool:
         return bool(_setting("BROADCAST_WRAP_QUERYSETS"))
+
+    @property
+    def BROADCAST_DELETE_CHUNK_SIZE(self) -> int | None:
+        value = _setting("BROADCAST_DELETE_CHUNK_SIZE")
+        return None if value is None else int(value)
 
     @property
     def BROADCAST_FRAME_BURST(self) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis
 from django.test import override_settings
 
 from broadcast_app import checks
 from broadcast_app.conf import SETTINGS, Settings
+from broadcast_app.transport import cluster
 
 
 def ids(messages: list[Any]) -> list[str]:
@@ -95,7 +97,11 @@ def _numeric_settings() -> set[str]:
 def test_every_numeric_setting_is_checked() -> None:
     numeric = _numeric_settings()
     assert len(numeric) >= 20  # the test reads conf.py as intended
-    assert numeric == set(checks.POSITIVE) | {"BROADCAST_CACHE_TIMEOUT", "BROADCAST_LOG_MAX_AGE"}
+    assert numeric == set(checks.POSITIVE) | {
+        "BROADCAST_CACHE_TIMEOUT",
+        "BROADCAST_LOG_MAX_AGE",
+        "BROADCAST_DELETE_CHUNK_SIZE",
+    }
 
 
 @pytest.mark.parametrize("value", [0, -1, "0", -0.5])
@@ -135,6 +141,9 @@ def test_numbers_given_as_other_types_pass(name: str, value: Any) -> None:
         ("BROADCAST_CACHE_TIMEOUT", -1),
         ("BROADCAST_CACHE_TIMEOUT", float("inf")),
         ("BROADCAST_CACHE_TIMEOUT", True),
+        ("BROADCAST_DELETE_CHUNK_SIZE", 0),
+        ("BROADCAST_DELETE_CHUNK_SIZE", -1000),
+        ("BROADCAST_DELETE_CHUNK_SIZE", 0.5),
         ("BROADCAST_LOG_MAX_AGE", -1),
         ("BROADCAST_LOG_MAX_AGE", "x"),
         ("BROADCAST_LOG_MAX_AGE", None),
@@ -150,7 +159,13 @@ def test_negative_limits_are_e010(name: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("BROADCAST_CACHE_TIMEOUT", None), ("BROADCAST_LOG_MAX_AGE", 0)]
+    ("name", "value"),
+    [
+        ("BROADCAST_CACHE_TIMEOUT", None),
+        ("BROADCAST_LOG_MAX_AGE", 0),
+        ("BROADCAST_DELETE_CHUNK_SIZE", None),
+        ("BROADCAST_DELETE_CHUNK_SIZE", 500),
+    ],
 )
 def test_documented_zero_and_none_pass(name: str, value: Any) -> None:
     with override_settings(**{name: value}):
@@ -283,3 +298,21 @@ def test_filter_and_snapshot_limits_are_positive_numbers(name: str) -> None:
         assert ids(checks.check_numbers(None)) == ["broadcast_app.E006"]
     with override_settings(**{name: 3}):
         assert checks.check_numbers(None) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "problem"),
+    [("5.3.0", True), ("7.4.2", True), ("8.0.0", False), ("8.2.1", False), ("9.0.0b1", False)],
+)
+def test_redis_py_before_8_cannot_serve_a_cluster(version: str, problem: bool) -> None:
+    assert (cluster.client_problem(version) is not None) == problem
+
+
+def test_a_cluster_with_the_installed_redis_py_is_checked() -> None:
+    # The declared floor (redis-py 5.3) lacks the asyncio sharded pub/sub the cluster
+    # listener subscribes with: there, a well-formed cluster setting is E015.
+    old = int(redis.__version__.split(".")[0]) < 8
+    with override_settings(BROADCAST_REDIS_CLUSTER=["127.0.0.1:7000"]):
+        messages = checks.check_cluster(None)
+    assert [m.id for m in messages] == (["broadcast_app.E015"] if old else [])
+    assert all("redis>=8" in (m.hint or "") for m in messages)

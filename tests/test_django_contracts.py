@@ -128,9 +128,12 @@ def test_group_by_tells_an_aggregate_filter() -> None:
 
 
 @pytest.fixture(params=["internals", "public"])
-def delete_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test twice: with the QuerySet internals, and on the public paths (as on a
-    Django where they are not as known)."""
+def delete_path(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> str:
+    """Each test twice: with the QuerySet internals (a chunked delete), and on the public
+    paths (as on a Django where they are not as known)."""
+    settings.BROADCAST_DELETE_CHUNK_SIZE = 1000
     if request.param == "public":
         monkeypatch.setattr(django_compat, "QUERYSET_INTERNALS", False)
     return str(request.param)

@@ -78,10 +78,6 @@ TIMEOUT = 600
 #: still belongs here). Updates whose filter names their rows by pk and bulk_create()
 #: where the database returns the pks query nothing of ours (bulk.py).
 BY_DESIGN = {
-    # delete() of more than a chunk (1,000 rows): selected a chunk at a time, so memory
-    # is bounded by the chunk, where Django's collector (with any receiver) loads every
-    # row at once: one SELECT of the pks, and one per chunk, beyond Django's.
-    "test_large_delete (delete.tests.DeletionTests.test_large_delete)",
     # The collector's on_delete=SET_NULL / SET(...) is QuerySet.update() filtered on the
     # foreign key (fk__in=[deleted rows]), never evaluated by Django: which rows it
     # changes is known only by selecting them (no public UPDATE ... RETURNING), one

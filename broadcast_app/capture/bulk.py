@@ -20,16 +20,16 @@ returned their pks (:func:`~.capture.inserted_change`); only an object that does
 hold its row as written (a value the database computed and did not return), a model
 with a ``serializer`` hook, an upsert and ``ignore_conflicts`` are read back at commit.
 
-``delete()`` locks and selects the rows, then hands them to Django's deletion
-collector (so cascades, ``on_delete`` handlers, other receivers and many-to-many
-cleanup work as ever), with the ``post_delete`` captures gathered into one compact
-:class:`~.rows.DeletedRows` per chunk. Up to a chunk of rows, the collector gets the
-instances read, and the queries are Django's own with any receiver; beyond, the pks are
-selected and the rows deleted a chunk at a time, where the collector alone would load
-every matching row at once (our ``post_delete`` receiver keeps it from deleting fast).
-Where that chunked path cannot run on the installed Django (its internals, all in
-:mod:`.django_compat`, are not as known), Django's own ``delete()`` runs, and its rows
-are captured the same way.
+``delete()`` is Django's own, its ``post_delete`` captures gathered into one compact
+:class:`~.rows.DeletedRows` (Django's collector, with our receiver, loads every matching
+row at once, as with any receiver: the queries are Django's). With
+``BROADCAST_DELETE_CHUNK_SIZE`` set, memory is bounded instead: the rows are locked and
+selected, then handed to Django's deletion collector a chunk at a time (so cascades,
+``on_delete`` handlers, other receivers and many-to-many cleanup work as ever): up to a
+chunk, the collector gets the instances read; beyond, the pks are selected and the rows
+deleted a chunk at a time. Where that chunked path cannot run on the installed Django
+(its internals, all in :mod:`.django_compat`, are not as known), Django's own
+``delete()`` runs, and its rows are captured the same way.
 
 Every Django internal this module relies on is read through :mod:`.django_compat`.
 """
@@ -116,12 +116,12 @@ def _configs(qs: QuerySet[Any]) -> tuple[ModelConfig, ...]:
     return configs_for(qs.model)
 
 
-def _chunks(qs: QuerySet[Any], pks: list[str]) -> Iterator[QuerySet[Any]]:
-    """``qs``'s rows by pk, a chunk at a time, each a queryset of ``qs``'s own class (a
+def _chunks(qs: QuerySet[Any], pks: list[str], size: int) -> Iterator[QuerySet[Any]]:
+    """``qs``'s rows by pk, ``size`` at a time, each a queryset of ``qs``'s own class (a
     custom QuerySet's overrides stay in the path), without its filters or ordering."""
     base = type(qs)(model=qs.model, using=qs.db)
-    for start in range(0, len(pks), _CHUNK):
-        yield base.filter(pk__in=pks[start : start + _CHUNK])
+    for start in range(0, len(pks), size):
+        yield base.filter(pk__in=pks[start : start + size])
 
 
 def _update(self: QuerySet[Any], **kwargs: Any) -> int:
@@ -247,24 +247,25 @@ def _delete(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
     configs = _configs(self)
     if not configs:
         return _original["delete"](self)  # type: ignore[no-any-return]
-    if not django_compat.deletes_in_chunks(self):
-        # A delete Django refuses (it says so), or the public path.
+    size = conf.BROADCAST_DELETE_CHUNK_SIZE
+    if size is None or size < 1 or not django_compat.deletes_in_chunks(self):
+        # Django's delete() (its queries, every row loaded at once), a delete Django
+        # refuses (it says so), or the public path.
         return _django_delete(self, configs)
     # As Django's delete(): no select_related(), on the database that deletes the rows.
     qs = self.select_related(None).using(django_compat.write_db(self))
     per_model: Counter[str] = Counter()
     # The rows themselves, locked: up to a chunk, the collector takes these instances
-    # and selects nothing again (the queries are those of Django's own delete() with a
-    # receiver); more, and they are deleted a chunk of pks at a time (bounded memory).
+    # and selects nothing again; more, and they are deleted a chunk of pks at a time.
     with _transaction(qs.db):
-        first = list(_locked(qs)[: _CHUNK + 1])
+        first = list(_locked(qs)[: size + 1])
         batches: Iterable[Any] = [first] if first else []
-        if len(first) > _CHUNK:
+        if len(first) > size:
             pks = list(_locked(qs).values_list("pk", flat=True).iterator(chunk_size=2000))
-            batches = _chunks(qs, pks)
+            batches = _chunks(qs, pks, size)
         # Several chunks: a savepoint, so that a ProtectedError in a later chunk leaves
         # nothing deleted, as with Django (which collects everything before deleting).
-        with _transaction(qs.db, savepoint=len(first) > _CHUNK):
+        with _transaction(qs.db, savepoint=len(first) > size):
             _delete_batches(self, qs, configs, batches, per_model)
     django_compat.forget_results(self)  # as Django's delete(): evaluated afresh if reused
     return sum(per_model.values()), dict(per_model)

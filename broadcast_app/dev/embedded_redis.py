@@ -73,6 +73,8 @@ def free_port() -> int:
             port = int(sock.getsockname()[1])
         if port not in _handed_out:
             break
+    else:
+        raise RuntimeError("no free TCP port on 127.0.0.1 after 1000 tries")
     _handed_out.add(port)
     return port
 

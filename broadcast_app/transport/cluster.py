@@ -53,6 +53,21 @@ def nodes_problem(value: object) -> str | None:
     return None
 
 
+#: the first redis-py whose asyncio cluster client has sharded pub/sub (SSUBSCRIBE)
+CLUSTER_REDIS_PY = (8, 0)
+
+
+def client_problem(version: str) -> str | None:
+    """Why redis-py ``version`` cannot talk to a Redis Cluster for us (None: it can)."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None  # a development build: let it try
+    if major_minor < CLUSTER_REDIS_PY:
+        return f"the installed redis-py {version} has no asyncio sharded pub/sub"
+    return None
+
+
 def enabled() -> bool:
     """Whether events travel through a Redis Cluster."""
     return conf.BROADCAST_REDIS_CLUSTER is not None

@@ -1,4 +1,6 @@
-"""``QuerySet.delete()`` of registered models: chunked, one ``deleted`` event per row.
+"""``QuerySet.delete()`` of registered models: one ``deleted`` event per row, whether
+Django's collector takes every row at once (the default) or a chunk at a time
+(``BROADCAST_DELETE_CHUNK_SIZE``).
 
 Product excludes ``cost_price``; Article (testapp) excludes ``secret``; Comment
 (testapp) cascades from Article and from itself, and is set null by its ``reply_to``.
@@ -54,12 +56,13 @@ def seed_articles(prefix: str) -> None:
             Comment.objects.create(article=article, parent=top, body="child")
 
 
-def test_filtered_delete_publishes_each_row_with_its_last_state() -> None:
+@pytest.mark.parametrize("chunk", [None, 1000])
+def test_filtered_delete_publishes_each_row_with_its_last_state(chunk: int | None) -> None:
     products = seed(2500)  # more than one chunk
     doomed = [p for p in Product.objects.order_by("pk") if p.stock >= 1000]
     config = get_config(Product)
     expected = {str(p.pk): to_json_data(field_values(config, p)) for p in doomed}
-    with capture_events() as events:
+    with capture_events() as events, override_settings(BROADCAST_DELETE_CHUNK_SIZE=chunk):
         result = Product.objects.filter(stock__gte=1000).delete()
     assert result == (1500, {"testapp.Product": 1500})
     assert len(events) == 1500
@@ -212,8 +215,10 @@ def test_wrapped_delete_stays_out_of_templates_and_managers() -> None:
     assert Product.objects.count() == 2
 
 
+@override_settings(BROADCAST_DELETE_CHUNK_SIZE=1000)
 def _delete_peak(rows: int, *, wrapped: bool = True) -> tuple[int, int]:
-    """Peak and retained bytes traced while deleting ``rows`` products, before commit."""
+    """Peak and retained bytes traced while deleting ``rows`` products, before commit,
+    a chunk of 1,000 at a time."""
     seed(rows, prefix=f"m{rows}-")
     delete = Product.objects.all().delete
     if not wrapped:

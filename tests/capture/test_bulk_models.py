@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
 from django.db import connection, connections, transaction
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from broadcast_app.testing import capture_events
@@ -171,6 +172,7 @@ def test_custom_queryset_keeps_its_class_and_overrides(manager: str) -> None:
     assert Note.objects.count() == 2
 
 
+@override_settings(BROADCAST_DELETE_CHUNK_SIZE=1000)
 def test_delete_chunks_are_of_the_queryset_s_own_class() -> None:
     """The chunked delete() loads its rows through the queryset's own class, as Django's
     delete() does: a class that customizes iteration (e.g. one returning the rows as

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from broadcast_app.dev import embedded_redis
 from broadcast_app.dev.embedded_redis import EmbeddedRedis, _ephemeral_range, free_port
 
 
@@ -18,6 +19,17 @@ def test_free_ports_are_below_the_ephemeral_range() -> None:
     # server's bind made a cluster node exit at start (CI, once).
     low, _high = _ephemeral_range()
     assert all(20000 <= free_port() < low for _ in range(50))
+
+
+def test_no_free_port_left_is_an_error_not_a_port_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    low, _high = _ephemeral_range()
+    every = set(range(20000, low))
+    monkeypatch.setattr(embedded_redis, "_handed_out", every)
+    with pytest.raises(RuntimeError, match="no free TCP port"):
+        free_port()
+    assert embedded_redis._handed_out == set(range(20000, low))
 
 
 def test_a_port_another_server_holds_is_an_error_not_a_server_of_ours() -> None:
