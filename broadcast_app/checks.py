@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any
 
-import redis
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -303,7 +303,9 @@ def check_cluster(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> lis
                 id="broadcast_app.E014",
             )
         ]
-    client = None if value is None else client_problem(redis.__version__)
+    # The distribution's metadata, not redis itself: setup must not import redis-py
+    # (the publisher thread does, at the first save; tests/test_package_shape.py).
+    client = None if value is None else client_problem(version("redis"))
     if client is not None:
         return [
             Error(
