@@ -43,7 +43,16 @@ from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.stats import stats
 from broadcast_app.transport import fast_path as direct
 from broadcast_app.transport import outage_log_filter as quiet
-from broadcast_app.transport.routes import MESSAGE_TYPE, group_name, layer_config, route
+from broadcast_app.transport.messages import events_of
+from broadcast_app.transport.redis_clients import make_client
+from broadcast_app.transport.routes import (
+    BATCH_TYPE,
+    MESSAGE_TYPE,
+    group_name,
+    layer_config,
+    route,
+)
+from broadcast_app.transport.scripts import load, pack
 from broadcast_app.upstream import asgi
 from broadcast_app.upstream import channels_redis as cr
 from broadcast_app.upstream.django_cache import locmem_keys
@@ -347,6 +356,32 @@ async def test_contract_the_layer_reads_what_the_publish_script_publishes(fmt: s
             await layer.flush()
     assert message["type"] == MESSAGE_TYPE, f"the layer read {message!r}"
     assert '"sku":"UP-2"' in message["frame"] and "prev" in message
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fmt", ["msgpack", "json"])
+async def test_contract_the_layer_reads_several_events_in_one_message(fmt: str) -> None:
+    layers = layers_for(layer_config()["CONFIG"]["hosts"][0])
+    layers["default"]["CONFIG"]["serializer_format"] = fmt
+    with override_settings(CHANNEL_LAYERS=layers):
+        r = route("testapp.product")
+        layer = channel_layers.make_backend(conf.BROADCAST_CHANNEL_LAYER)
+        channel = await layer.new_channel("contract.")
+        await layer.group_add(group_name("testapp.product"), channel)
+        client = make_client(r.host, TIMEOUT)
+        try:
+            packed = pack(
+                [(r, '"n":1}', None), (r, '"n":2}', None)], load(client), 1000, 0, 60_000
+            )
+            client.execute_command(*packed.calls[0])
+            message = await asyncio.wait_for(layer.receive(channel), TIMEOUT)
+        finally:
+            client.close()
+            await layer.flush()
+    assert message["type"] == BATCH_TYPE, f"the layer read {message!r}"
+    frames = [frame for frame, _ in events_of(message)]
+    assert [frame[-6:] for frame in frames] == ['"n":1}', '"n":2}']
 
 
 @pytest.mark.django_db(transaction=True)

@@ -32,6 +32,7 @@ from ..events.wire import frame_head, split_hidden
 from ..signals import change_received
 from ..stats import stats
 from ..transport import cluster, fast_path
+from ..transport.messages import events_of, is_event_message
 from ..transport.routes import MESSAGE_TYPE, RESET_TYPE, group_name
 from . import cache
 from .continuity import Continuity, not_after
@@ -176,11 +177,13 @@ class Listener:
     async def _pump(self, layer: Any, channel: str) -> None:
         while True:
             message = await layer.receive(channel)
-            if message.get("type") == MESSAGE_TYPE:
-                await self.handle(message["frame"], message.get("prev"))
-                # Let the connections' writers run between two events: a burst (a bulk
-                # update) would otherwise fill every send queue before a frame goes out.
-                await asyncio.sleep(0)
+            if is_event_message(message):
+                # One event, or several of a model in one message (see transport/messages.py).
+                for frame, prev in events_of(message):
+                    await self.handle(frame, prev)
+                    # Let the connections' writers run between two events: a burst (a bulk
+                    # update) would otherwise fill every send queue before a frame goes out.
+                    await asyncio.sleep(0)
             elif message.get("type") == RESET_TYPE:
                 async with self._order:
                     self.continuity.reset(str(message["model"]), "lost")
@@ -243,6 +246,8 @@ class Listener:
             return False
         try:
             message = layer.deserialize(data)
+            # Several events (broadcast.events) go the ordinary way, the loop running
+            # between two of them.
             if message.get("type") != MESSAGE_TYPE:
                 return False
             (frame, hidden), prev = split_hidden(message["frame"]), message.get("prev")

@@ -31,6 +31,8 @@ from . import cluster
 PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 #: ``type`` of the channel-layer message that carries one event
 MESSAGE_TYPE = "broadcast.event"
+#: ``type`` of the message that carries several events of one model, in order
+BATCH_TYPE = "broadcast.events"
 #: ``type`` of the message that says a model's events were lost (outage overflow)
 RESET_TYPE = "broadcast.reset"
 

@@ -7,8 +7,10 @@ in publish order across every publishing process. The consecutive events of one 
 in a batch go through one script call (:data:`BATCH_SCRIPT`): Redis then pays the
 script's start, the meta read and its write once per run instead of once per event,
 which is most of what a script costs beyond the ``XADD`` and ``PUBLISH`` themselves.
-Outbox events (relayed, each with its "already published" mark) go one per call through
-:data:`PUBLISH_SCRIPT`.
+Such a call publishes one message for all its events (``broadcast.events``, see
+:mod:`.messages`): each event keeps its own log entry and id, but Redis pays one
+``PUBLISH`` per call, and each instance reads one message. Outbox events (relayed,
+each with its "already published" mark) go one per call through :data:`PUBLISH_SCRIPT`.
 """
 
 from __future__ import annotations
@@ -66,10 +68,12 @@ local function write_meta(stream, meta_key, epoch, id, sid, trimmed, max_age)
 end
 """
 
-# A msgpack string's header (str8/16/32 as the layer's msgpack reads them; fixstr below 32
-# bytes), and a `broadcast.event` message's bytes up to its frame's header. The batch
-# script writes the message's msgpack by hand, in a single concatenation: a Lua table
-# handed to cmsgpack costs Redis about half again a plain PUBLISH per event.
+# A msgpack string's and array's headers (str8/16/32 as the layer's msgpack reads them,
+# fixstr below 32 bytes; fixarray below 16 entries, array16 up to MAX_PER_CALL), and the
+# bytes of a `broadcast.event` message up to its frame's header and of a
+# `broadcast.events` message up to its array's. The batch script writes the message's
+# msgpack by hand, joined once: a Lua table handed to cmsgpack costs Redis about half
+# again a plain PUBLISH per event.
 _MSGPACK = """
 local function str_header(n)
   if n < 32 then
@@ -81,7 +85,14 @@ local function str_header(n)
   end
   return '\\219' .. struct.pack('>I4', n)
 end
+local function array_header(n)
+  if n < 16 then
+    return string.char(144 + n)
+  end
+  return '\\220' .. struct.pack('>I2', n)
+end
 local EVENT_HEAD = '\\131\\164type\\175broadcast.event\\165frame'
+local EVENTS_HEAD = '\\131\\164type\\176broadcast.events\\166frames'
 local PREV_KEY = '\\164prev'
 local FRAME_START = '{"type":"change","id":"'
 """
@@ -92,7 +103,9 @@ local FRAME_START = '{"type":"change","id":"'
 # before it ("p"), so readers can tell a complete replay from one with a hole. Returns
 # the id before the first event, then each event's id: {prev1, id1, id2, ...}. The log is
 # trimmed to its max length once per call, after its events (approximately, as XADD's
-# MAXLEN ~ would: whole stream nodes only).
+# MAXLEN ~ would: whole stream nodes only). One event is published as
+# `broadcast.event`; several as one `broadcast.events` message, their frames in order
+# and the id before the first (each next event's prev is the frame before it).
 BATCH_SCRIPT = (
     _PUBLISH_MESSAGE
     + _READ_META
@@ -102,25 +115,42 @@ BATCH_SCRIPT = (
 local call = redis.call
 local stream, channel, format = KEYS[1], ARGV[2], ARGV[3]
 local epoch, prev, trimmed = read_meta(stream, KEYS[2], ARGV[4])
+local first_prev, count = prev, #ARGV - 5
 local suffix = ':' .. epoch
 local packed = channel ~= '' and format ~= 'json'
 local head_size = #FRAME_START + 2
 local out, n, sid, id = {prev}, 1, nil, nil
+-- The msgpack message's pieces, joined once: a frame string built per event would cost
+-- Redis as much again as the XADD (Lua makes each string it builds a new object).
+local parts = count == 1 and {EVENT_HEAD} or {EVENTS_HEAD, array_header(count)}
+local frames, at = {}, #parts
 for i = 6, #ARGV do
   local body = ARGV[i]
   sid = call('XADD', stream, '*', 'b', body, 'p', prev)
   id = sid .. suffix
   if packed then
-    call('PUBLISH', channel, EVENT_HEAD .. str_header(head_size + #id + #body)
-      .. FRAME_START .. id .. '",' .. body .. PREV_KEY .. str_header(#prev) .. prev)
-  else
-    publish(channel, format, {
-      type = 'broadcast.event', frame = FRAME_START .. id .. '",' .. body, prev = prev
-    })
+    parts[at + 1] = str_header(head_size + #id + #body)
+    parts[at + 2] = FRAME_START
+    parts[at + 3] = id
+    parts[at + 4] = '",'
+    parts[at + 5] = body
+    at = at + 5
+  elseif channel ~= '' then
+    frames[n] = FRAME_START .. id .. '",' .. body
   end
   n = n + 1
   out[n] = id
   prev = id
+end
+if packed then
+  parts[at + 1] = PREV_KEY
+  parts[at + 2] = str_header(#first_prev)
+  parts[at + 3] = first_prev
+  call('PUBLISH', channel, table.concat(parts))
+elseif count == 1 then
+  publish(channel, format, {type = 'broadcast.event', frame = frames[1], prev = first_prev})
+else
+  publish(channel, format, {type = 'broadcast.events', frames = frames, prev = first_prev})
 end
 redis.call('XTRIM', stream, 'MAXLEN', '~', ARGV[1])
 write_meta(stream, KEYS[2], epoch, id, sid, trimmed, tonumber(ARGV[5]))

@@ -12,6 +12,7 @@ receive. The figures go to the session's terminal summary.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,7 +32,9 @@ from broadcast_app.instance.runtime import runtime
 from broadcast_app.models import OutboxEvent
 from broadcast_app.publish import publisher
 from broadcast_app.publish.relay import Relay
+from broadcast_app.stats import stats
 from broadcast_app.transport.log_reader import event_log
+from broadcast_app.transport.redis_transport import RedisTransport
 from broadcast_app.transport.routes import route
 from tests.cluster_support import ClusterSetup
 from tests.instance.test_presence import connect, join, make_user, members_until, subscribe
@@ -189,3 +192,32 @@ async def test_events_follow_a_slot_moved_to_another_master(
     assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
     assert await eventually(lambda: len(recorder.received) == 10, SETTLE_TIMEOUT)
     assert recorder.log == list(range(10))
+
+
+async def test_a_batch_in_one_sharded_message_arrives_event_by_event(
+    recorder: Recorder,
+) -> None:
+    def body(n: int) -> str:
+        data = {"id": n, "sku": f"F-{n}", "name": f"F-{n}", "price": "1.00"}
+        frame = json.dumps(
+            {"op": "created", "model": "testapp.product", "pk": str(n), "data": data,
+             "ts": "2026-12-07T03:00:00.000000Z", "origin": "test"},
+            separators=(",", ":"),
+        )  # fmt: skip
+        return frame[1:]
+
+    transport = RedisTransport()
+    try:
+        # The listener's first event of the model, then 40 in one script call.
+        first = [("testapp.product", body(0))]
+        assert await asyncio.to_thread(transport.publish_batch, first) == (1, 0)
+        assert await eventually(lambda: recorder.log == [0], SETTLE_TIMEOUT), recorder.log
+        recovered = stats.get("recovered")
+        batch = [("testapp.product", body(n)) for n in range(1, 41)]
+        assert await asyncio.to_thread(transport.publish_batch, batch) == (40, 0)
+    finally:
+        transport.close()
+    assert await eventually(lambda: len(recorder.log) >= 41, SETTLE_TIMEOUT), recorder.log
+    assert recorder.log == list(range(41))
+    assert stats.get("recovered") == recovered  # each named the one before it
+    assert listener.continuity.last["testapp.product"] == recorder.ids[40]

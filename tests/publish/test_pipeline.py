@@ -101,13 +101,15 @@ def test_ids_increase_in_publish_order_across_publishers(redis_client: redis.Red
         t.join()
     import msgpack
 
+    from broadcast_app.transport.messages import events_of, is_event_message
+
     ids = []
     while len(ids) < 2 * per_publisher:
         message = pubsub.get_message(timeout=TIMEOUT)
         assert message is not None, f"only {len(ids)} events arrived"
         payload = msgpack.unpackb(message["data"])
-        assert payload["type"] == "broadcast.event"
-        ids.append(payload["frame"].split('"id":"')[1].split('"')[0])
+        assert is_event_message(payload)  # one event, or several of a script call
+        ids += [frame.split('"id":"')[1].split('"')[0] for frame, _ in events_of(payload)]
     pubsub.close()
     assert ids == sorted(ids, key=id_key)
     assert len(set(ids)) == len(ids)

@@ -14,6 +14,7 @@ import redis
 from django.db import transaction
 
 from broadcast_app.publish import publisher
+from broadcast_app.transport.messages import events_of
 from broadcast_app.transport.routes import route
 from broadcast_app.transport.scripts import MAX_PER_CALL, load, pack, unpack
 from tests.testapp.models import Article, Product
@@ -65,18 +66,18 @@ def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
         assert [e[b"b"].decode() for _, e in log] == [body(i) for i in index]
         assert [e[b"p"].decode() for _, e in log] == [prevs[i] for i in index]
         assert redis_client.hget(r.meta, "last").decode() == ids[index[-1]]
-    got = messages(pubsub, len(entries))
-    # Per model, in order, each message the frame and prev a client gets today.
-    by_model = {products.channel: [0, 2, 3], articles.channel: [1, 4]}
-    sent = [m for m in got if m["frame"].endswith('"model":"x","n":0}')]
-    assert len(sent) == 1
-    for index in by_model.values():
-        mine = [m for m in got if any(m["frame"].endswith(f'"n":{i}}}') for i in index)]
-        assert [m["type"] for m in mine] == ["broadcast.event"] * len(index)
-        assert [m["frame"] for m in mine] == [
-            '{"type":"change","id":"' + ids[i] + '",' + body(i) for i in index
+    # One message per call: the products' three events in one, the articles' two in one.
+    got = messages(pubsub, 2)
+    assert [m["type"] for m in got] == ["broadcast.events"] * 2
+    assert pubsub.get_message(timeout=0.2) is None
+    # Per model, in order, each event the frame and prev a client gets today.
+    for index in ([0, 2, 3], [1, 4]):
+        mine = [e for m in got for e in events_of(m) if e[0].endswith(f'"n":{index[0]}}}')]
+        assert len(mine) == 1
+        message = next(m for m in got if m["frames"][0].endswith(f'"n":{index[0]}}}'))
+        assert list(events_of(message)) == [
+            ('{"type":"change","id":"' + ids[i] + '",' + body(i), prevs[i]) for i in index
         ]
-        assert [m["prev"] for m in mine] == [prevs[i] for i in index]
     pubsub.close()
 
 
@@ -159,14 +160,39 @@ def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
     packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
     results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
     ids = [r[0].decode() for r in results]
-    assert messages(pubsub, 2) == [
+    assert messages(pubsub, 1) == [
         {
-            "type": "broadcast.event",
-            "frame": '{"type":"change","id":"' + ids[n] + f'","t":"{text}"}}',
-            "prev": ["", ids[0]][n],
+            "type": "broadcast.events",
+            "frames": ['{"type":"change","id":"' + ids[n] + f'","t":"{text}"}}' for n in range(2)],
+            "prev": "",
         }
-        for n in range(2)
     ]
+    pubsub.close()
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, MAX_PER_CALL])
+def test_a_calls_events_arrive_in_one_message_at_every_count(
+    redis_client: redis.Redis, count: int
+) -> None:
+    products = route("testapp.product")
+    redis_client.delete(products.stream, products.meta)
+    redis_client.xadd(products.stream, {"b": "{}", "p": ""})  # a log to continue
+    redis_client.hset(products.meta, mapping={"epoch": "e", "last": "0-1:e"})
+    entries: list[Any] = [(products, body(n), None) for n in range(count)]
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel)
+    assert pubsub.get_message(timeout=5)  # subscribed
+    packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
+    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    ids = [r[0].decode() for r in results]
+    (message,) = messages(pubsub, 1)
+    # One event alone keeps the message every version reads.
+    assert message["type"] == ("broadcast.event" if count == 1 else "broadcast.events")
+    assert list(events_of(message)) == [
+        ('{"type":"change","id":"' + ids[n] + '",' + body(n), ["0-1:e", *ids][n])
+        for n in range(count)
+    ]
+    assert pubsub.get_message(timeout=0.2) is None
     pubsub.close()
 
 
@@ -180,17 +206,24 @@ def test_a_layer_reading_json_gets_the_same_message_as_json(redis_client: redis.
     results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
     ids = [r[0].decode() for r in results]
     got = []
-    while len(got) < 2:
+    while not got:
         message = pubsub.get_message(timeout=5)
         assert message is not None
         if message["type"] == "message":
             got.append(json.loads(message["data"]))
     assert got == [
         {
-            "type": "broadcast.event",
-            "frame": '{"type":"change","id":"' + ids[n] + '",' + body(0),
-            "prev": ["", ids[0]][n],
+            "type": "broadcast.events",
+            "frames": ['{"type":"change","id":"' + ids[n] + '",' + body(0) for n in range(2)],
+            "prev": "",
         }
-        for n in range(2)
     ]
+    packed = pack([(products, body(1), None)], load(redis_client), 1000, 0, ONCE_TTL_MS)
+    (result,) = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    message = pubsub.get_message(timeout=5)
+    assert message is not None and json.loads(message["data"]) == {
+        "type": "broadcast.event",
+        "frame": '{"type":"change","id":"' + result[0].decode() + '",' + body(1),
+        "prev": ids[1],
+    }
     pubsub.close()

@@ -5,8 +5,10 @@ commands) and ``used_cpu_sys + used_cpu_user`` (everything, reading the pipeline
 included). Ours is the publisher's script calls, packed as its thread packs them
 (:mod:`broadcast_app.transport.scripts`: batches of ``BATCH`` events per round trip, one
 call per run of a model's events), against a plain ``PUBLISH`` of the same message
-bytes, on the same channel, with the same subscriber. The ceiling one Redis core implies
-is a million microseconds over the CPU per event.
+bytes, on the same channel, with the same subscriber. A script call of several events
+publishes them in one message (:mod:`broadcast_app.transport.messages`); the plain
+``PUBLISH`` sends one event's message per event, as a call with one event publishes it.
+The ceiling one Redis core implies is a million microseconds over the CPU per event.
 
 Then 4 publishing processes send as fast as they can, each its own model, and a
 subscriber standing in for an instance's listener checks that every event arrives, in
@@ -28,7 +30,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import redis
 
-from broadcast_app.transport.routes import Route, route
+from broadcast_app.transport.messages import events_of, frame_id
+from broadcast_app.transport.routes import MESSAGE_TYPE, Route, route
 from broadcast_app.transport.scripts import load, pack, unpack
 
 #: events per round trip, as the publisher thread takes them from a busy queue
@@ -37,7 +40,6 @@ PUBLISHERS = 4
 _ONCE_TTL_MS = 60_000
 _MAXLEN = 10_000
 _WAIT = 30.0  # seconds for a burst's last message
-_FRAME_START = '{"type":"change","id":"'
 
 
 def ceiling_row(url: str, events: int) -> dict[str, Any]:
@@ -153,7 +155,7 @@ def _send_plain(client: redis.Redis, channel: str, payload: bytes, events: int) 
 
 
 class _Receiver:
-    """A subscriber that counts messages and checks each names the one before it."""
+    """A subscriber that counts events and checks each names the one before it."""
 
     def __init__(self, url: str, channels: list[str]) -> None:
         self._client = redis.Redis.from_url(url)
@@ -190,23 +192,28 @@ class _Receiver:
             if message is None or message["type"] != "message":
                 continue
             data = message["data"]
-            event = msgpack.unpackb(data)
             channel = message["channel"]
-            last = self._last.get(channel)
-            if last is not None and event["prev"] != last:
-                self.broken += 1
-            frame = event["frame"]
-            # Plain PUBLISHes repeat one message: only ours carry a chain.
-            start = len(_FRAME_START)
-            self._last[channel] = (
-                None if data == self.sample else frame[start : frame.index('"', start)]
-            )
-            with self._done:
-                if not self.sample:
-                    self.sample = data
-                self.received += 1
-                self.last_at = time.perf_counter()
-                self._done.notify_all()
+            if data == self.sample:  # plain PUBLISHes repeat one message: no chain
+                self._last[channel] = None
+                self._count(1)
+                continue
+            events = list(events_of(msgpack.unpackb(data)))
+            for frame, prev in events:
+                last = self._last.get(channel)
+                if last is not None and prev != last:
+                    self.broken += 1
+                self._last[channel] = frame_id(frame)
+            if not self.sample:
+                # One event's message, as a call with one event publishes it.
+                frame, prev = events[0]
+                self.sample = msgpack.packb({"type": MESSAGE_TYPE, "frame": frame, "prev": prev})
+            self._count(len(events))
+
+    def _count(self, events: int) -> None:
+        with self._done:
+            self.received += events
+            self.last_at = time.perf_counter()
+            self._done.notify_all()
 
     def wait_for(self, count: int, timeout: float) -> None:
         with self._done:

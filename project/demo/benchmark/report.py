@@ -330,7 +330,8 @@ def ceiling_lines(row: dict[str, Any]) -> list[str]:
     ceiling_ok = row["ceiling_per_core"] is not None and row["ceiling_per_core"] >= 50_000
     return [
         f"(k) publish ceiling, Redis' own counters over {row['events']} events "
-        f"({row['payload_bytes']} B messages, {row['batch']} per round trip, 1 subscriber)",
+        f"({row['payload_bytes']} B per event's message alone, {row['batch']} per round trip, "
+        "1 subscriber)",
         f"Redis CPU us/event: ours {ours['cpu_us']}, plain PUBLISH {plain['cpu_us']}: "
         f"ratio {ratio['cpu_us']} (target <= 3) {_verdict(cpu_ok)}; command time us/event "
         f"{ours['command_us']} against {plain['command_us']}; lost {ours['lost']}, "
