@@ -29,6 +29,10 @@ def test_instance_id_follows_setting_environment_and_default(
     conf_module.forget()
 
 
+# Forking is what a pre-forking server does to the process under test; Python 3.12+
+# warns that threads (here pytest's, the publisher's) do not follow into the child,
+# which is fine: the child only reads a setting and leaves.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_has_its_own_default_instance_id(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
