@@ -4,55 +4,21 @@ beside single-event messages (publishers of the previous version)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 
 from broadcast_app.events.wire import id_key
-from broadcast_app.instance.hub import hub
 from broadcast_app.stats import stats
 from broadcast_app.transport.redis_clients import make_client
 from broadcast_app.transport.routes import route
 from broadcast_app.transport.scripts import MAX_PER_CALL, load, pack, unpack
+from tests.instance.recording import LABEL, TIMEOUT, Recorder
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-TIMEOUT = 5
-LABEL = "testapp.product"
-
-
-class Recorder:
-    """A local subscriber of every product event."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.arrived = asyncio.Event()
-
-    def deliver(self, frame: str, event: dict[str, Any]) -> None:
-        self.frames.append(json.loads(frame))
-        self.arrived.set()
-
-    def reset(self, label: str, pk: str | None, reason: str) -> None:
-        raise AssertionError(f"unexpected reset of {label} ({reason})")
-
-    async def wait_for(self, count: int) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while len(self.frames) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    subscriber = Recorder()
-    hub.add(subscriber, LABEL, None)
-    yield subscriber
-    hub.remove(subscriber, LABEL, None)
 
 
 def body(n: int) -> str:

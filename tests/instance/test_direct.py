@@ -22,40 +22,10 @@ from broadcast_app.signals import change_received
 from broadcast_app.stats import stats
 from broadcast_app.transport import fast_path as direct
 from broadcast_app.transport.routes import MESSAGE_TYPE
+from tests.instance.recording import TIMEOUT, Recorder
 from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-TIMEOUT = 5
-
-
-class Recorder:
-    """A local subscriber of every product event (no change_received receiver)."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.arrived = asyncio.Event()
-
-    def deliver(self, frame: str, event: dict[str, Any]) -> None:
-        self.frames.append(json.loads(frame))
-        self.arrived.set()
-
-    def reset(self, label: str, pk: str | None, reason: str) -> None:
-        raise AssertionError(f"unexpected reset of {label} ({reason})")
-
-    async def wait_for(self, count: int) -> None:
-        async with asyncio.timeout(TIMEOUT):
-            while len(self.frames) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    subscriber = Recorder()
-    hub.add(subscriber, "testapp.product", None)
-    yield subscriber
-    hub.remove(subscriber, "testapp.product", None)
 
 
 def raw_event(layer: Any, number: int, prev: str) -> tuple[bytes, str]:

@@ -36,6 +36,19 @@ def messages(pubsub: Any, count: int) -> list[dict[str, Any]]:
     return found
 
 
+def publish_in_one_call(
+    redis_client: redis.Redis, products: Any, entries: list[Any]
+) -> tuple[Any, list[str]]:
+    """A pub/sub client subscribed to ``products``' channel, then ``entries`` published in
+    one script call: the client and the events' ids."""
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(products.channel)
+    assert pubsub.get_message(timeout=5)  # subscribed
+    packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
+    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
+    return pubsub, [r[0].decode() for r in results]
+
+
 @pytest.mark.django_db
 def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
     redis_client: redis.Redis,
@@ -154,12 +167,7 @@ def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
     redis_client.delete(products.stream, products.meta)
     text = "é" * size
     entries: list[Any] = [(products, f'"t":"{text}"}}', None)] * 2
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(products.channel)
-    assert pubsub.get_message(timeout=5)  # subscribed
-    packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
-    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
-    ids = [r[0].decode() for r in results]
+    pubsub, ids = publish_in_one_call(redis_client, products, entries)
     assert messages(pubsub, 1) == [
         {
             "type": "broadcast.events",
@@ -179,12 +187,7 @@ def test_a_calls_events_arrive_in_one_message_at_every_count(
     redis_client.xadd(products.stream, {"b": "{}", "p": ""})  # a log to continue
     redis_client.hset(products.meta, mapping={"epoch": "e", "last": "0-1:e"})
     entries: list[Any] = [(products, body(n), None) for n in range(count)]
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(products.channel)
-    assert pubsub.get_message(timeout=5)  # subscribed
-    packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
-    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
-    ids = [r[0].decode() for r in results]
+    pubsub, ids = publish_in_one_call(redis_client, products, entries)
     (message,) = messages(pubsub, 1)
     # One event alone keeps the message every version reads.
     assert message["type"] == ("broadcast.event" if count == 1 else "broadcast.events")
@@ -199,12 +202,7 @@ def test_a_calls_events_arrive_in_one_message_at_every_count(
 def test_a_layer_reading_json_gets_the_same_message_as_json(redis_client: redis.Redis) -> None:
     products = dataclasses.replace(route("testapp.product"), serializer_format="json")
     redis_client.delete(products.stream, products.meta)
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(products.channel)
-    assert pubsub.get_message(timeout=5)  # subscribed
-    packed = pack([(products, body(0), None)] * 2, load(redis_client), 1000, 0, ONCE_TTL_MS)
-    results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
-    ids = [r[0].decode() for r in results]
+    pubsub, ids = publish_in_one_call(redis_client, products, [(products, body(0), None)] * 2)
     got = []
     while not got:
         message = pubsub.get_message(timeout=5)
