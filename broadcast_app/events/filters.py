@@ -69,7 +69,12 @@ _MISSING: Any = object()
 #: lone surrogate: no pk can hold one, see frames.valid_text)
 _MARK = "\ud800"
 
-Match = str  # "enter", "stay" or "leave"
+Match = str  # "enter", "stay" or "leave", or UNDECIDED
+#: neither: the event lacks (``unknown``: deferred when saved) a field the filter reads,
+#: so whether the row matches is not known; the subscription gets a ``reset`` with this
+#: reason instead (a client that does not hold the row must not get it, one that holds
+#: it must not miss the change)
+UNDECIDED = "incomplete"
 
 
 class Where(str):
@@ -182,6 +187,8 @@ class Filter:
     def match(self, state: _State) -> Match | None:
         """``enter``, ``stay``, ``leave``, or None (matched neither before nor after)."""
         op = state.op
+        if state.unknown and not self.names.isdisjoint(state.unknown):
+            return UNDECIDED
         if op == "deleted":
             gone = self.test(state.data, state.after, True)
             return None if gone is False else "leave"
@@ -200,7 +207,7 @@ class _State:
     """One event as filters read it: the row after and (updated) before, and the
     values read from each so far (shared by every filter of the model)."""
 
-    __slots__ = ("after", "before", "changed", "data", "known", "old", "op")
+    __slots__ = ("after", "before", "changed", "data", "known", "old", "op", "unknown")
 
     def __init__(self, event: dict[str, Any], hidden: dict[str, Any] | None) -> None:
         self.op: str = event["op"]
@@ -209,6 +216,7 @@ class _State:
         self.before: dict[str, Any] = {}
         self.old = self.known = self.data
         self.changed = frozenset(event.get("changed", ()))
+        self.unknown = frozenset(event.get("unknown", ()))
         if self.op == "updated":
             # The changed fields' old values; one the event does not carry is unknown.
             self.old = dict(self.data)
@@ -366,6 +374,11 @@ def fan_out(
         found = key.compiled.match(state)
         if found is None or not members:
             continue
+        if found == UNDECIDED:
+            for subscriber in tuple(members):
+                subscriber.reset(full["model"], key, UNDECIDED)
+            count += len(members)
+            continue
         text = variant(key, frame, found)
         variant_event = {**full, "match": found, "where": key.where, "sub": key}
         if found != "enter" and state.op == "updated":
@@ -381,12 +394,15 @@ def variant(key: Where, frame: str, found: Match) -> str:
     return f'{frame[:-1]},"match":"{found}","where":{key[len(_MARK) :]}}}'
 
 
-def replay_frames(key: Where, frames: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def replay_frames(key: Where, frames: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
     """The frames of a resume as ``key``'s subscription receives them (old values are
-    not in the log: see the module docstring)."""
+    not in the log: see the module docstring); None if one of them is :data:`UNDECIDED`
+    (the replay is then a ``reset``)."""
     result = []
     for event_id, frame in frames:
         found = key.compiled.match(_State(json.loads(frame), None))
+        if found == UNDECIDED:
+            return None
         if found is not None:
             result.append((event_id, variant(key, frame, found)))
     return result

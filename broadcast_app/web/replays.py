@@ -16,7 +16,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..events.filters import Where, naming, replay_frames
+from ..events.filters import UNDECIDED, Where, naming, replay_frames
 from ..events.model_configs import ModelConfig
 from ..events.wire import frame_head
 from ..instance.hub import hub
@@ -104,7 +104,12 @@ async def _replay(
     between; the subscription's live events are held back until the end.
     """
     if isinstance(pk, Where):
-        frames, pk = replay_frames(pk, frames), None
+        decided = replay_frames(pk, frames)
+        if decided is None:
+            # An event the filter cannot place (see filters.UNDECIDED): reload instead.
+            consumer.reset(config.label, pk, UNDECIDED)
+            return set()
+        frames, pk = decided, None
     sent: set[str] = set()
     for number, (event_id, frame) in enumerate(frames, 1):
         # Routing needs the frame's head only; the whole event when a check reads it.

@@ -269,3 +269,43 @@ async def test_an_update_by_pk_is_sent_by_its_new_values(viewer_ws: WebsocketCom
     await database_sync_to_async(update)(name="renamed")
     renamed = await frame(viewer_ws)
     assert (renamed["match"], renamed["data"]["name"]) == ("stay", "renamed")
+
+
+async def test_a_save_lacking_a_filtered_field_resets_the_filter(
+    viewer_ws: WebsocketCommunicator,
+) -> None:
+    """A save of an instance loaded with ``only()`` lacks the deferred fields (``unknown``):
+    whether the row matches a filter on one of them is not known, so the subscription
+    gets a ``reset`` (reload), neither the change (a row that never matched would appear)
+    nor nothing (a row shown would keep its old values)."""
+    product = await database_sync_to_async(make_quietly)("F-10", stock=1)
+    await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "where": LOW})
+
+    def rename(name: str, *loaded: str) -> None:
+        save(Product.objects.only(*loaded).get(pk=product.pk), name=name)
+
+    await database_sync_to_async(rename)("first", "name")
+    assert await frame(viewer_ws) == {
+        "type": "reset",
+        "model": "testapp.product",
+        "pk": None,
+        "where": LOW,
+        "reason": "incomplete",
+    }
+    # With the filtered field loaded, the filter decides as ever.
+    await database_sync_to_async(rename)("second", "name", "stock")
+    kept = await frame(viewer_ws)
+    assert (kept["match"], kept["data"]["name"], kept["data"]["stock"]) == ("stay", "second", 1)
+    assert "stock" not in kept["unknown"]
+
+    # A resume over such an event is one reset as well.
+    reply = await ask(viewer_ws, {"type": "subscribe", "model": "testapp.product", "pk": "0"})
+    since = reply["last_id"]
+    await viewer_ws.send_json_to({"type": "unsubscribe", "model": "testapp.product", "where": LOW})
+    await database_sync_to_async(rename)("third", "name")
+    await database_sync_to_async(save)(product, stock=2)  # (logged after it: a known end)
+    message = {"type": "subscribe", "model": "testapp.product", "where": LOW, "since": since}
+    assert (await ask(viewer_ws, message))["type"] == "subscribed"
+    reset = await frame(viewer_ws)
+    assert (reset["type"], reset["reason"], reset["where"]) == ("reset", "incomplete", LOW)
+    assert await ask(viewer_ws, {"type": "ping"}) == {"type": "pong"}

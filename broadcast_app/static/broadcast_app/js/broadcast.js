@@ -89,7 +89,7 @@
  * @property {string | null} pk  `null`: every object of the model.
  * @property {Object<string, *>} [where]  The filter of the subscription it concerns.
  * @property {string} reason  Why: `too_old`, `epoch`, `unknown`, `malformed`,
- *   `unavailable`, `too_many`, `overflow`, `lost` (see docs/protocol.md).
+ *   `unavailable`, `too_many`, `overflow`, `lost`, `incomplete` (see docs/protocol.md).
  */
 
 /**
