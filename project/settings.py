@@ -23,6 +23,8 @@ from typing import Any
 
 import dj_database_url
 
+from broadcast_app.dev.databases import tuned
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -117,30 +119,14 @@ if REDIS_CLUSTER_NODES:
     # layer uses no keys, which one node of a cluster serves (but only that node).
     REDIS_HOST = f"redis://{REDIS_CLUSTER_NODES[0]}/0"
 
-_database = dj_database_url.parse(
-    os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-)
-if _database["ENGINE"] == "django.db.backends.sqlite3":
-    # The demo runs two server processes on one SQLite file: WAL lets readers and a
-    # writer work at once, and IMMEDIATE transactions wait for the lock instead of
-    # failing with "database is locked" when a read turns into a write.
-    _database["OPTIONS"] = {
-        **_database.get("OPTIONS", {}),
-        "init_command": "PRAGMA journal_mode=WAL;",
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-    }
-elif _database["ENGINE"] == "django.db.backends.mysql":
-    # MySQL/MariaDB: 4-byte UTF-8 (utf8 is 3 bytes there), and READ COMMITTED said out
-    # loud (Django's default too): the server's own default, REPEATABLE READ, would keep
-    # a transaction reading its first snapshot while other instances commit.
-    _database["OPTIONS"] = {
-        "charset": "utf8mb4",
-        "isolation_level": "read committed",
-        **_database.get("OPTIONS", {}),
-    }
-    _database["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
-DATABASES = {"default": _database}
+# The demo runs two server processes on one SQLite file (see broadcast_app.dev.databases).
+DATABASES = {
+    "default": tuned(
+        dj_database_url.parse(
+            os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+        )
+    )
+}
 
 CHANNEL_LAYERS = {
     "default": {

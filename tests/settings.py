@@ -13,6 +13,8 @@ import os
 
 import dj_database_url
 
+from broadcast_app.dev.databases import tuned
+
 SECRET_KEY = "broadcast-app-tests-only"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
@@ -58,29 +60,10 @@ TEMPLATES = [
     },
 ]
 
-_database = dj_database_url.parse(os.environ.get("DATABASE_URL", "sqlite://:memory:"))
-if _database["ENGINE"] == "django.db.backends.sqlite3":
-    # Tests write from several threads (the publisher's, database_sync_to_async's):
-    # IMMEDIATE transactions wait for the lock instead of failing with "database is
-    # locked" when a read turns into a write; WAL lets readers and a writer of a file
-    # database (a subprocess's) work at once.
-    _database["OPTIONS"] = {
-        **_database.get("OPTIONS", {}),
-        "init_command": "PRAGMA journal_mode=WAL;",
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-    }
-elif _database["ENGINE"] == "django.db.backends.mysql":
-    # 4-byte UTF-8 (utf8 is 3 bytes there), and READ COMMITTED, Django's default, said
-    # out loud: the server's own, REPEATABLE READ, would keep a transaction reading its
-    # first snapshot while others commit.
-    _database["OPTIONS"] = {
-        "charset": "utf8mb4",
-        "isolation_level": "read committed",
-        **_database.get("OPTIONS", {}),
-    }
-    _database["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
-DATABASES = {"default": _database}
+# Tests write from several threads (see broadcast_app.dev.databases).
+DATABASES = {
+    "default": tuned(dj_database_url.parse(os.environ.get("DATABASE_URL", "sqlite://:memory:")))
+}
 
 CHANNEL_LAYERS = {
     "default": {
