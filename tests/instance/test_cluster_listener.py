@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -37,8 +36,8 @@ from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.redis_transport import RedisTransport
 from broadcast_app.transport.routes import route
 from tests.cluster_support import ClusterSetup
+from tests.instance.failover_drive import SETTLE_TIMEOUT, Recorder, save, save_through_failover
 from tests.instance.test_presence import connect, join, make_user, members_until, subscribe
-from tests.instance.test_sentinel import SAVE_EVERY, Recorder, save
 from tests.sentinel_support import eventually
 
 pytestmark = [
@@ -47,9 +46,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.cluster,
 ]
-
-RECOVERY_TIMEOUT = 30.0
-SETTLE_TIMEOUT = 15.0
 
 
 @pytest.fixture
@@ -86,32 +82,12 @@ async def recorder(cluster_setup: ClusterSetup) -> AsyncIterator[Recorder]:
 async def test_events_flow_again_after_a_cluster_failover(
     cluster_setup: ClusterSetup, recorder: Recorder, fault_report: Any
 ) -> None:
-    sent = 0
-
-    async def save_next() -> None:
-        nonlocal sent
-        await database_sync_to_async(save)(sent)
-        sent += 1
-        await asyncio.sleep(SAVE_EVERY)
-
-    while len(recorder.received) < 20:
-        await save_next()
-        assert sent < 200, "events do not flow before the failover"
     slot_key = route("testapp.product").stream
-    failover = asyncio.ensure_future(asyncio.to_thread(cluster_setup.kill_master_of, slot_key))
-    killed_at = time.monotonic()
-    await asyncio.sleep(0.1)  # the kill itself is the thread's first step
-    killed_after = sent
-    # Keep saving through the outage until an event saved after it arrives.
-    while not failover.done() or max(recorder.received) < killed_after:
-        await save_next()
-        assert time.monotonic() - killed_at < RECOVERY_TIMEOUT, "no event after the failover"
-    flowing_after = time.monotonic() - killed_at
-    _, failover_seconds = await failover
-    for _ in range(20):
-        await save_next()
-    assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
-    await eventually(lambda: not recorder.uncovered(range(sent)), SETTLE_TIMEOUT)  # below
+
+    def failover() -> float:
+        return cluster_setup.kill_master_of(slot_key)[1]
+
+    sent, flowing_after, failover_seconds = await save_through_failover(recorder, failover)
 
     figures = recorder.figures(sent)
     figures.update(failover_s=round(failover_seconds, 1), flowing_again_s=round(flowing_after, 1))

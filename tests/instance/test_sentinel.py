@@ -12,10 +12,7 @@ quotes them).
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -34,15 +31,10 @@ from broadcast_app.instance.runtime import runtime
 from broadcast_app.publish import publisher
 from broadcast_app.transport.log_reader import event_log
 from broadcast_app.transport.routes import PUBSUB_BACKEND
-from tests.sentinel_support import Arrivals, SentinelSetup, eventually
-from tests.testapp.models import Product
+from tests.instance.failover_drive import SETTLE_TIMEOUT, Recorder, save, save_through_failover
+from tests.sentinel_support import SentinelSetup, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-SAVE_EVERY = 0.02  # seconds between two saves: about 50 events per second
-#: seconds the events may take to flow again after the master is killed
-RECOVERY_TIMEOUT = 30.0
-SETTLE_TIMEOUT = 15.0
 
 
 @pytest_asyncio.fixture
@@ -76,54 +68,14 @@ async def recorder(sentinel_setup: SentinelSetup) -> AsyncIterator[Recorder]:
         await sync_to_async(connections.close_all)()
 
 
-class Recorder(Arrivals):
-    """A hub subscriber of testapp.product: the products' numbers (``F-<n>``), or resets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ids: dict[int, str] = {}
-
-    def deliver(self, frame: str, event: dict[str, Any]) -> None:
-        # ``event`` may be the frame's head only (id, model, pk): the data is in the frame.
-        number = int(json.loads(frame)["data"]["sku"].removeprefix("F-"))
-        self.log.append(number)
-        self.ids[number] = event["id"]
-
-    def reset(self, label: str, pk: str | None, reason: str) -> None:
-        self.log.append(f"reset:{reason}")
-
-
-def save(number: int) -> None:
-    Product.objects.create(sku=f"F-{number}", name=f"F-{number}", price=Decimal(1))
-
-
 async def test_events_flow_again_after_a_sentinel_failover(
     sentinel_setup: SentinelSetup, recorder: Recorder, fault_report: Any
 ) -> None:
-    sent = 0
+    def failover() -> float:
+        sentinel_setup.master.kill()
+        return sentinel_setup.wait_for_failover()
 
-    async def save_next() -> None:
-        nonlocal sent
-        await database_sync_to_async(save)(sent)
-        sent += 1
-        await asyncio.sleep(SAVE_EVERY)
-
-    while len(recorder.received) < 20:
-        await save_next()
-        assert sent < 200, "events do not flow before the failover"
-    sentinel_setup.master.kill()
-    killed_at, killed_after = time.monotonic(), sent
-    failover = asyncio.ensure_future(asyncio.to_thread(sentinel_setup.wait_for_failover))
-    # Keep saving through the outage until an event saved after it arrives.
-    while not failover.done() or max(recorder.received) < killed_after:
-        await save_next()
-        assert time.monotonic() - killed_at < RECOVERY_TIMEOUT, "no event after the failover"
-    flowing_after = time.monotonic() - killed_at
-    failover_seconds = await failover
-    for _ in range(20):
-        await save_next()
-    assert await database_sync_to_async(publisher.flush)(SETTLE_TIMEOUT)
-    await eventually(lambda: not recorder.uncovered(range(sent)), SETTLE_TIMEOUT)  # asserted below
+    sent, flowing_after, failover_seconds = await save_through_failover(recorder, failover)
     # The heartbeat, on a client of its own, found the new master too.
     key = instance_key(conf.BROADCAST_INSTANCE_ID)
     with redis.Redis(port=sentinel_setup.replica.port) as new_master:
