@@ -88,26 +88,24 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         when a handler raises or the task is cancelled: this covers those ways out too.
         """
         try:
-            if get_channel_layer(self.channel_layer_alias) is None:
-                await self._serve(scope, receive, send)
-            else:  # (a subclass that named a layer: channels reads it beside the client)
+            if get_channel_layer(self.channel_layer_alias) is not None:
+                # (a subclass that named a layer: channels reads it beside the client)
                 await super().__call__(scope, receive, send)
+                return
+            # What channels' AsyncConsumer.__call__ does without a layer, with the
+            # client's messages awaited in this task: channels waits for them through a
+            # task of its own and an asyncio.wait per message (to read a layer beside
+            # the client), which every idle connection would hold.
+            self.scope = scope
+            self.channel_layer = None
+            self.base_send = send
+            try:
+                while True:
+                    await self.dispatch(await receive())
+            except StopConsumer:
+                pass
         finally:
             await self._cleanup()
-
-    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
-        """What channels' ``AsyncConsumer.__call__`` does without a channel layer, with
-        the client's messages awaited in this task: channels waits for them through a
-        task of its own and an ``asyncio.wait`` per message (to read a layer beside the
-        client), which every idle connection holds."""
-        self.scope = scope
-        self.channel_layer = None
-        self.base_send = send
-        try:
-            while True:
-                await self.dispatch(await receive())
-        except StopConsumer:
-            pass
 
     async def connect(self) -> None:
         await runtime.ensure_started()
