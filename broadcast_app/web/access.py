@@ -54,7 +54,7 @@ from django.utils.crypto import constant_time_compare
 from ..conf import conf
 from ..events.filters import Where
 from ..events.frames import ProtocolError
-from ..events.model_configs import ModelConfig, NotRegistered, get_config
+from ..events.model_configs import ModelConfig, NotRegistered, all_configs, get_config
 from ..instance import cache
 from ..instance.runtime import runtime
 from ..stats import stats
@@ -330,14 +330,21 @@ async def authorize(connection: Watched, config: ModelConfig, pk: str | None) ->
     revalidator.watch(connection)
 
 
-def _ask_copy(user: Any, perm: str) -> bool:
-    """``user.has_perm(perm)``, asked of a copy: Django's backends cache all of a user's
-    permissions on the object asked, and the handshake's user lives as long as the
-    connection (its scope holds it), so each connection would keep its own copy of them."""
+def _ask(user: Any, perm: str) -> bool:
+    """``user.has_perm(perm)``, asked of a copy unless a model has an ``object_check``.
+
+    Django's backends cache all of a user's permissions on the object asked, and the
+    handshake's user lives as long as the connection (its scope holds it), so each
+    connection would keep its own copy of them. An ``object_check`` gets that user in
+    the event loop, though, where a permission it asks must come from that cache (a
+    query there fails): with one registered, the user is asked itself, as before.
+    """
+    if any(config.object_check is not None for config in all_configs()):
+        return bool(user.has_perm(perm))
     return bool(copy.copy(user).has_perm(perm))
 
 
-_has_perm = database_sync_to_async(_ask_copy)
+_has_perm = database_sync_to_async(_ask)
 
 
 async def refresh(connection: Watched) -> None:

@@ -275,6 +275,22 @@ async def test_object_check_filters_subscriptions_and_events(
         await ws.disconnect()
 
 
+async def test_an_object_check_may_ask_the_users_permissions_without_a_query(
+    running_listener: Any, reregister: Any
+) -> None:
+    """The subscription's check leaves Django's permission cache on the connection's
+    user when a model has an ``object_check``: the hook runs in the event loop, where
+    ``has_perm`` must not query (it would fail, and the check deny)."""
+    reregister(object_check=lambda user, data: user.has_perm("testapp.view_product"))
+    product = await database_sync_to_async(make_quietly)("C-1")
+    ws = await connect(await database_sync_to_async(viewer)())
+    try:
+        reply = await ask(ws, {"type": "subscribe", "model": "testapp.product", "pk": product.pk})
+        assert reply["type"] == "subscribed", reply
+    finally:
+        await ws.disconnect()
+
+
 @pytest.mark.slow
 async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_behind(
     running_listener: Any, caplog: pytest.LogCaptureFixture
