@@ -39,7 +39,7 @@ from ..stats import stats
 from ..upstream.asgi import server_send
 from . import access, presence_protocol, replays, snapshots
 from .access import session_key
-from .floors import Floors
+from .floors import Floors, Key
 from .limits import FrameBucket, ResumeBucket
 from .sender import Sender
 from .targets import target
@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 #: close code sent to a client that stopped reading
 CLOSE_SLOW_CLIENT = 4008
-Key = tuple[str, str | None]
-
 #: how every event frame starts (the publish script writes it so)
 _CHANGE_PREFIX = '{"type":"change"'
 _RESET_PREFIX = '{"type":"reset"'
