@@ -27,11 +27,13 @@ Connections without subscriptions are not checked until they subscribe.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Protocol
@@ -52,7 +54,7 @@ from django.utils.crypto import constant_time_compare
 from ..conf import conf
 from ..events.filters import Where
 from ..events.frames import ProtocolError
-from ..events.model_configs import ModelConfig, NotRegistered, get_config
+from ..events.model_configs import ModelConfig, NotRegistered, all_configs, get_config
 from ..instance import cache
 from ..instance.runtime import runtime
 from ..stats import stats
@@ -70,10 +72,11 @@ class Watched(Protocol):
 
     scope: dict[str, Any]
     user: Any
-    permissions: dict[str, bool]
+    #: never mutated: replaced (connections sharing a session share one)
+    permissions: Mapping[str, bool]
     subscriptions: set[tuple[str, str | None]]
     #: labels whose permission was lost (their events still queued are dropped)
-    forbidden: set[str]
+    forbidden: AbstractSet[str]
     closing: bool
     #: ``time.monotonic()`` of the last check (the handshake counts as one)
     checked_at: float
@@ -209,8 +212,9 @@ async def apply(connection: Watched, verdict: Verdict, checked_at: float) -> Non
         await connection.revoke()
         return
     connection.user = verdict.user
-    # Permissions not asked about are asked again (of the fresh user) when needed.
-    connection.permissions = dict(verdict.permissions)
+    # Permissions not asked about are asked again (of the fresh user) when needed. One
+    # dict for the connections the check was for (authorize replaces, never mutates it).
+    connection.permissions = verdict.permissions
     connection.checked_at = checked_at
     for label, pk in sorted(connection.subscriptions, key=lambda item: (item[0], item[1] or "")):
         try:
@@ -313,16 +317,34 @@ async def authorize(connection: Watched, config: ModelConfig, pk: str | None) ->
         return
     perm = config.view_permission
     if perm not in connection.permissions:
-        has_perm = database_sync_to_async(connection.user.has_perm)
-        connection.permissions[perm] = await has_perm(perm)
+        allowed = await _has_perm(connection.user, perm)
+        connection.permissions = {**connection.permissions, perm: allowed}
     if not connection.permissions[perm]:
         raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
     if pk is not None and config.object_check is not None and not isinstance(pk, Where):
         data = await database_sync_to_async(cache.get)(config.model, pk)
         if data is None or not allows(config, connection.user, data):
             raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
-    connection.forbidden.discard(config.label)
+    if config.label in connection.forbidden:
+        connection.forbidden = connection.forbidden - {config.label}
     revalidator.watch(connection)
+
+
+def _ask(user: Any, perm: str) -> bool:
+    """``user.has_perm(perm)``, asked of a copy unless a model has an ``object_check``.
+
+    Django's backends cache all of a user's permissions on the object asked, and the
+    handshake's user lives as long as the connection (its scope holds it), so each
+    connection would keep its own copy of them. An ``object_check`` gets that user in
+    the event loop, though, where a permission it asks must come from that cache (a
+    query there fails): with one registered, the user is asked itself, as before.
+    """
+    if any(config.object_check is not None for config in all_configs()):
+        return bool(user.has_perm(perm))
+    return bool(copy.copy(user).has_perm(perm))
+
+
+_has_perm = database_sync_to_async(_ask)
 
 
 async def refresh(connection: Watched) -> None:

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
 
 from ..conf import conf
@@ -35,7 +39,7 @@ from ..stats import stats
 from ..upstream.asgi import server_send
 from . import access, presence_protocol, replays, snapshots
 from .access import session_key
-from .floors import Floors
+from .floors import Floors, Key
 from .limits import FrameBucket, ResumeBucket
 from .sender import Sender
 from .targets import target
@@ -58,6 +62,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     subscriptions: set[tuple[str, str | None]]
     sender: Sender
+    #: the user's permissions asked so far; replaced, not mutated (see access.py), so
+    #: that connections of one session share what one check found
+    permissions: Mapping[str, bool] = MappingProxyType({})
+    #: labels whose permission was lost (their events still queued are dropped);
+    #: replaced, not mutated, on the rare loss, so that connections share the empty one
+    forbidden: AbstractSet[str] = frozenset()
+    #: subscriptions whose log is being read, with the live events held meanwhile
+    #: (None once more arrived than the send queue holds: a reset replaces them); None
+    #: while no log is being read (see :meth:`hold`)
+    resuming: dict[Key, list[tuple[str, dict[str, Any]]] | None] | None = None
     #: this connection's resume allowance (made at its first resume)
     resumes: ResumeBucket | None = None
     #: counted in ``connections_opened`` and not yet in ``connections_closed``
@@ -72,7 +86,22 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         when a handler raises or the task is cancelled: this covers those ways out too.
         """
         try:
-            await super().__call__(scope, receive, send)
+            if get_channel_layer(self.channel_layer_alias) is not None:
+                # (a subclass that named a layer: channels reads it beside the client)
+                await super().__call__(scope, receive, send)
+                return
+            # What channels' AsyncConsumer.__call__ does without a layer, with the
+            # client's messages awaited in this task: channels waits for them through a
+            # task of its own and an asyncio.wait per message (to read a layer beside
+            # the client), which every idle connection would hold.
+            self.scope = scope
+            self.channel_layer = None
+            self.base_send = send
+            try:
+                while True:
+                    await self.dispatch(await receive())
+            except StopConsumer:
+                pass
         finally:
             await self._cleanup()
 
@@ -85,14 +114,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.socket_id = bind(session_key(self.scope), (query.get("socket_id") or [None])[0])
         self.checked_at = access.now()  # the handshake read the user (see access.py)
-        self.forbidden: set[str] = set()
         self.subscriptions = set()
-        #: subscriptions whose log is being read, with the live events held meanwhile
-        #: (None once more arrived than the send queue holds: a reset replaces them)
-        self.resuming: dict[tuple[str, str | None], list[tuple[str, dict[str, Any]]] | None] = {}
         #: what subscriptions' replays, resets and snapshots covered (see floors.py)
         self.floors = Floors()
-        self.permissions: dict[str, bool] = {}
         self.closing = False
         self.frames = FrameBucket()
         await self.accept()
@@ -115,7 +139,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Unregister this connection (idempotent: a close and ``__call__`` both call it)."""
         self.closing = True
         self._unsubscribe_all()
-        self.resuming = {}
+        self.resuming = None
         self.floors.clear()
         if self.counted:
             self.counted = False
@@ -140,9 +164,13 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.closing:
             return
         if not self.sender.put(frame):
-            self._overflow()
-            if not frame.startswith(_CHANGE_PREFIX):
-                self.enqueue(frame)  # a reply still goes out; events are covered by resets
+            self._refused(frame)
+
+    def _refused(self, frame: str) -> None:
+        """The send queue is full: trade its events for resets, keep a reply."""
+        self._overflow()
+        if not frame.startswith(_CHANGE_PREFIX):
+            self.enqueue(frame)  # a reply still goes out; events are covered by resets
 
     def _overflow(self) -> None:
         """Trade the queued events for one ``reset`` per subscription."""
@@ -180,6 +208,25 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     return
         self.send_event(frame, event)
 
+    def hold(self, key: Key) -> None:
+        """Hold ``key``'s live events back while its log is read (see replays.py)."""
+        if self.resuming is None:
+            self.resuming = {}
+        self.resuming.setdefault(key, [])
+
+    def holding(self, key: Key) -> bool:
+        """Whether ``key``'s live events are held (not yet too many for the queue)."""
+        return self.resuming is not None and self.resuming.get(key) is not None
+
+    def release(self, key: Key) -> list[tuple[str, dict[str, Any]]] | None:
+        """Stop holding ``key``'s live events; those held (None: more than the queue holds)."""
+        if self.resuming is None:
+            return []
+        held = self.resuming.pop(key, [])
+        if not self.resuming:
+            self.resuming = None  # (an emptied dict keeps the table it grew)
+        return held
+
     def send_event(self, frame: str, event: dict[str, Any]) -> None:
         """Send an event to this client, unless it is its own echo or one it may not see."""
         if event.get("to_others") and self.socket_id and event.get("socket_id") == self.socket_id:
@@ -192,7 +239,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if checked is None:
                 return
             frame = checked
-        self.enqueue(frame)
+        # enqueue's own steps, here: this runs for every event and subscriber
+        if not self.closing and not self.sender.put(frame):
+            self._refused(frame)
 
     # -- incoming ---------------------------------------------------------------------
 
@@ -304,7 +353,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def forbid(self, label: str, pk: str | None) -> None:
         """Drop a subscription whose permission the user lost, telling the client."""
-        self.forbidden.add(label)
+        self.forbidden = self.forbidden | {label}
         self.subscriptions.discard((label, pk))
         hub.remove(self, label, pk)
         presence_protocol.unsubscribed(self, label, pk)

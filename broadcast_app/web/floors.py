@@ -18,16 +18,14 @@ from ..transport.log_reader import covers, position
 Key = tuple[str, str | None]
 
 
-class Floors:
-    """Per subscription of one connection, the log position its last read covered."""
+class Floors(dict[Key, tuple[str, int, int]]):
+    """Per subscription of one connection, the log position its last read covered.
 
-    __slots__ = ("_floors",)  # one per connection: no instance dict
+    A dict itself, not an object holding one: every connection has one, and every event
+    tests it (an empty one is false without a call into Python).
+    """
 
-    def __init__(self) -> None:
-        self._floors: dict[Key, tuple[str, int, int]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._floors)
+    __slots__ = ()  # one per connection: no instance dict
 
     def set(self, key: Key, read_up_to: str, received: str | None) -> None:
         """The subscription's read covered the log up to ``read_up_to``; this
@@ -37,15 +35,12 @@ class Floors:
             return
         at = position(received) if received is not None else None
         if at is not None and covers(at, read_up_to):
-            self._floors.pop(key, None)  # nothing up to the floor is still on its way
+            self.pop(key, None)  # nothing up to the floor is still on its way
         else:
-            self._floors[key] = floor
+            self[key] = floor
 
     def discard(self, key: Key) -> None:
-        self._floors.pop(key, None)
-
-    def clear(self) -> None:
-        self._floors.clear()
+        self.pop(key, None)
 
     def covered(self, keys: Iterable[Key], subscriptions: Container[Key], event_id: str) -> bool:
         """Whether every subscription among ``keys`` (those the event may be for) that
@@ -55,10 +50,10 @@ class Floors:
         for key in keys:
             if key not in subscriptions:
                 continue
-            floor = self._floors.get(key)
+            floor = self.get(key)
             if floor is not None and covers(floor, event_id):
                 covered = True
                 continue
-            self._floors.pop(key, None)
+            self.pop(key, None)
             return False
         return covered

@@ -44,7 +44,7 @@ async def follow(
     """``subscribed``, then the replay after ``since`` (or a ``reset``), then the live
     events held meanwhile (those the replay carried are not sent twice)."""
     key = (config.label, pk)
-    consumer.resuming.setdefault(key, [])
+    consumer.hold(key)
     sent: set[str] = set()
     try:
         if since is not None and consumer.resumes is None:
@@ -57,7 +57,7 @@ async def follow(
             snapshot = snapshots.plan(request, replay)  # (see snapshots.py)
             answer = {} if snapshot is None else {"snapshot": snapshot}
             consumer.reply({**subscribed, "ref": ref, "last_id": last_id, **answer})
-            if replay is not None and replay.complete and consumer.resuming.get(key) is not None:
+            if replay is not None and replay.complete and consumer.holding(key):
                 # The read was limited to the room left in the send queue, but
                 # replies may have taken some meanwhile: a replay that overflowed
                 # it would end in a reset after part of it went out.
@@ -69,7 +69,7 @@ async def follow(
             await snapshots.send(consumer, config, pk, request, last_id)
             replay = None
     finally:
-        held = consumer.resuming.pop(key, [])
+        held = consumer.release(key)
     if (since is not None or snapshot) and last_id is not None:
         # What the read (or the snapshot) covered never goes out again, held or
         # still on its way.

@@ -175,6 +175,38 @@ async def test_a_lost_permission_drops_the_subscription_and_keeps_the_socket() -
         await ws.disconnect()
 
 
+def give_back(user: User) -> None:
+    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("listening")
+@override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.slow
+async def test_a_permission_given_back_lets_the_socket_subscribe_again() -> None:
+    """A lost permission marks the model forbidden on the connection (its queued events
+    are dropped); a new subscription, once the permission is back, lifts that."""
+    user, key = await database_sync_to_async(viewer)()
+    product = await database_sync_to_async(make)("BACK", 1)
+    ws = await open_socket(key)
+    assert (await subscribe(ws))["type"] == "subscribed"
+    try:
+        await database_sync_to_async(user.user_permissions.clear)()
+        assert (await ws.receive_json_from(TIMEOUT))["code"] == "forbidden"
+        await database_sync_to_async(give_back)(user)
+        await asyncio.sleep(0.2)  # the next subscription checks the user again first
+        assert (await subscribe(ws))["type"] == "subscribed"
+        await database_sync_to_async(set_stock)(product.pk, 2)
+        event = await ws.receive_json_from(TIMEOUT)
+        assert (event["type"], event["pk"], event["data"]["stock"]) == (
+            "change",
+            str(product.pk),
+            2,
+        )
+    finally:
+        await ws.disconnect()
+
+
 @pytest.mark.asyncio
 @pytest.mark.usefixtures("listening")
 async def test_a_subscription_after_the_interval_checks_first() -> None:

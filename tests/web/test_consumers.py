@@ -275,6 +275,22 @@ async def test_object_check_filters_subscriptions_and_events(
         await ws.disconnect()
 
 
+async def test_an_object_check_may_ask_the_users_permissions_without_a_query(
+    running_listener: Any, reregister: Any
+) -> None:
+    """The subscription's check leaves Django's permission cache on the connection's
+    user when a model has an ``object_check``: the hook runs in the event loop, where
+    ``has_perm`` must not query (it would fail, and the check deny)."""
+    reregister(object_check=lambda user, data: user.has_perm("testapp.view_product"))
+    product = await database_sync_to_async(make_quietly)("C-1")
+    ws = await connect(await database_sync_to_async(viewer)())
+    try:
+        reply = await ask(ws, {"type": "subscribe", "model": "testapp.product", "pk": product.pk})
+        assert reply["type"] == "subscribed", reply
+    finally:
+        await ws.disconnect()
+
+
 @pytest.mark.slow
 async def test_two_hundred_clients_connect_and_close_at_once_leaving_nothing_behind(
     running_listener: Any, caplog: pytest.LogCaptureFixture
@@ -434,7 +450,7 @@ async def test_live_events_piling_up_during_a_replay_turn_into_a_reset(
         {"type": "subscribe", "model": "testapp.product", "since": first["last_id"]}
     )
     deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while ("testapp.product", None) not in consumer.resuming:
+    while ("testapp.product", None) not in (consumer.resuming or ()):
         assert asyncio.get_running_loop().time() < deadline, "the replay never started"
         await asyncio.sleep(0.01)  # the consumer's own task starts the read
     for stock in range(1, 13):
@@ -547,3 +563,43 @@ async def test_a_connection_ended_by_an_exception_or_cancellation_leaves_nothing
     assert (hub.count(), open_connections()) == before
     assert sender_tasks() == []
     assert open_senders() == senders - 1  # this connection's sender was closed
+
+
+async def test_a_subscribed_idle_connection_holds_no_task_and_no_state_of_its_own(
+    running_listener: Any,
+) -> None:
+    """What every idle connection would hold times thousands (docs/scaling.md): no
+    task beside the connection's own (channels' dispatch waits for the client in one of
+    its own), the shared empty ``forbidden`` and ``resuming``, no permission cache."""
+    from broadcast_app.instance.hub import hub
+    from broadcast_app.web.access import revalidator
+    from broadcast_app.web.consumers import BroadcastConsumer
+
+    user = await database_sync_to_async(viewer)()
+    attributes = set(vars(user))
+    tasks_before = asyncio.all_tasks()
+    clients = [await connect(user) for _ in range(5)]
+    try:
+        for ws in clients:
+            reply = await ask(ws, {"type": "subscribe", "model": "testapp.product"})
+            assert reply["type"] == "subscribed"
+        # One task per connection: the communicator's, running the consumer (and the
+        # instance's periodic check of users, started by the first subscription).
+        started = asyncio.all_tasks() - tasks_before - {revalidator.task}
+        assert len(started) == len(clients), started
+        for consumer in hub._subs["testapp.product"][None]:
+            assert isinstance(consumer, BroadcastConsumer)
+            assert consumer.resuming is None
+            assert consumer.forbidden is BroadcastConsumer.forbidden
+            assert type(consumer.floors) is not dict and not consumer.floors
+        # The permission check left nothing on the user the scope holds (Django's
+        # backends cache every permission of a user on the object asked).
+        assert set(vars(user)) == attributes
+        # The connections still work as before.
+        product = await database_sync_to_async(make)("IDLE-1")
+        for ws in clients:
+            event = await ws.receive_json_from(timeout=TIMEOUT)
+            assert (event["type"], event["pk"]) == ("change", str(product.pk))
+    finally:
+        for ws in clients:
+            await ws.disconnect()

@@ -282,7 +282,7 @@ class Scale:
         context: AbstractContextManager[Any]
         if kind == "ours":
             save, context = plain_save(product), nullcontext()
-            self._warm_up()
+            self._warm_up(delivered=True)
         else:
             save = floor_save(product, floor, FLOOR_CHANNEL)
             context = override_settings(BROADCAST_ENABLED=False)
@@ -334,11 +334,24 @@ class Scale:
             sizes[kind] = size
         return sizes
 
-    def _warm_up(self) -> None:
-        # A floor event's override_settings made the publisher drop its Redis client:
-        # reconnect now rather than inside the measured event.
-        plain_save(self.products.new())(0)
+    def _warm_up(self, delivered: bool = False) -> None:
+        """Publish one event: a floor event's override_settings made the publisher drop
+        its Redis client, which reconnects now rather than inside the measured event.
+
+        With ``delivered``, return once every client of ours has it: an event measured
+        while the instance still writes this one to its clients (and the fleet still
+        reads it) would wait behind it, which the floor's events never do.
+        """
+        product = self.products.new()
+        fleet = self.fleets["ours"]
+        if delivered:
+            command = {"cmd": "start", "marker": marker(product), "group": "ours", "expected": 1}
+            fleet.call(command, 10)
+        plain_save(product)(0)
         publisher.flush(5)
+        if delivered:
+            settle = self.plan.settle_seconds
+            fleet.call({"cmd": "stop", "settle": settle}, settle + 30)
 
 
 def quiet_product(products: Products) -> Product:
