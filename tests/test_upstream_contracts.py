@@ -53,10 +53,11 @@ from broadcast_app.transport.routes import (
     route,
 )
 from broadcast_app.transport.scripts import load, pack
-from broadcast_app.upstream import asgi
+from broadcast_app.upstream import asgi, channels_consumer
 from broadcast_app.upstream import channels_redis as cr
 from broadcast_app.upstream.django_cache import locmem_keys
 from broadcast_app.upstream.redis_py import Pipelined, RawConnection, commands_for, resp
+from broadcast_app.web.consumers import BroadcastConsumer
 from broadcast_app.web.sender import Sender
 from tests.conftest import Received, layers_for
 from tests.testapp.models import Product
@@ -287,6 +288,43 @@ async def test_fallback_everything_public_a_save_reaches_a_websocket_client(
     frame = await subscribe_and_receive_a_save(session_ws)
     assert (frame["op"], frame["data"]["sku"], frame["id"].count(":")) == ("created", "UP-1", 1)
     assert count("received_direct") == direct_before
+
+
+# -- channels: AsyncConsumer.__call__, done in the consumer's own task (one_task) -------------
+
+
+def test_contract_channels_async_consumer_call_uses_the_names_run_in_one_task_sets() -> None:
+    from channels.consumer import AsyncConsumer
+
+    names = set(AsyncConsumer.__call__.__code__.co_names)
+    assert names == channels_consumer.KNOWN_NAMES, (
+        "channels' AsyncConsumer.__call__ changed (names gone or new: "
+        f"{sorted(names ^ channels_consumer.KNOWN_NAMES)}): "
+        "upstream.channels_consumer.run_in_one_task must do what it does now"
+    )
+    assert channels_consumer.available(BroadcastConsumer), (
+        "a class between BroadcastConsumer and AsyncConsumer overrides __call__ now"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("public_paths", ["one_task"], indirect=True)
+async def test_fallback_channels_own_call_runs_the_consumer(
+    public_paths: None, session_ws: WebsocketCommunicator
+) -> None:
+    assert not channels_consumer.available(BroadcastConsumer)
+    frame = await subscribe_and_receive_a_save(session_ws)
+    assert (frame["type"], frame["op"], frame["data"]["sku"]) == ("change", "created", "UP-1")
+    # channels' own __call__ ran it: a task of its own waits for the client's messages
+    # beside the connection's (the fast path's test in test_consumers.py counts one).
+    # (The communicator's receive() is its input queue's get().)
+    awaiting_the_client = [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "Queue.get"
+    ]
+    assert len(awaiting_the_client) == 1
 
 
 # -- channels-redis: routing, group naming, serializer framing (script_publish) -------------

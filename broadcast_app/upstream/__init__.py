@@ -29,6 +29,8 @@ FAST_PATHS = frozenset(
         "raw_connection",
         # Django's LocMemCache: count the broadcast cache's entries
         "locmem_count",
+        # channels' AsyncConsumer.__call__, done in the consumer's own task (no layer)
+        "one_task",
     }
 )
 

@@ -23,7 +23,6 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
@@ -36,6 +35,7 @@ from ..events.socket_ids import bind
 from ..instance.hub import hub
 from ..instance.runtime import runtime
 from ..stats import stats
+from ..upstream import channels_consumer as one_task
 from ..upstream.asgi import server_send
 from . import access, presence_protocol, replays, snapshots
 from .access import session_key
@@ -86,22 +86,15 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         when a handler raises or the task is cancelled: this covers those ways out too.
         """
         try:
-            if get_channel_layer(self.channel_layer_alias) is not None:
-                # (a subclass that named a layer: channels reads it beside the client)
+            # Without a layer (unless a subclass names one), the client's messages are
+            # awaited in this task: channels' own __call__ would hold a task and a wait
+            # of its own for each idle connection (see upstream/channels_consumer.py).
+            if get_channel_layer(self.channel_layer_alias) is None and one_task.available(
+                BroadcastConsumer
+            ):
+                await one_task.run_in_one_task(self, scope, receive, send)
+            else:
                 await super().__call__(scope, receive, send)
-                return
-            # What channels' AsyncConsumer.__call__ does without a layer, with the
-            # client's messages awaited in this task: channels waits for them through a
-            # task of its own and an asyncio.wait per message (to read a layer beside
-            # the client), which every idle connection would hold.
-            self.scope = scope
-            self.channel_layer = None
-            self.base_send = send
-            try:
-                while True:
-                    await self.dispatch(await receive())
-            except StopConsumer:
-                pass
         finally:
             await self._cleanup()
 
