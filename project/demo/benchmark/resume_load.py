@@ -44,10 +44,18 @@ def _connect(url: str, headers: list[tuple[str, str]]) -> Any:
     )
 
 
+#: seconds a victim's ping may wait for its ``pong``
+ANSWER_TIMEOUT = 10.0
+
+
 async def victim_pings(
     url: str, headers: list[tuple[str, str]], seconds: float, interval: float
 ) -> list[float]:
-    """Round trips (ms) of one ``ping`` every ``interval`` seconds for ``seconds``."""
+    """Round trips (ms) of one ``ping`` every ``interval`` seconds for ``seconds``.
+
+    A ping answered with an ``error`` (past the connection's frame allowance: keep
+    ``interval`` above 1 / ``BROADCAST_FRAME_RATE``) or not at all within
+    ``ANSWER_TIMEOUT`` raises: it would otherwise be waited for forever."""
     times: list[float] = []
     async with _connect(url, headers) as ws:
         ping = json.dumps({"type": "ping"})
@@ -55,8 +63,10 @@ async def victim_pings(
         while time.perf_counter() < end:
             started = time.perf_counter()
             await ws.send(ping)
-            while json.loads(await ws.recv()).get("type") != "pong":
-                pass
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                while (frame := json.loads(await ws.recv())).get("type") != "pong":
+                    if frame.get("type") == "error":
+                        raise RuntimeError(f"the victim's ping was refused: {frame}")
             times.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(interval)
     return times
