@@ -14,6 +14,8 @@ one JSON command per line and reads one JSON reply per line:
     wait (up to ``s`` seconds) until each client of the group has its events, stop
     recording and reply with the phase's latency summary (with ``raw``, also every
     latency, so that the driver can pool several phases).
+``{"cmd": "close"}``
+    close every connection (the fleet stays, to connect again).
 ``{"cmd": "quit"}``
     close every connection and exit (end of input does the same).
 
@@ -172,6 +174,10 @@ class Fleet:
             return self.start(command["marker"], command["group"], command["expected"])
         if name == "stop":
             return await self.stop(**_without(command, "cmd"))
+        if name == "close":
+            reply = await self.close_all()
+            self.clients = []
+            return reply
         if name == "quit":
             return await self.close_all()
         raise ValueError(f"unknown command {name!r}")

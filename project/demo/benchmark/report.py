@@ -209,7 +209,8 @@ _LOADS = {"pings": "pings only", "start": "from the start", "limit": "from the l
 def resume_lines(row: dict[str, Any], target: dict[str, float]) -> list[str]:
     idle = row["idle"]
     lines = [
-        f"(h) victim ping round trip, ms, one every 10 ms for {row['seconds']:g} s, while "
+        f"(h) victim ping round trip, ms, one every {row['ping_interval'] * 1000:g} ms for "
+        f"{row['seconds']:g} s, while "
         f"{row['clients']} clients each send one every {row['interval'] * 1000:g} ms (a "
         f"{row['log_entries']}-entry log; target: p50 <= {target['p50_ratio']:g} x idle, "
         f"max < {target['max_ms']:g} ms)",

@@ -1,7 +1,7 @@
 """(h) What resuming clients cost everyone else: a victim's ping under resume load.
 
 The model's log is filled to ``log_entries`` events (a bulk update of as many products),
-then a victim connection pings instance B every 10 ms, first with nothing else going
+then a victim connection pings instance B every 50 ms, first with nothing else going
 on, then while ``clients`` connections (another process, ``resume_load``) each send a
 frame every ``resume_interval`` seconds (ten times what their resume allowance lets
 through): pings only (what that many frames cost without any resume, for reference);
@@ -90,6 +90,7 @@ def resume_row(
         "interval": plan.resume_interval,
         "log_entries": length,
         "seconds": seconds,
+        "ping_interval": PING_INTERVAL,
         "idle": idle,
         "loads": {},
     }
