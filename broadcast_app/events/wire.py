@@ -113,9 +113,22 @@ def split_hidden(frame: str) -> tuple[str, str | None]:
 _encode = _ENCODER.encode
 
 
+#: how every change frame starts, its id next (the publish scripts write it the same)
+FRAME_START = '{"type":"change","id":"'
+
+
 def frame_from_body(event_id: str, body: str) -> str:
     """Rebuild a full ``change`` frame from a stored body (mirrors the Lua script)."""
-    return '{"type":"change","id":"' + event_id + '",' + body
+    return FRAME_START + event_id + '",' + body
+
+
+def frame_id(frame: str) -> str | None:
+    """The id at the start of a change frame as the scripts write it (None otherwise)."""
+    if not frame.startswith(FRAME_START):
+        return None
+    start = len(FRAME_START)
+    end = frame.find('"', start)
+    return frame[start:end] if end > start else None
 
 
 # The start of every change frame, as event_body() and the publish script write it.

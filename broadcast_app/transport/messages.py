@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ..events.wire import frame_id
 from .routes import BATCH_TYPE, MESSAGE_TYPE
-
-_FRAME_START = '{"type":"change","id":"'
 
 
 def is_event_message(message: dict[str, Any]) -> bool:
@@ -33,14 +32,6 @@ def events_of(message: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
     prev: str | None = message.get("prev")
     for frame in message["frames"]:
         yield frame, prev
+        # (None if the frame does not start as the scripts write it: the next event is
+        # then processed without a gap check, as a first one)
         prev = frame_id(frame)
-
-
-def frame_id(frame: str) -> str | None:
-    """The id at the start of a change frame as the script writes it (None otherwise:
-    the next event is then processed without a gap check, as a first one)."""
-    if not frame.startswith(_FRAME_START):
-        return None
-    start = len(_FRAME_START)
-    end = frame.find('"', start)
-    return frame[start:end] if end > start else None

@@ -15,10 +15,11 @@ from django.test import override_settings
 from redis.cluster import key_slot
 
 from broadcast_app import checks
+from broadcast_app.events.wire import frame_id
 from broadcast_app.instance import presence
 from broadcast_app.transport import cluster
 from broadcast_app.transport.log_reader import EventLog
-from broadcast_app.transport.messages import events_of, frame_id
+from broadcast_app.transport.messages import events_of
 from broadcast_app.transport.redis_clients import make_async_client
 from broadcast_app.transport.redis_transport import RedisTransport
 from broadcast_app.transport.routes import once_key, route

@@ -30,7 +30,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import redis
 
-from broadcast_app.transport.messages import events_of, frame_id
+from broadcast_app.events.wire import frame_id
+from broadcast_app.transport.messages import events_of
 from broadcast_app.transport.routes import MESSAGE_TYPE, Route, route
 from broadcast_app.transport.scripts import load, pack, unpack
 
