@@ -1,8 +1,11 @@
 """CI's compatibility matrix, as nox sessions: each combination below gets a fresh
 virtualenv with the test requirements (requirements.txt less the lint/type/browser
-tools), its own versions of the stack on top, and runs the suite without the browser
-tier (the e2e tests, real uvicorn/daphne/hypercorn/granian processes, are in it).
-SQLite only: the pinned environment (``.ci/run``) runs the three databases.
+tools), its own versions of the stack on top, and runs the compatibility tier: the
+fast tier (``-m "not slow"``, the upstream contract tests among it) and the slow tests
+whose subject is a dependency's behaviour (:data:`VERSION_SENSITIVE`: Django's own ORM
+tests, the four ASGI servers, the demo end to end, Sentinel and Redis Cluster through
+redis-py). SQLite only: the pinned environment (``.ci/run``) runs the whole suite,
+browser tier included, on the three databases.
 
     nox                        # every combination
     nox -s py312-dj60          # one, by name
@@ -47,8 +50,19 @@ COMBOS: list[tuple[str, str, dict[str, str]]] = [
 #: requirements.txt lines left out: tools only the pinned environment runs, and the
 #: MySQL driver (it compiles; the matrix runs on SQLite)
 SKIPPED = {"playwright", "ruff", "mypy", "django-stubs", "mysqlclient"}
-#: the suite without the browser tier, stopping at the first failure
-PYTEST = ["-m", "pytest", "-m", "not browser", "-x", "-q", "-p", "no:cacheprovider"]
+#: pytest, stopping at the first failure
+PYTEST = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+#: the slow tests that exercise a dependency's own behaviour (the other slow ones,
+#: faults, stress and timing, hold the same on every combination and run pinned)
+VERSION_SENSITIVE = [
+    "tests/test_django_orm.py",  # Django's ORM tests with the package
+    "tests/demo/test_servers.py",  # uvicorn, daphne, hypercorn, granian
+    "tests/demo/test_e2e.py",  # the demo's instances end to end
+    "tests/instance/test_sentinel.py",  # redis-py's Sentinel client
+    "tests/transport/test_cluster.py",  # redis-py's cluster client
+    "tests/instance/test_cluster_listener.py",
+    "tests/demo/test_e2e_cluster.py",
+]
 
 
 def interpreter(version: str) -> str:
@@ -92,13 +106,14 @@ def requirements(pins: dict[str, str]) -> list[str]:
 def _define(name: str, version: str, pins: dict[str, str]) -> None:
     def combination(session: nox.Session) -> None:
         session.install(*requirements(pins))
-        args = list(PYTEST)
+        session.run("python", *PYTEST, "-m", "not slow")
         # The Redis Cluster transport needs redis-py 8 (its async sharded pub/sub).
+        slow = "not browser"
         if int(pins.get("redis", "8").split(".")[0]) < 8:
-            args[args.index("not browser")] = "not browser and not cluster"
-        session.run("python", *args)
+            slow = "not browser and not cluster"
+        session.run("python", *PYTEST, "-m", slow, *VERSION_SENSITIVE)
 
-    combination.__doc__ = f"Python {version}, {pins}: the suite without the browser tier"
+    combination.__doc__ = f"Python {version}, {pins}: the compatibility tier"
     # The standard library's venv, as the pinned environment's: pip as the interpreter has it.
     nox.session(name=name, python=interpreter(version), venv_backend="venv")(combination)
 

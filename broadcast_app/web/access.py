@@ -58,6 +58,7 @@ from ..events.model_configs import ModelConfig, NotRegistered, all_configs, get_
 from ..instance import cache
 from ..instance.runtime import runtime
 from ..stats import stats
+from .contexts import isolated
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ _BATCH = 50
 class Watched(Protocol):
     """What the checks need from a websocket connection."""
 
-    scope: dict[str, Any]
     user: Any
+    #: the key of the session the user was read from (None: none, or not a session's)
+    session_key: str | None
     #: never mutated: replaced (connections sharing a session share one)
     permissions: Mapping[str, bool]
     subscriptions: set[tuple[str, str | None]]
@@ -103,26 +105,47 @@ def now() -> float:
 
 
 def session_key(scope: dict[str, Any]) -> str | None:
-    """The session key of a websocket's scope (None without a session)."""
-    session = scope.get("session")
-    if session is None:
-        return None
-    key = getattr(session, "session_key", None)
+    """The session key of a websocket's scope (None without a session), where channels'
+    ``SessionMiddleware`` put the session."""
+    key = getattr(scope.get("session"), "session_key", None)
     return key if isinstance(key, str) and key else None
 
 
-def _session_store() -> Callable[[str], SessionBase]:
+def session_store() -> Callable[[str], SessionBase]:
+    """The ``SessionStore`` class of ``SESSION_ENGINE``."""
     store: Callable[[str], SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
     return store
 
 
-def fresh_user(key: str | None, user: Any) -> Any:
-    """``user`` as the database has it now, or None if it is no longer authenticated.
+def session_user(session: SessionBase) -> Any:
+    """The user ``session`` is logged in as, or None (not logged in, or no longer
+    valid): ``django.contrib.auth.get_user`` without its side effects (it flushes or
+    cycles the session; a websocket cannot hand a browser a new cookie)."""
+    try:
+        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None  # logged out, expired, or never a logged-in session
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None:
+        return None
+    if hasattr(user, "get_session_auth_hash"):
+        session_hash = session.get(HASH_SESSION_KEY)
+        if not session_hash:
+            return None
+        hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+        if not any(constant_time_compare(session_hash, known) for known in hashes):
+            return None
+    return user
 
-    Mirrors ``django.contrib.auth.get_user`` without its side effects (it flushes or
-    cycles the session; a websocket cannot hand a browser a new cookie). A connection
-    authenticated without a session (a project's own middleware) can only be reloaded
-    by pk: deactivation and permissions apply to it, logout is up to that scheme.
+
+def fresh_user(key: str | None, user: Any) -> Any:
+    """``user`` as the database has it now, or None if it is no longer authenticated
+    (see :func:`session_user`). A connection authenticated without a session (a
+    project's own middleware) can only be reloaded by pk: deactivation and permissions
+    apply to it, logout is up to that scheme.
     """
     if key is None:
         manager = getattr(type(user), "_default_manager", None)
@@ -132,24 +155,9 @@ def fresh_user(key: str | None, user: Any) -> Any:
         if fresh is None or not getattr(fresh, "is_active", True):
             return None
         return fresh
-    session = _session_store()(key)
-    try:
-        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-        backend_path = session[BACKEND_SESSION_KEY]
-    except (KeyError, ValidationError):
-        return None  # logged out, expired, or never a logged-in session
-    if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    fresh = load_backend(backend_path).get_user(user_id)
+    fresh = session_user(session_store()(key))
     if fresh is None or fresh.pk != user.pk:
         return None
-    if hasattr(fresh, "get_session_auth_hash"):
-        session_hash = session.get(HASH_SESSION_KEY)
-        if not session_hash:
-            return None
-        hashes = [fresh.get_session_auth_hash(), *fresh.get_session_auth_fallback_hash()]
-        if not any(constant_time_compare(session_hash, known) for known in hashes):
-            return None
     return fresh
 
 
@@ -166,7 +174,7 @@ def _identity(connection: Watched) -> Hashable:
     user = connection.user
     if not user.is_authenticated:
         return (None, None, type(user))
-    return (session_key(connection.scope), user.pk, type(user))
+    return (connection.session_key, user.pk, type(user))
 
 
 def _needed(connection: Watched) -> set[str]:
@@ -238,7 +246,7 @@ async def check(connections: list[Watched]) -> None:
         batch = items[start : start + _BATCH]
         work = [
             (
-                session_key(members[0].scope),
+                members[0].session_key,
                 members[0].user,
                 set().union(*(_needed(member) for member in members)),
             )
@@ -317,12 +325,12 @@ async def authorize(connection: Watched, config: ModelConfig, pk: str | None) ->
         return
     perm = config.view_permission
     if perm not in connection.permissions:
-        allowed = await _has_perm(connection.user, perm)
+        allowed = await isolated(_has_perm(connection.user, perm))
         connection.permissions = {**connection.permissions, perm: allowed}
     if not connection.permissions[perm]:
         raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
     if pk is not None and config.object_check is not None and not isinstance(pk, Where):
-        data = await database_sync_to_async(cache.get)(config.model, pk)
+        data = await isolated(database_sync_to_async(cache.get)(config.model, pk))
         if data is None or not allows(config, connection.user, data):
             raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
     if config.label in connection.forbidden:

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.exceptions import DenyConnection
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
@@ -37,7 +38,7 @@ from ..instance.runtime import runtime
 from ..stats import stats
 from ..upstream import channels_consumer as one_task
 from ..upstream.asgi import server_send
-from . import access, presence_protocol, replays, snapshots
+from . import access, presence_protocol, replays, session_auth, snapshots
 from .access import session_key
 from .floors import Floors, Key
 from .limits import FrameBucket, ResumeBucket
@@ -62,6 +63,15 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     subscriptions: set[tuple[str, str | None]]
     sender: Sender
+    #: the handshake's user, and the key of the session it was read from: from
+    #: channels' ``scope["user"]`` and ``scope["session"]``, else (behind
+    #: BroadcastEndpoint, which checked the Origin) read from the session cookie
+    user: Any
+    session_key: str | None
+    #: set by BroadcastEndpoint (endpoint.py): the handshake's Origin was checked
+    origin_checked = False
+    #: channels' default is a new empty list per connection
+    groups: tuple[str, ...] = ()
     #: the user's permissions asked so far; replaced, not mutated (see access.py), so
     #: that connections of one session share what one check found
     permissions: Mapping[str, bool] = MappingProxyType({})
@@ -100,12 +110,22 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         await runtime.ensure_started()
-        self.user = self.scope.get("user") or AnonymousUser()
+        if self.origin_checked and "user" not in self.scope:
+            try:
+                self.session_key, self.user = await session_auth.authenticate(self.scope)
+            except Exception as exc:
+                # A session store or database that is down: refuse this handshake (the
+                # client retries) and say why, without a traceback per client.
+                logger.warning("broadcast_app could not authenticate a websocket: %r", exc)
+                raise DenyConnection from exc
+        else:
+            self.user = self.scope.get("user") or AnonymousUser()
+            self.session_key = session_key(self.scope)
         # The page's own id for this socket (broadcast.js sends ?socket_id=...), which
         # its HTTP requests repeat in X-Socket-ID to be spared their own echo; bound to
         # the session, as SocketIdMiddleware binds the header (see events/socket_ids.py).
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        self.socket_id = bind(session_key(self.scope), (query.get("socket_id") or [None])[0])
+        self.socket_id = bind(self.session_key, (query.get("socket_id") or [None])[0])
         self.checked_at = access.now()  # the handshake read the user (see access.py)
         self.subscriptions = set()
         #: what subscriptions' replays, resets and snapshots covered (see floors.py)
@@ -241,10 +261,15 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def dispatch(self, message: dict[str, Any]) -> None:
         """channels' dispatch, less its thread hop per frame to close old database
         connections: the one thread it hops to is shared by every connection (a
-        client sending many frames held up everyone's), and our handlers reach the
-        database only through ``database_sync_to_async``, which closes them itself."""
-        if message.get("type") == "websocket.receive":
+        client sending many frames held up everyone's), the hop leaves its context
+        variables in the connection's context (see contexts.py), and our handlers
+        reach the database only through ``database_sync_to_async``, which closes them
+        itself."""
+        kind = message.get("type")
+        if kind == "websocket.receive":
             await self.websocket_receive(message)
+        elif kind == "websocket.connect":
+            await self.websocket_connect(message)
         else:
             await super().dispatch(message)
 

@@ -33,6 +33,7 @@ from ..events.model_configs import ModelConfig
 from ..stats import stats
 from ..transport.log_reader import Replay
 from . import access
+from .contexts import isolated
 from .limits import ResumeBucket
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ async def send(
         consumer.reset(config.label, pk, "rate_limited")
         return
     try:
-        rows, complete = await _read(config, consumer.user, pk, request)
+        rows, complete = await isolated(_read(config, consumer.user, pk, request))
     except DatabaseError:
         stats.incr("snapshot_errors")
         logger.warning("broadcast_app could not read a snapshot of %s", config.label)

@@ -1,0 +1,219 @@
+"""broadcast_app.web.endpoint and session_auth: the websocket endpoint of
+``websocket_application()`` checks Origin and path, reads the session cookie as
+channels' AuthMiddlewareStack would, and keeps neither the session nor a copy of the
+scope (docs/scaling.md). Real sessions from the test client, the listener on the test
+Redis; a session store that is down is a Redis cache on a port nothing listens on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from asgiref.compatibility import is_double_callable
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Permission, User
+from django.contrib.sessions.backends.db import SessionStore
+from django.test import Client, override_settings
+
+from broadcast_app.instance.hub import hub
+from broadcast_app.routing import websocket_application
+from broadcast_app.web.access import revalidator
+from broadcast_app.web.endpoint import BroadcastEndpoint
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 5
+PRODUCT = "testapp.product"
+ORIGIN = (b"origin", b"http://testserver")
+
+
+def viewer(username: str = "viewer") -> tuple[User, str]:
+    """A user with testapp.view_product, logged in: the user and its session key."""
+    user = User.objects.create_user(username, password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="view_product"))
+    client = Client()
+    assert client.login(username=username, password="pw")
+    return user, client.cookies["sessionid"].value
+
+
+def socket(
+    cookie: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    path: str = "/ws/broadcast/",
+) -> WebsocketCommunicator:
+    if headers is None:
+        headers = [ORIGIN]
+        if cookie is not None:
+            headers.append((b"cookie", f"csrftoken=x; sessionid={cookie}".encode()))
+    return WebsocketCommunicator(websocket_application(), path, headers=headers)
+
+
+async def subscribe(ws: WebsocketCommunicator) -> dict[str, Any]:
+    await ws.send_json_to({"type": "subscribe", "model": PRODUCT, "ref": "r"})
+    reply: dict[str, Any] = await ws.receive_json_from(TIMEOUT)
+    return reply
+
+
+def the_connection() -> Any:
+    (consumer,) = hub._subs[PRODUCT][None]
+    return consumer
+
+
+@pytest_asyncio.fixture
+async def listening(running_listener: Any) -> AsyncIterator[None]:
+    yield
+    await revalidator.stop()
+
+
+@pytest.mark.usefixtures("listening")
+@pytest.mark.asyncio
+async def test_the_session_cookies_user_subscribes_and_only_user_and_key_are_kept() -> None:
+    user, key = await database_sync_to_async(viewer)()
+    ws = socket(key)
+    assert (await ws.connect(TIMEOUT))[0]
+    try:
+        assert (await subscribe(ws))["type"] == "subscribed"
+        connection = the_connection()
+        assert (connection.user.pk, connection.session_key) == (user.pk, key)
+        # The server's scope as it was: no session, cookies or user copied into it.
+        assert connection.scope is ws.scope
+        assert not {"session", "cookies", "user"} & set(connection.scope)
+    finally:
+        await ws.disconnect()
+
+
+@pytest.mark.usefixtures("listening")
+@pytest.mark.parametrize("cookie", [None, "", "no-such-session-key", "x" * 5000])
+@pytest.mark.asyncio
+async def test_without_a_valid_session_the_socket_is_anonymous(cookie: str | None) -> None:
+    ws = socket(cookie)
+    assert (await ws.connect(TIMEOUT))[0]
+    try:
+        reply = await subscribe(ws)
+        assert (reply["type"], reply["code"]) == ("error", "forbidden")
+    finally:
+        await ws.disconnect()
+
+
+@pytest.mark.usefixtures("listening")
+@pytest.mark.asyncio
+async def test_a_session_whose_password_changed_is_anonymous() -> None:
+    user, key = await database_sync_to_async(viewer)()
+
+    def change_password() -> None:
+        user.set_password("other")
+        user.save()
+
+    await database_sync_to_async(change_password)()
+    ws = socket(key)
+    assert (await ws.connect(TIMEOUT))[0]
+    try:
+        assert (await subscribe(ws))["code"] == "forbidden"
+        # Nor was the session flushed, as django.contrib.auth.get_user would.
+        assert await database_sync_to_async(SessionStore(key).exists)(key)
+    finally:
+        await ws.disconnect()
+
+
+@pytest.mark.usefixtures("listening")
+@override_settings(BROADCAST_REVALIDATE_INTERVAL=0.2)
+@pytest.mark.asyncio
+async def test_a_flushed_session_closes_an_endpoint_socket_with_4003() -> None:
+    _user, key = await database_sync_to_async(viewer)()
+    ws = socket(key)
+    assert (await ws.connect(TIMEOUT))[0]
+    assert (await subscribe(ws))["type"] == "subscribed"
+    await database_sync_to_async(SessionStore(key).delete)()  # what logout does
+    assert await ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4003}
+    await ws.disconnect(code=4003)  # (the client answers the close)
+
+
+@pytest.mark.parametrize(
+    ("headers", "path"),
+    [
+        ([], "/ws/broadcast/"),  # no Origin
+        ([(b"origin", b"http://evil.example")], "/ws/broadcast/"),
+        ([(b"origin", b"\xff\xfe")], "/ws/broadcast/"),
+        ([(b"origin", b"http://[::1")], "/ws/broadcast/"),  # urlparse raises
+        ([ORIGIN], "/ws/other/"),
+        ([ORIGIN], "/ws/broadcast/extra/"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_foreign_origin_or_another_path_is_refused(
+    headers: list[tuple[bytes, bytes]], path: str
+) -> None:
+    ws = socket(headers=headers, path=path)
+    connected, _code = await ws.connect(TIMEOUT)
+    assert not connected
+
+
+@pytest.mark.usefixtures("listening")
+@pytest.mark.asyncio
+async def test_the_path_is_read_under_the_root_path() -> None:
+    ws = socket(path="/app/ws/broadcast/")
+    ws.scope["root_path"] = "/app"
+    assert (await ws.connect(TIMEOUT))[0]
+    await ws.disconnect()
+    outside = socket(path="/ws/broadcast/")
+    outside.scope["root_path"] = "/app"
+    assert not (await outside.connect(TIMEOUT))[0]
+
+
+@pytest.mark.asyncio
+async def test_only_websockets_are_served() -> None:
+    with pytest.raises(ValueError, match="serves websockets, not 'http'"):
+        await BroadcastEndpoint()({"type": "http"}, None, None)
+
+
+def test_servers_see_an_asgi3_application() -> None:
+    # What uvicorn and asgiref (daphne, channels' testing) tell ASGI 3 by.
+    assert asyncio.iscoroutinefunction(BroadcastEndpoint().__call__)
+    assert not is_double_callable(BroadcastEndpoint())
+
+
+@pytest.mark.usefixtures("listening")
+@pytest.mark.asyncio
+async def test_a_user_an_outer_middleware_put_in_the_scope_is_kept() -> None:
+    user, _key = await database_sync_to_async(viewer)()
+    ws = socket()
+    ws.scope["user"] = await database_sync_to_async(User.objects.get)(pk=user.pk)
+    assert (await ws.connect(TIMEOUT))[0]
+    try:
+        assert (await subscribe(ws))["type"] == "subscribed"
+        assert (the_connection().user.pk, the_connection().session_key) == (user.pk, None)
+    finally:
+        await ws.disconnect()
+
+
+UNREACHABLE = "tests.testapp.auth_backends.UnreachableBackend"
+
+
+def logged_in_through_unreachable() -> str:
+    user = User.objects.create_user("remote", password="pw")
+    client = Client()
+    client.force_login(user, backend=UNREACHABLE)
+    return client.cookies["sessionid"].value
+
+
+@pytest.mark.usefixtures("listening")
+@pytest.mark.asyncio
+@override_settings(
+    AUTHENTICATION_BACKENDS=["django.contrib.auth.backends.ModelBackend", UNREACHABLE]
+)
+async def test_a_backend_that_fails_refuses_the_handshake_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = await database_sync_to_async(logged_in_through_unreachable)()
+    with caplog.at_level(logging.WARNING, logger="broadcast_app"):
+        ws = socket(key)
+        assert not (await ws.connect(TIMEOUT))[0]
+    (record,) = [r for r in caplog.records if "could not authenticate" in r.getMessage()]
+    assert "directory unreachable" in record.getMessage()
+    assert record.levelno == logging.WARNING and record.exc_info is None
