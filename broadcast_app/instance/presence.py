@@ -7,7 +7,9 @@ object's hash slot (the keys' tag is ``{<label>:<pk>}``):
 - ``<prefix>:presence:d:<label>:<pk>``, a sorted set: connection id → deadline (Redis
   time, milliseconds);
 - ``<prefix>:presence:m:<label>:<pk>``, a hash: connection id → ``<since>|<at>|<JSON of
-  the user's public fields and the state>``.
+  the user's public fields and the state>`` (``since`` in milliseconds, ``at``, the
+  last join or update, in microseconds: a user's state is that of its latest, and two
+  tabs' updates often come within one millisecond).
 
 A connection id is ``<process token>/<n>|<user key>``: the user's key is in it, so the
 join script can count distinct users without decoding anything. The instance that holds
@@ -42,7 +44,8 @@ from ..transport.redis_clients import make_async_client
 from ..transport.routes import layer_config, route
 from ..upstream.channels_redis import decode_hosts
 
-# Removes the entries whose deadline passed; then ``now`` is Redis time in ms.
+# Removes the entries whose deadline passed; then ``now`` is Redis time in ms, and
+# ``now_us`` in microseconds, as a string (a Lua number would print it rounded).
 _PRUNE = """
 local function prune(now)
   local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -55,6 +58,7 @@ local function prune(now)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
 """
 
 # KEYS: deadlines, data. ARGV: connection, user key, payload, ttl ms, most users (0: no
@@ -80,7 +84,7 @@ end
 local since = now
 if old then since = tonumber(string.match(old, '^(%d+)|')) or now end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], since .. '|' .. now .. '|' .. ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], since .. '|' .. now_us .. '|' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], 2 * ttl)
 redis.call('PEXPIRE', KEYS[2], 2 * ttl)
 redis.call('PUBLISH', ARGV[6], ARGV[7])
