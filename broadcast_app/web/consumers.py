@@ -110,6 +110,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         await runtime.ensure_started()
+        self.subscriptions = set()
+        #: what subscriptions' replays, resets and snapshots covered (see floors.py)
+        self.floors = Floors()
+        self.closing = False
         if self.origin_checked and "user" not in self.scope:
             try:
                 self.session_key, self.user = await session_auth.authenticate(self.scope)
@@ -127,10 +131,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.socket_id = bind(self.session_key, (query.get("socket_id") or [None])[0])
         self.checked_at = access.now()  # the handshake read the user (see access.py)
-        self.subscriptions = set()
-        #: what subscriptions' replays, resets and snapshots covered (see floors.py)
-        self.floors = Floors()
-        self.closing = False
         self.frames = FrameBucket()
         await self.accept()
         # Straight to the server's send: AsyncWebsocketConsumer.send only builds the

@@ -157,6 +157,7 @@ async def test_a_foreign_origin_or_another_path_is_refused(
     ws = socket(headers=headers, path=path)
     connected, _code = await ws.connect(TIMEOUT)
     assert not connected
+    await ws.wait(TIMEOUT)  # and the application ended without an exception
 
 
 @pytest.mark.usefixtures("listening")
@@ -219,6 +220,7 @@ async def test_a_backend_that_fails_refuses_the_handshake_without_a_traceback(
     with caplog.at_level(logging.WARNING, logger="broadcast_app"):
         ws = socket(key)
         assert not (await ws.connect(TIMEOUT))[0]
+        await ws.wait(TIMEOUT)  # and the application ended without an exception
     (record,) = [r for r in caplog.records if "could not authenticate" in r.getMessage()]
     assert "directory unreachable" in record.getMessage()
     assert record.levelno == logging.WARNING and record.exc_info is None
