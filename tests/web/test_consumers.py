@@ -387,6 +387,13 @@ async def test_a_replay_longer_than_the_send_queue_is_a_reset(
     assert created["op"] == "created", created
     await ws.send_json_to({"type": "unsubscribe", "model": "testapp.product"})
     assert await ask(ws, {"type": "ping"}) == {"type": "pong"}  # handled in order
+    # Another subscriber, to know when the instance has handled the events: until then,
+    # the subscription below would hold them live while it reads the log, and more of
+    # them than the queue holds are a reset of another reason ("overflow").
+    witness = await connect(await database_sync_to_async(User.objects.get)(username="viewer"))
+    assert (await ask(witness, {"type": "subscribe", "model": "testapp.product"}))[
+        "type"
+    ] == "subscribed"
 
     def saves(count: int) -> None:
         for stock in range(count):
@@ -395,6 +402,11 @@ async def test_a_replay_longer_than_the_send_queue_is_a_reset(
 
     await database_sync_to_async(saves)(6)
     assert await asyncio.to_thread(publisher.flush, 5)
+    try:
+        seen = [await witness.receive_json_from(timeout=TIMEOUT) for _ in range(6)]
+        assert [frame["data"]["stock"] for frame in seen] == list(range(100, 106))
+    finally:
+        await witness.disconnect()
     reply = await ask(
         ws, {"type": "subscribe", "model": "testapp.product", "since": created["id"]}
     )
