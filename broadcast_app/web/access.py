@@ -58,7 +58,7 @@ from ..events.model_configs import ModelConfig, NotRegistered, all_configs, get_
 from ..instance import cache
 from ..instance.runtime import runtime
 from ..stats import stats
-from .contexts import isolated
+from .contexts import in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -325,12 +325,12 @@ async def authorize(connection: Watched, config: ModelConfig, pk: str | None) ->
         return
     perm = config.view_permission
     if perm not in connection.permissions:
-        allowed = await isolated(_has_perm(connection.user, perm))
+        allowed = await _has_perm(connection.user, perm)
         connection.permissions = {**connection.permissions, perm: allowed}
     if not connection.permissions[perm]:
         raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
     if pk is not None and config.object_check is not None and not isinstance(pk, Where):
-        data = await isolated(database_sync_to_async(cache.get)(config.model, pk))
+        data = await in_worker(cache.get)(config.model, pk)
         if data is None or not allows(config, connection.user, data):
             raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
     if config.label in connection.forbidden:
@@ -352,7 +352,7 @@ def _ask(user: Any, perm: str) -> bool:
     return bool(copy.copy(user).has_perm(perm))
 
 
-_has_perm = database_sync_to_async(_ask)
+_has_perm = in_worker(_ask)
 
 
 async def refresh(connection: Watched) -> None:

@@ -17,7 +17,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
-from channels.db import database_sync_to_async
 from redis.exceptions import RedisError
 
 from ..conf import conf
@@ -27,7 +26,7 @@ from ..instance import presence
 from ..instance.presence_local import Joined, local
 from ..stats import stats
 from . import access
-from .contexts import isolated
+from .contexts import in_worker
 from .limits import JoinBucket
 from .targets import target
 
@@ -84,7 +83,7 @@ async def on_join(consumer: Any, message: dict[str, Any]) -> None:
         raise ProtocolError(
             "bad_request", f"Subscribe to {config.label} {pk} before joining its presence."
         )
-    fields = await isolated(database_sync_to_async(presence.user_fields)(consumer.user))
+    fields = await in_worker(presence.user_fields)(consumer.user)
     payload = json.dumps({"user": fields}, separators=(",", ":"))[:-1] + f',"state":{state}}}'
     user_key = str(consumer.user.pk)
     joined = local.entry(consumer, key)

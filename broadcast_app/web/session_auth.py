@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
 from . import access
-from .contexts import isolated
+from .contexts import in_worker
 
 
 def session_cookie(scope: dict[str, Any]) -> str | None:
@@ -40,10 +39,10 @@ def _authenticate(cookie: str | None) -> tuple[str | None, Any]:
     return key or None, AnonymousUser() if user is None else user
 
 
-_authenticate_in_thread = database_sync_to_async(_authenticate, thread_sensitive=False)
+_authenticate_in_thread = in_worker(_authenticate, thread_sensitive=False)
 
 
 async def authenticate(scope: dict[str, Any]) -> tuple[str | None, Any]:
     """The session key (None unless that session exists) and its user (AnonymousUser
     unless logged in and still valid) of a websocket's handshake."""
-    return await isolated(_authenticate_in_thread(session_cookie(scope)))
+    return await _authenticate_in_thread(session_cookie(scope))

@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from ..conf import conf
@@ -33,7 +32,7 @@ from ..events.model_configs import ModelConfig
 from ..stats import stats
 from ..transport.log_reader import Replay
 from . import access
-from .contexts import isolated
+from .contexts import in_worker
 from .limits import ResumeBucket
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ async def send(
         consumer.reset(config.label, pk, "rate_limited")
         return
     try:
-        rows, complete = await isolated(_read(config, consumer.user, pk, request))
+        rows, complete = await _read(config, consumer.user, pk, request)
     except DatabaseError:
         stats.incr("snapshot_errors")
         logger.warning("broadcast_app could not read a snapshot of %s", config.label)
@@ -157,4 +156,4 @@ def rows(
     return found, True
 
 
-_read = database_sync_to_async(rows, thread_sensitive=False)
+_read = in_worker(rows, thread_sensitive=False)
