@@ -21,27 +21,19 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.backends.db import SessionStore
-from django.test import Client, override_settings
+from django.test import override_settings
 
 from broadcast_app.routing import websocket_urlpatterns
 from broadcast_app.testing import CapturedEvents
 from broadcast_app.web import access
 from broadcast_app.web.access import revalidator
 from tests.testapp.models import Product
+from tests.web.logins import viewer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 5
 PRODUCT = "testapp.product"
-
-
-def viewer(username: str = "viewer") -> tuple[User, str]:
-    """A user with testapp.view_product, logged in: the user and its session key."""
-    user = User.objects.create_user(username, password="pw")
-    user.user_permissions.add(Permission.objects.get(codename="view_product"))
-    client = Client()
-    assert client.login(username=username, password="pw")
-    return user, client.cookies["sessionid"].value
 
 
 async def open_socket(session_key: str | None, user: Any = None) -> WebsocketCommunicator:

@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client, override_settings
 
@@ -30,21 +30,13 @@ from broadcast_app.instance.hub import hub
 from broadcast_app.routing import websocket_application, websocket_urlpatterns
 from broadcast_app.web.access import revalidator
 from broadcast_app.web.endpoint import BroadcastEndpoint
+from tests.web.logins import viewer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMEOUT = 5
 PRODUCT = "testapp.product"
 ORIGIN = (b"origin", b"http://testserver")
-
-
-def viewer(username: str = "viewer") -> tuple[User, str]:
-    """A user with testapp.view_product, logged in: the user and its session key."""
-    user = User.objects.create_user(username, password="pw")
-    user.user_permissions.add(Permission.objects.get(codename="view_product"))
-    client = Client()
-    assert client.login(username=username, password="pw")
-    return user, client.cookies["sessionid"].value
 
 
 def socket(
