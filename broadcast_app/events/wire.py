@@ -152,6 +152,18 @@ def frame_head(frame: str) -> dict[str, str] | None:
     return {"id": match[1], "model": match[2], "pk": match[3]}
 
 
+def following_ids(first_id: str, count: int) -> list[str]:
+    """The ids of ``count`` events logged by one publish script call, ``first_id`` the
+    first: the script gives the next events the next sequence numbers of its
+    millisecond (see transport/scripts.py). ValueError if ``first_id`` is not such an id."""
+    stream_id, colon, epoch = first_id.partition(":")
+    ms, dash, seq = stream_id.partition("-")
+    if not (colon and dash and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not an event id: {first_id!r}")
+    first = int(seq)
+    return [f"{ms}-{first + n}:{epoch}" for n in range(count)]
+
+
 def id_key(event_id: str) -> tuple[int, int]:
     """Sort key of an event id within one epoch; ids are otherwise opaque.
 

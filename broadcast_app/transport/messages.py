@@ -1,12 +1,13 @@
-"""The events a published message carries: one (``broadcast.event``) or several of one
-model (``broadcast.events``, what one publish script call with several events sends).
+"""The events a published message carries: one (``broadcast.event``, its frame) or
+several of one model (``broadcast.events``, what one publish script call with several
+events sends).
 
 A batch message saves Redis a ``PUBLISH`` per event (and each instance a message read)
-but carries each event's frame as it would travel alone; only ``prev`` is written once,
-for the first event: each next event's ``prev`` is the id of the frame before it, read
-from the frame's start as the script writes it. Readers walk both kinds through
-:func:`events_of`, so an instance understands messages from publishers of either
-version.
+and the script the building of each event's frame: it carries the id before the first
+event, the first event's id and the bodies. The ids of one call follow each other
+(:func:`~broadcast_app.events.wire.following_ids`), so each event's frame and ``prev``
+are rebuilt here exactly as a message of its own would carry them. Readers walk both
+kinds through :func:`events_of`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..events.wire import frame_id
+from ..events.wire import following_ids, frame_from_body
 from .routes import BATCH_TYPE, MESSAGE_TYPE
 
 
@@ -29,9 +30,8 @@ def events_of(message: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
     if message.get("type") == MESSAGE_TYPE:
         yield message["frame"], message.get("prev")
         return
+    bodies: list[str] = message["bodies"]
     prev: str | None = message.get("prev")
-    for frame in message["frames"]:
-        yield frame, prev
-        # (None if the frame does not start as the scripts write it: the next event is
-        # then processed without a gap check, as a first one)
-        prev = frame_id(frame)
+    for event_id, body in zip(following_ids(message["id"], len(bodies)), bodies, strict=True):
+        yield frame_from_body(event_id, body), prev
+        prev = event_id

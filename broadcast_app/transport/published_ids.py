@@ -16,14 +16,8 @@ connection the peer closed without raising), so nothing here waits for an error.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..events.wire import id_key
 from .routes import Route
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class PublishedIds:
@@ -35,13 +29,13 @@ class PublishedIds:
         #: labels of the models found to have lost events, not reset yet
         self.lost: set[str] = set()
 
-    def record(self, routes: list[Route], results: list[Any]) -> None:
+    def record(self, routes: list[Route], results: list[list[str] | None]) -> None:
         """Note what a batch got back: ``results[i]`` is ``[id, previous id]`` for
         ``routes[i]`` (None: not published)."""
         for r, result in zip(routes, results, strict=True):
             if not result:
                 continue
-            event_id, prev = _text(result[0]), _text(result[1])
+            event_id, prev = result
             mine = self._last.get(r.label)
             if mine and prev and _same_epoch(prev, mine) and id_key(prev) < id_key(mine):
                 self.lost.add(r.label)

@@ -114,8 +114,8 @@ class RedisTransport:
                 event_route.group,
                 {
                     "type": MESSAGE_TYPE,
-                    "frame": frame_from_body(_text(result[0]), body),
-                    "prev": _text(result[1]),
+                    "frame": frame_from_body(result[0], body),
+                    "prev": result[1],
                 },
             )
             for (event_route, body, _seen), result in zip(items, results, strict=True)
@@ -256,10 +256,6 @@ class _Client:
         if self._layer is not None:
             self._layer.close()
         self.redis.close()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _in_slot(r: Route, key: str) -> str:

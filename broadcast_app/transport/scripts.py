@@ -1,16 +1,18 @@
 """The Lua scripts that log and publish events in Redis, and how a batch is packed into
 their calls.
 
-Each event is appended to its model's stream (``XADD``: Redis assigns the id) and
-published on the model's channel-layer group in the same atomic step, so ids increase
-in publish order across every publishing process. The consecutive events of one model
-in a batch go through one script call (:data:`BATCH_SCRIPT`): Redis then pays the
-script's start, the meta read and its write once per run instead of once per event,
-which is most of what a script costs beyond the ``XADD`` and ``PUBLISH`` themselves.
-Such a call publishes one message for all its events (``broadcast.events``, see
-:mod:`.messages`): each event keeps its own log entry and id, but Redis pays one
-``PUBLISH`` per call, and each instance reads one message. Outbox events (relayed,
-each with its "already published" mark) go one per call through :data:`PUBLISH_SCRIPT`.
+Each event is appended to its model's stream (``XADD``: Redis assigns the first id of a
+call, the next ones follow it) and published on the model's channel-layer group in the
+same atomic step, so ids increase in publish order across every publishing process.
+The consecutive events of one model in a batch go through one script call
+(:data:`BATCH_SCRIPT`): Redis then pays the script's start, the meta read and its write
+once per run instead of once per event, which is most of what a script costs beyond
+the ``XADD`` and ``PUBLISH`` themselves. Such a call publishes one message for all its
+events (``broadcast.events``, see :mod:`.messages`): each event keeps its own log entry
+and id, but Redis pays one ``PUBLISH`` per call, builds no frame or id per event for
+the message or the reply, and each instance reads one message. Outbox events
+(relayed, each with its "already published" mark) go one per call through
+:data:`PUBLISH_SCRIPT`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..events.wire import following_ids
 from .routes import Route, new_epoch
 
 # Publishes the Lua table `message` on `channel`, in the layer's serializer format (the
@@ -69,11 +72,11 @@ end
 """
 
 # A msgpack string's and array's headers (str8/16/32 as the layer's msgpack reads them,
-# fixstr below 32 bytes; fixarray below 16 entries, array16 up to MAX_PER_CALL), and the
+# fixstr below 32 bytes; fixarray below 16 entries, array16 up to MAX_PER_CALL), the
 # bytes of a `broadcast.event` message up to its frame's header and of a
-# `broadcast.events` message up to its array's. The batch script writes the message's
-# msgpack by hand, joined once: a Lua table handed to cmsgpack costs Redis about half
-# again a plain PUBLISH per event.
+# `broadcast.events` message (a map of four) up to its first id's header. The batch
+# script writes the message's msgpack by hand, joined once: a Lua table handed to
+# cmsgpack costs Redis about half again a plain PUBLISH per event.
 _MSGPACK = """
 local function str_header(n)
   if n < 32 then
@@ -92,20 +95,25 @@ local function array_header(n)
   return '\\220' .. struct.pack('>I2', n)
 end
 local EVENT_HEAD = '\\131\\164type\\175broadcast.event\\165frame'
-local EVENTS_HEAD = '\\131\\164type\\176broadcast.events\\166frames'
+local EVENTS_HEAD = '\\132\\164type\\176broadcast.events\\162id'
 local PREV_KEY = '\\164prev'
+local BODIES_KEY = '\\166bodies'
 local FRAME_START = '{"type":"change","id":"'
 """
 
 # KEYS: the model's stream and its meta hash. ARGV: max length, channel, serializer
 # format, a fresh epoch, max age in ms (0: none), then the bodies of one or more events
 # of that model, in order. The id is "<stream id>:<epoch>"; each entry keeps the id
-# before it ("p"), so readers can tell a complete replay from one with a hole. Returns
-# the id before the first event, then each event's id: {prev1, id1, id2, ...}. The log is
+# before it ("p"), so readers can tell a complete replay from one with a hole. The
+# first event's stream id is Redis's (XADD '*'); the next events take the next sequence
+# numbers of its millisecond (XADD '<ms>-*', always above the stream's last), so a
+# call's ids follow each other and each is known from the first and its place
+# (events/wire.py, following_ids): the script returns the id before the first event and
+# the first id, and builds no per-event id for its reply or its message. The log is
 # trimmed to its max length once per call, after its events (approximately, as XADD's
-# MAXLEN ~ would: whole stream nodes only). One event is published as
-# `broadcast.event`; several as one `broadcast.events` message, their frames in order
-# and the id before the first (each next event's prev is the frame before it).
+# MAXLEN ~ would: whole stream nodes only). One event is published as `broadcast.event`
+# (its frame); several as one `broadcast.events` message: the id before the first, the
+# first id, and the bodies in order, as Redis handed them over.
 BATCH_SCRIPT = (
     _PUBLISH_MESSAGE
     + _READ_META
@@ -117,44 +125,49 @@ local stream, channel, format = KEYS[1], ARGV[2], ARGV[3]
 local epoch, prev, trimmed = read_meta(stream, KEYS[2], ARGV[4])
 local first_prev, count = prev, #ARGV - 5
 local suffix = ':' .. epoch
-local packed = channel ~= '' and format ~= 'json'
-local head_size = #FRAME_START + 2
-local out, n, sid, id = {prev}, 1, nil, nil
--- The msgpack message's pieces, joined once: a frame string built per event would cost
--- Redis as much again as the XADD (Lua makes each string it builds a new object).
-local parts = count == 1 and {EVENT_HEAD} or {EVENTS_HEAD, array_header(count)}
-local frames, at = {}, #parts
-for i = 6, #ARGV do
-  local body = ARGV[i]
-  sid = call('XADD', stream, '*', 'b', body, 'p', prev)
-  id = sid .. suffix
-  if packed then
-    parts[at + 1] = str_header(head_size + #id + #body)
-    parts[at + 2] = FRAME_START
-    parts[at + 3] = id
-    parts[at + 4] = '",'
-    parts[at + 5] = body
-    at = at + 5
-  elseif channel ~= '' then
-    frames[n] = FRAME_START .. id .. '",' .. body
+local sid = call('XADD', stream, '*', 'b', ARGV[6], 'p', prev)
+local first = sid .. suffix
+prev = first
+-- '<ms>-*' (Redis 7.0): Redis picks the next sequence number of that millisecond;
+-- formatting it here measured dearer for Redis (docs/benchmark.md, (k)).
+local next_id = string.match(sid, '^%d+%-') .. '*'
+for i = 7, #ARGV do
+  sid = call('XADD', stream, next_id, 'b', ARGV[i], 'p', prev)
+  prev = sid .. suffix
+end
+if channel ~= '' then
+  if count == 1 then
+    local frame = FRAME_START .. first .. '",' .. ARGV[6]
+    if format == 'json' then
+      publish(channel, format, {type = 'broadcast.event', frame = frame, prev = first_prev})
+    else
+      call('PUBLISH', channel, EVENT_HEAD .. str_header(#frame) .. frame .. PREV_KEY
+        .. str_header(#first_prev) .. first_prev)
+    end
+  elseif format == 'json' then
+    local bodies = {}
+    for i = 6, #ARGV do
+      bodies[i - 5] = ARGV[i]
+    end
+    publish(channel, format,
+      {type = 'broadcast.events', id = first, prev = first_prev, bodies = bodies})
+  else
+    -- The msgpack message's pieces, joined once (Lua makes each string it builds a
+    -- new object: the bodies go in as they are).
+    local parts = {EVENTS_HEAD, str_header(#first), first, PREV_KEY,
+      str_header(#first_prev), first_prev, BODIES_KEY, array_header(count)}
+    local at = #parts
+    for i = 6, #ARGV do
+      parts[at + 1] = str_header(#ARGV[i])
+      parts[at + 2] = ARGV[i]
+      at = at + 2
+    end
+    call('PUBLISH', channel, table.concat(parts))
   end
-  n = n + 1
-  out[n] = id
-  prev = id
 end
-if packed then
-  parts[at + 1] = PREV_KEY
-  parts[at + 2] = str_header(#first_prev)
-  parts[at + 3] = first_prev
-  call('PUBLISH', channel, table.concat(parts))
-elseif count == 1 then
-  publish(channel, format, {type = 'broadcast.event', frame = frames[1], prev = first_prev})
-else
-  publish(channel, format, {type = 'broadcast.events', frames = frames, prev = first_prev})
-end
-redis.call('XTRIM', stream, 'MAXLEN', '~', ARGV[1])
-write_meta(stream, KEYS[2], epoch, id, sid, trimmed, tonumber(ARGV[5]))
-return out
+call('XTRIM', stream, 'MAXLEN', '~', ARGV[1])
+write_meta(stream, KEYS[2], epoch, prev, sid, trimmed, tonumber(ARGV[5]))
+return {first_prev, first}
 """
 )
 
@@ -212,8 +225,28 @@ class Shas:
         self.one = one
 
 
+#: the oldest Redis the scripts run on (``XADD`` with ``<ms>-*``; Valkey reports 7.2+)
+MIN_REDIS = (7, 0)
+
+
+def supported(version: str) -> bool:
+    """Whether a Redis of ``version`` (its ``INFO`` ``redis_version``) runs the scripts."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return True  # a version we cannot read is left to the scripts themselves
+    return found >= MIN_REDIS
+
+
 def load(client: Any) -> Shas:
-    """Load the publish scripts into ``client``'s Redis."""
+    """Load the publish scripts into ``client``'s Redis; a RedisError that says so if
+    that Redis is too old for them (rather than every batch failing on its own)."""
+    version = str(client.info("server").get("redis_version", ""))
+    if not supported(version):
+        from redis.exceptions import RedisError  # (redis-py is imported with the client)
+
+        wanted = ".".join(map(str, MIN_REDIS))
+        raise RedisError(f"broadcast_app needs Redis {wanted} or later; this one is {version}")
     return Shas(client.script_load(BATCH_SCRIPT), client.script_load(PUBLISH_SCRIPT))
 
 
@@ -263,14 +296,20 @@ def pack(
     return Packed(calls, spans, single)
 
 
-def unpack(packed: Packed, replies: Iterable[Any]) -> list[Any]:
-    """Each entry's reply, in the entries' order: ``[id, prev]``, or None for an outbox
+def unpack(packed: Packed, replies: Iterable[Any]) -> list[list[str] | None]:
+    """Each entry's ``[id, prev]`` (text), in the entries' order, or None for an outbox
     event that was already published."""
-    results: list[Any] = [None] * sum(len(span) for span in packed.spans)
+    results: list[list[str] | None] = [None] * sum(len(span) for span in packed.spans)
     for single, reply, span in zip(packed.single, replies, packed.spans, strict=True):
         if single:  # [id, prev], or None: skipped
-            results[span[0]] = reply
+            results[span[0]] = None if reply is None else [_text(value) for value in reply]
             continue
-        for n, index in enumerate(span):  # [prev1, id1, id2, ...]
-            results[index] = [reply[n + 1], reply[n]]
+        prev, first = (_text(value) for value in reply)  # the id before the first, the first
+        for index, event_id in zip(span, following_ids(first, len(span)), strict=True):
+            results[index] = [event_id, prev]
+            prev = event_id
     return results
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

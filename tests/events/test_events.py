@@ -8,11 +8,18 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from uuid import UUID
 
+import pytest
 from django.utils.translation import gettext_lazy
 
 from broadcast_app.capture.registry import get_config
 from broadcast_app.events.change import Change, normalize
-from broadcast_app.events.wire import event_body, frame_from_body, frame_head, iso_time
+from broadcast_app.events.wire import (
+    event_body,
+    following_ids,
+    frame_from_body,
+    frame_head,
+    iso_time,
+)
 from tests.testapp.models import Product
 
 
@@ -80,3 +87,14 @@ def test_the_reused_encoder_encodes_as_djangojsonencoder_does() -> None:
     ]
     for value in values:
         assert _encode(value) == _ENCODER.encode(value)
+
+
+def test_following_ids_are_the_next_sequence_numbers_of_the_first_ids_millisecond() -> None:
+    assert following_ids("1700000000000-9:ep", 3) == [
+        "1700000000000-9:ep",
+        "1700000000000-10:ep",
+        "1700000000000-11:ep",
+    ]
+    for malformed in ("", "1700000000000:ep", "a-1:ep", "1-b:ep", "1-2"):
+        with pytest.raises(ValueError, match="not an event id"):
+            following_ids(malformed, 2)

@@ -45,7 +45,7 @@ def publish_calls(counts: list[int], published: bool = True) -> list[str]:
             packed = pack(entries, shas, 10_000, 0, 60_000)
             assert len(packed.calls) == 1
             results = unpack(packed, [client.execute_command(*packed.calls[0])])
-            ids += [result[0].decode() for result in results]
+            ids += [result[0] for result in results if result]
         return ids
     finally:
         client.close()

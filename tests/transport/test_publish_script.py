@@ -13,10 +13,11 @@ import pytest
 import redis
 from django.db import transaction
 
+from broadcast_app.events.wire import following_ids, frame_from_body
 from broadcast_app.publish import publisher
 from broadcast_app.transport.messages import events_of
 from broadcast_app.transport.routes import route
-from broadcast_app.transport.scripts import MAX_PER_CALL, load, pack, unpack
+from broadcast_app.transport.scripts import MAX_PER_CALL, MIN_REDIS, load, pack, supported, unpack
 from tests.testapp.models import Article, Product
 
 ONCE_TTL_MS = 60_000
@@ -46,7 +47,7 @@ def publish_in_one_call(
     assert pubsub.get_message(timeout=5)  # subscribed
     packed = pack(entries, load(redis_client), 1000, 0, ONCE_TTL_MS)
     results = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
-    return pubsub, [r[0].decode() for r in results]
+    return pubsub, [r[0] for r in results if r]
 
 
 @pytest.mark.django_db
@@ -67,8 +68,8 @@ def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
     for call in packed.calls:
         pipe.execute_command(*call)
     results = unpack(packed, pipe.execute())
-    ids = [r[0].decode() for r in results]
-    prevs = [r[1].decode() for r in results]
+    ids = [r[0] for r in results if r]
+    prevs = [r[1] for r in results if r]
     # Each model's chain: the first from nothing (a new log), each next from the last.
     assert [prevs[0], prevs[2], prevs[3]] == ["", ids[0], ids[2]]
     assert [prevs[1], prevs[4]] == ["", ids[1]]
@@ -87,7 +88,7 @@ def test_a_batch_goes_in_one_call_per_model_and_chains_every_event(
     for index in ([0, 2, 3], [1, 4]):
         mine = [e for m in got for e in events_of(m) if e[0].endswith(f'"n":{index[0]}}}')]
         assert len(mine) == 1
-        message = next(m for m in got if m["frames"][0].endswith(f'"n":{index[0]}}}'))
+        message = next(m for m in got if m["bodies"][0] == body(index[0]))
         assert list(events_of(message)) == [
             ('{"type":"change","id":"' + ids[i] + '",' + body(i), prevs[i]) for i in index
         ]
@@ -169,11 +170,7 @@ def test_the_hand_packed_message_reads_as_msgpack_at_every_string_size(
     entries: list[Any] = [(products, f'"t":"{text}"}}', None)] * 2
     pubsub, ids = publish_in_one_call(redis_client, products, entries)
     assert messages(pubsub, 1) == [
-        {
-            "type": "broadcast.events",
-            "frames": ['{"type":"change","id":"' + ids[n] + f'","t":"{text}"}}' for n in range(2)],
-            "prev": "",
-        }
+        {"type": "broadcast.events", "id": ids[0], "prev": "", "bodies": [entries[0][1]] * 2}
     ]
     pubsub.close()
 
@@ -209,19 +206,48 @@ def test_a_layer_reading_json_gets_the_same_message_as_json(redis_client: redis.
         assert message is not None
         if message["type"] == "message":
             got.append(json.loads(message["data"]))
-    assert got == [
-        {
-            "type": "broadcast.events",
-            "frames": ['{"type":"change","id":"' + ids[n] + '",' + body(0) for n in range(2)],
-            "prev": "",
-        }
-    ]
+    assert got == [{"type": "broadcast.events", "id": ids[0], "prev": "", "bodies": [body(0)] * 2}]
     packed = pack([(products, body(1), None)], load(redis_client), 1000, 0, ONCE_TTL_MS)
     (result,) = unpack(packed, [redis_client.execute_command(*packed.calls[0])])
     message = pubsub.get_message(timeout=5)
-    assert message is not None and json.loads(message["data"]) == {
+    assert result is not None and message is not None
+    assert json.loads(message["data"]) == {
         "type": "broadcast.event",
-        "frame": '{"type":"change","id":"' + result[0].decode() + '",' + body(1),
+        "frame": '{"type":"change","id":"' + result[0] + '",' + body(1),
         "prev": ids[1],
     }
     pubsub.close()
+
+
+@pytest.mark.parametrize("top", ["", "99999999999999-7"])
+def test_a_calls_ids_are_the_logs_and_follow_each_other(
+    redis_client: redis.Redis, top: str
+) -> None:
+    """The script returns only the first id (the reply and the message carry no other):
+    each next one must be the log's, the first's millisecond and the next sequence
+    number, even where the log's last id is ahead of Redis' clock (``top``)."""
+    products = route("testapp.product")
+    redis_client.delete(products.stream, products.meta)
+    if top:
+        redis_client.xadd(products.stream, {"b": "{}", "p": ""}, id=top)
+        redis_client.hset(products.meta, mapping={"epoch": "e", "last": f"{top}:e"})
+    entries: list[Any] = [(products, body(n), None) for n in range(MAX_PER_CALL)]
+    pubsub, ids = publish_in_one_call(redis_client, products, entries)
+    epoch = redis_client.hget(products.meta, "epoch").decode()
+    log = redis_client.xrange(products.stream, min=f"({top}" if top else "-")
+    assert ids == [f"{sid.decode()}:{epoch}" for sid, _ in log]
+    assert ids == following_ids(ids[0], MAX_PER_CALL)
+    if top:
+        assert ids[0] == "99999999999999-8:e"
+    (message,) = messages(pubsub, 1)
+    assert [frame for frame, _ in events_of(message)] == [
+        frame_from_body(ids[n], body(n)) for n in range(MAX_PER_CALL)
+    ]
+    pubsub.close()
+
+
+def test_a_redis_older_than_the_scripts_need_is_named_as_such() -> None:
+    assert supported("7.0.15") and supported("7.2.4") and supported("8.2.1")
+    assert not supported("6.2.14") and not supported("5.0.7")
+    assert supported("unstable")  # unreadable: left to the scripts, which say it themselves
+    assert MIN_REDIS == (7, 0)
