@@ -24,6 +24,7 @@ from broadcast_app.events.wire import split_hidden
 from broadcast_app.testing import capture_events
 from broadcast_app.transport.routes import route
 from tests.e2e_support import BASE_DIR, subprocess_env
+from tests.logged import logged_events
 from tests.testapp.models import Product
 
 SCRIPT = """
@@ -80,12 +81,12 @@ def test_nothing_reaches_redis_from_a_users_test_process_unless_asked(tmp_path: 
         report = json.loads(report_line)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
-            log = client.xrange(route("testapp.product").stream)
+            log = logged_events(client, route("testapp.product"))
         finally:
             client.close()
     # capture_events() saw every event; only the block that asked reached Redis.
     assert report["captured"] == ["CAPTURED", "FORWARDED"]
-    assert [json.loads("{" + split_hidden(fields["b"])[0])["pk"] for _id, fields in log] == ["3"]
+    assert [json.loads("{" + split_hidden(body)[0])["pk"] for _, _, body in log] == ["3"]
     # No publisher thread until a test asked to publish: nothing to wait for at exit.
     assert report["thread_started_before_forward"] is False
     assert exited - float(printed_at) < 1.5

@@ -3,9 +3,11 @@
 Each model's events are kept in ``<prefix>:log:<label>`` (bounded by
 ``BROADCAST_LOG_MAXLEN`` and ``BROADCAST_LOG_MAX_AGE``) with an epoch in
 ``<prefix>:meta:<label>`` that changes when the log is lost (Redis restarted without
-persistence). An event id is ``<stream id>:<epoch>``; every entry records the id before
-it, so a replay is known complete only if its first entry follows the ``since`` asked
-for: all or nothing, never a partial replay.
+persistence). An event id is ``<stream id>:<epoch>``. An entry holds the events of one
+publish script call (:func:`entry_events`): its id is its last event's, the events
+before it have the sequence numbers just below in the same ms, and it records the id
+before its first event, so a replay is known complete only if its first event follows
+the ``since`` asked for: all or nothing, never a partial replay.
 
 A read costs at most what it returns: one script call tells, inside Redis, whether the
 replay is complete and how long it is (counting no further than ``limit``), and only
@@ -24,13 +26,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..conf import conf
-from ..events.wire import frame_from_body, split_hidden
+from ..events.wire import following_ids, frame_from_body, id_key, split_hidden
 from ..stats import stats
 from .redis_clients import make_async_client
 from .routes import route
 
-#: entries read per XRANGE call while replaying: parsing a page is one step of the
-#: event loop, which no other connection's frame can interrupt
+#: entries read per XRANGE call while replaying (each of one to MAX_PER_CALL events):
+#: parsing a page is one step of the event loop, which no other connection's frame can
+#: interrupt
 PAGE_SIZE = 25
 
 # What the publish script writes (``<ms>-<seq>:<epoch>``), in ASCII: anything else is
@@ -38,25 +41,63 @@ PAGE_SIZE = 25
 _SINCE = re.compile(r"([0-9]{1,20}-[0-9]{1,20}):([0-9A-Za-z_-]{1,64})", re.ASCII)
 
 # KEYS: the stream, the meta hash. ARGV: the stream id and epoch of ``since``, how many
-# entries to count at most. Returns the log's epoch and last id ('' when none), how
-# many entries follow ``since`` (up to the count; 0 unless the epoch is the same), and
-# the ``p`` (previous id) of the first of them ('' when none).
+# events to count at most. Returns the log's epoch and last id ('' when none), how many
+# events follow ``since`` (up to the count; 0 unless the epoch is the same), and the id
+# before the first of them ('' when none). It reads entries from the one that may hold
+# ``since`` (ids at or above it), a page at a time, until it has counted enough: each
+# entry's events are its fields but one.
 _HEAD_SCRIPT = """
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'last')
 local epoch, last = meta[1] or '', meta[2] or ''
 if epoch == '' or epoch ~= ARGV[2] or last == ARGV[1] .. ':' .. epoch then
   return {epoch, last, 0, ''}
 end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[3])
-local first = ''
-if #entries > 0 then
-  local fields = entries[1][2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'p' then first = fields[i + 1] end
+local since_ms, since_seq = string.match(ARGV[1], '^(%d+)%-(%d+)$')
+since_ms, since_seq = tonumber(since_ms), tonumber(since_seq)
+local want, count, first, start = tonumber(ARGV[3]), 0, nil, ARGV[1]
+local page, seen = 10, 0
+while count < want do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', page)
+  for _, entry in ipairs(entries) do
+    seen = seen + 1
+    local fields = entry[2]
+    local n = #fields / 2 - 1
+    local ms, seq = string.match(entry[1], '^(%d+)%-(%d+)$')
+    ms, seq = tonumber(ms), tonumber(seq)
+    local after = n
+    if ms == since_ms and seq - n < since_seq then
+      -- `since` is one of this entry's events: the next one follows it
+      after = seq - since_seq
+      if after > 0 and first == nil then
+        first = ARGV[1] .. ':' .. epoch
+      end
+    elseif first == nil then
+      for i = 1, #fields, 2 do
+        if fields[i] == 'p' then first = fields[i + 1] end
+      end
+    end
+    count = count + after
+    if count >= want then break end
   end
+  if #entries < page then break end
+  start = '(' .. entries[#entries][1]
+  -- about as many entries as the events still to count need, at the events per entry
+  -- seen so far (1 to 100: an entry holds up to 100 events, each read into Lua whole)
+  page = math.max(1, math.min(100, math.ceil((want - count) * seen / math.max(count, 1))))
 end
-return {epoch, last, #entries, first}
+return {epoch, last, math.min(count, want), first or ''}
 """
+
+
+def entry_events(entry_id: str, fields: dict[str, str], epoch: str) -> list[tuple[str, str, str]]:
+    """``(id, prev, body)`` of each event a log entry holds, in order (see
+    transport/scripts.py: the id before the first in "p", the bodies in "b", "2", ...)."""
+    count = len(fields) - 1
+    ms, _, seq = entry_id.partition("-")
+    ids = following_ids(f"{ms}-{int(seq) - count + 1}:{epoch}", count)
+    bodies = [fields["b"], *(fields[str(n)] for n in range(2, count + 1))]
+    prevs = [fields["p"], *ids[:-1]]
+    return list(zip(ids, prevs, bodies, strict=True))
 
 
 @dataclass
@@ -182,32 +223,41 @@ class EventLog:
         first = await client.xrange(r.stream, min="-", max="+", count=1)
         if not first or first[0][1].get("p") != "":
             return Replay(False, "too_old", last_id=await self.last_id(label))
-        first_id = f"{first[0][0]}:{epoch}"
+        first_id, _, body = entry_events(first[0][0], first[0][1], epoch)[0]
         rest = await self.read_after(label, first_id)
         if not rest.complete:
             return rest
-        frames = [(first_id, frame_from_body(first_id, first[0][1]["b"])), *rest.frames]
+        frames = [(first_id, frame_from_body(first_id, body)), *rest.frames]
         return Replay(True, frames=frames, last_id=frames[-1][0])
 
     async def _frames(
         self, client: Any, stream: str, since: str, end: str
     ) -> list[tuple[str, str]]:
-        """The entries after ``since`` up to ``end``, a page at a time; [] if they no
-        longer follow each other from ``since`` (trimmed between two calls)."""
-        after, _, epoch = since.partition(":")
+        """The events after ``since`` up to ``end``, a page of entries at a time; [] if
+        they no longer follow each other from ``since`` (trimmed between two calls)."""
+        start, _, epoch = since.partition(":")
+        after = id_key(since)
         frames: list[tuple[str, str]] = []
         previous = since
-        while True:
-            page = await client.xrange(stream, min=f"({after}", max=end, count=PAGE_SIZE)
+        while True:  # from the entry that may hold ``since``
+            page = await client.xrange(stream, min=start, max=end, count=PAGE_SIZE)
             for entry_id, fields in page:
-                if fields.get("p") != previous:
-                    return []
-                previous = f"{entry_id}:{epoch}"
-                # (Without the hidden tail: replays are sent as they are, see events/filters.py.)
-                frames.append((previous, split_hidden(frame_from_body(previous, fields["b"]))[0]))
+                if len(fields) > 2:
+                    # An entry of several events (up to MAX_PER_CALL): parsed in a step
+                    # of its own, so that a page is not one long step.
+                    await asyncio.sleep(0)
+                for event_id, prev, body in entry_events(entry_id, fields, epoch):
+                    if id_key(event_id) <= after:
+                        continue
+                    if prev != previous:
+                        return []
+                    previous = event_id
+                    # (Without the hidden tail: replays are sent as they are, see
+                    # events/filters.py.)
+                    frames.append((event_id, split_hidden(frame_from_body(event_id, body))[0]))
             if len(page) < PAGE_SIZE:
                 return frames
-            after = page[-1][0]
+            start = f"({page[-1][0]}"
 
 
 event_log = EventLog()

@@ -42,32 +42,84 @@ local function publish(channel, format, message)
 end
 """
 
-# Reads the model's meta hash (epoch, last id, when the log was last trimmed by age):
-# the epoch and the id before the next event. A log that is new or was lost starts a
-# fresh epoch (ARGV given), so no client resumes across the loss.
+#: the most events one script call carries (one log entry): bounds the time Redis spends
+#: in one call, during which it serves nobody else
+MAX_PER_CALL = 100
+
+# Reads the model's meta hash: its epoch, the id before the next event ("last"), when
+# the log was last trimmed by age, how many events the epoch has logged ("n") and at
+# which count the newest trim mark was set ("m1n"). A log that is new or was lost starts
+# a fresh epoch (ARGV given), so no client resumes across the loss; its marks go.
 _READ_META = """
 local function read_meta(stream, meta_key, fresh_epoch)
-  local meta = redis.call('HMGET', meta_key, 'epoch', 'last', 'trimmed')
-  local epoch, prev = meta[1], meta[2] or ''
-  if (not epoch) or redis.call('EXISTS', stream) == 0 then
-    epoch, prev = fresh_epoch, ''
+  local meta = redis.call('HMGET', meta_key, 'epoch', 'last', 'trimmed', 'n', 'm1n')
+  local log = {epoch = meta[1], prev = meta[2] or '', trimmed = tonumber(meta[3]) or 0,
+    n = tonumber(meta[4]) or 0, mark_n = tonumber(meta[5]) or 0}
+  if (not log.epoch) or redis.call('EXISTS', stream) == 0 then
+    log.epoch, log.prev, log.n, log.mark_n = fresh_epoch, '', 0, 0
+    redis.call('HDEL', meta_key, 'm0', 'm1', 'm1n')
   end
-  return epoch, prev, tonumber(meta[3]) or 0
+  return log
 end
 """
 
-# Writes the meta hash after the last event of a call, and trims the log by age at most
-# once a second, against that event's time (the stream's clock, which is Redis's): each
-# Redis call a script makes costs it a few microseconds, so it makes as few as it can.
-_WRITE_META = """
-local function write_meta(stream, meta_key, epoch, id, sid, trimmed, max_age)
-  local ms = tonumber(string.match(sid, '^%d+'))
-  if max_age > 0 and ms - trimmed >= 1000 then
-    redis.call('XTRIM', stream, 'MINID', '~', ms - max_age)
-    redis.call('HSET', meta_key, 'epoch', epoch, 'last', id, 'trimmed', ms)
-  else
-    redis.call('HSET', meta_key, 'epoch', epoch, 'last', id)
+# The stream ids of the first and the last of `count` events logged in one entry: by
+# Redis' clock in ms, and above the log's newest id (Redis refuses an id at or below
+# it, which a clock set back would give): the events of an entry are that ms's next
+# sequence numbers. `prev` is the newest event's id ('' for a fresh epoch, whose log may
+# still hold the last one's entries).
+_ENTRY_IDS = """
+local function entry_ids(stream, prev, count)
+  local now = redis.call('TIME')
+  local ms, seq = now[1] * 1000 + math.floor(now[2] / 1000), 0
+  local top = string.match(prev, '^%d+%-%d+')
+  if not top and redis.call('EXISTS', stream) == 1 then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        top = info[i + 1]
+      end
+    end
   end
+  if top then
+    local top_ms, top_seq = string.match(top, '^(%d+)%-(%d+)$')
+    top_ms = tonumber(top_ms)
+    if ms <= top_ms then
+      ms, seq = top_ms, tonumber(top_seq) + 1
+    end
+  end
+  local head = string.format('%d', ms) .. '-'
+  return head .. string.format('%d', seq), head .. string.format('%d', seq + count - 1)
+end
+"""
+
+# Writes the meta hash after an entry of `count` events (`sid` its stream id, `id` the
+# last event's id) and trims the log. By count: every half `maxlen` events the entry
+# just written becomes the newest mark ("m1", its count "m1n"), the one before it "m0",
+# and the log is cut below the mark before that (MINID ~: whole stream nodes only), so
+# it keeps from about `maxlen` to 1.5 `maxlen` events, however many events its entries
+# hold. By age at most once a second, against the entry's time (the stream's clock,
+# which is Redis's). Each Redis call a script makes costs it a few microseconds: the
+# usual call makes one.
+_WRITE_META = """
+local function write_meta(stream, meta_key, log, id, sid, count, maxlen, max_age)
+  local n = log.n + count
+  local ms = tonumber(string.match(sid, '^%d+'))
+  if max_age > 0 and ms - log.trimmed >= 1000 then
+    redis.call('XTRIM', stream, 'MINID', '~', ms - max_age)
+    redis.call('HSET', meta_key, 'trimmed', ms)
+  end
+  if n - log.mark_n >= math.max(1, math.floor(maxlen / 2)) then
+    local marks = redis.call('HMGET', meta_key, 'm0', 'm1')
+    if marks[1] then
+      redis.call('XTRIM', stream, 'MINID', '~', marks[1])
+    end
+    if marks[2] then
+      redis.call('HSET', meta_key, 'm0', marks[2])
+    end
+    redis.call('HSET', meta_key, 'm1', sid, 'm1n', n)
+  end
+  redis.call('HSET', meta_key, 'epoch', log.epoch, 'last', id, 'n', n)
 end
 """
 
@@ -101,40 +153,42 @@ local BODIES_KEY = '\\166bodies'
 local FRAME_START = '{"type":"change","id":"'
 """
 
+# The field names of an entry's bodies after the first ("b"): "2", "3", ...
+_FIELDS = "local FIELDS = {" + ", ".join(f"'{n}'" for n in range(1, MAX_PER_CALL + 1)) + "}\n"
+
 # KEYS: the model's stream and its meta hash. ARGV: max length, channel, serializer
 # format, a fresh epoch, max age in ms (0: none), then the bodies of one or more events
-# of that model, in order. The id is "<stream id>:<epoch>"; each entry keeps the id
-# before it ("p"), so readers can tell a complete replay from one with a hole. The
-# first event's stream id is Redis's (XADD '*'); the next events take the next sequence
-# numbers of its millisecond (XADD '<ms>-*', always above the stream's last), so a
-# call's ids follow each other and each is known from the first and its place
-# (events/wire.py, following_ids): the script returns the id before the first event and
-# the first id, and builds no per-event id for its reply or its message. The log is
-# trimmed to its max length once per call, after its events (approximately, as XADD's
-# MAXLEN ~ would: whole stream nodes only). One event is published as `broadcast.event`
-# (its frame); several as one `broadcast.events` message: the id before the first, the
-# first id, and the bodies in order, as Redis handed them over.
+# of that model, in order. The call logs them as one entry of the stream (one XADD:
+# what an event costs Redis is mostly its entry), whose id is its last event's; its
+# events' stream ids are the consecutive sequence numbers of one ms up to it (see
+# entry_ids), an event's id being "<stream id>:<epoch>". The entry holds the id before
+# its first event ("p") and the bodies, the first as "b", the next as "2", "3", ...
+# (log_reader.py reads it back as events), so readers can tell a complete replay from
+# one with a hole. Returns the id before the first event and the first id: the others
+# follow it (events/wire.py, following_ids). One event is published as
+# `broadcast.event` (its frame); several as one `broadcast.events` message: the id
+# before the first, the first id, and the bodies in order, as Redis handed them over.
 BATCH_SCRIPT = (
     _PUBLISH_MESSAGE
     + _READ_META
+    + _ENTRY_IDS
     + _WRITE_META
     + _MSGPACK
+    + _FIELDS
     + """
 local call = redis.call
 local stream, channel, format = KEYS[1], ARGV[2], ARGV[3]
-local epoch, prev, trimmed = read_meta(stream, KEYS[2], ARGV[4])
-local first_prev, count = prev, #ARGV - 5
-local suffix = ':' .. epoch
-local sid = call('XADD', stream, '*', 'b', ARGV[6], 'p', prev)
-local first = sid .. suffix
-prev = first
--- '<ms>-*' (Redis 7.0): Redis picks the next sequence number of that millisecond;
--- formatting it here measured dearer for Redis (docs/benchmark.md, (k)).
-local next_id = string.match(sid, '^%d+%-') .. '*'
+local log = read_meta(stream, KEYS[2], ARGV[4])
+local first_prev, count = log.prev, #ARGV - 5
+local first_sid, sid = entry_ids(stream, first_prev, count)
+local fields = {'b', ARGV[6], 'p', first_prev}
 for i = 7, #ARGV do
-  sid = call('XADD', stream, next_id, 'b', ARGV[i], 'p', prev)
-  prev = sid .. suffix
+  fields[2 * i - 9] = FIELDS[i - 5]
+  fields[2 * i - 8] = ARGV[i]
 end
+call('XADD', stream, sid, unpack(fields))
+local suffix = ':' .. log.epoch
+local first = first_sid .. suffix
 if channel ~= '' then
   if count == 1 then
     local frame = FRAME_START .. first .. '",' .. ARGV[6]
@@ -153,7 +207,7 @@ if channel ~= '' then
       {type = 'broadcast.events', id = first, prev = first_prev, bodies = bodies})
   else
     -- The msgpack message's pieces, joined once (Lua makes each string it builds a
-    -- new object: the bodies go in as they are).
+    -- new object, hashing every byte of it: the bodies go in as they are).
     local parts = {EVENTS_HEAD, str_header(#first), first, PREV_KEY,
       str_header(#first_prev), first_prev, BODIES_KEY, array_header(count)}
     local at = #parts
@@ -165,8 +219,8 @@ if channel ~= '' then
     call('PUBLISH', channel, table.concat(parts))
   end
 end
-call('XTRIM', stream, 'MAXLEN', '~', ARGV[1])
-write_meta(stream, KEYS[2], epoch, prev, sid, trimmed, tonumber(ARGV[5]))
+write_meta(stream, KEYS[2], log, sid .. suffix, sid, count, tonumber(ARGV[1]),
+  tonumber(ARGV[5]))
 return {first_prev, first}
 """
 )
@@ -186,10 +240,11 @@ PUBLISH_SCRIPT = (
 if redis.call('HEXISTS', KEYS[3], ARGV[7]) == 1 then
   return false
 end
-local epoch, prev, trimmed = read_meta(KEYS[1], KEYS[2], ARGV[5])
-local sid = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'b', ARGV[2], 'p', prev)
-local id = sid .. ':' .. epoch
-write_meta(KEYS[1], KEYS[2], epoch, id, sid, trimmed, tonumber(ARGV[6]))
+local log = read_meta(KEYS[1], KEYS[2], ARGV[5])
+local prev = log.prev
+local sid = redis.call('XADD', KEYS[1], '*', 'b', ARGV[2], 'p', prev)
+local id = sid .. ':' .. log.epoch
+write_meta(KEYS[1], KEYS[2], log, id, sid, 1, tonumber(ARGV[1]), tonumber(ARGV[6]))
 local frame = '{"type":"change","id":"' .. id .. '",' .. ARGV[2]
 publish(ARGV[3], ARGV[4], {type = 'broadcast.event', frame = frame, prev = prev})
 redis.call('HSET', KEYS[3], ARGV[7], '1')
@@ -208,10 +263,6 @@ publish(ARGV[1], ARGV[3], {type = 'broadcast.reset', model = ARGV[2], reason = '
 return 1
 """
 )
-
-#: the most events one script call carries: bounds the time Redis spends in one call,
-#: during which it serves nobody else
-MAX_PER_CALL = 100
 
 #: an event of a run: its route, body and outbox mark (hash key, field) or None
 Entry = tuple[Route, str, "tuple[str, str] | None"]

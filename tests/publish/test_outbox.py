@@ -26,6 +26,7 @@ from broadcast_app.publish.relay import Relay
 from broadcast_app.testing import capture_events
 from broadcast_app.transport.routes import route
 from tests.conftest import Received
+from tests.logged import logged_events
 from tests.publish.test_pipeline import make
 from tests.testapp.models import Product
 
@@ -50,7 +51,7 @@ def relay() -> Iterator[Relay]:
 
 def skus_in_log(client: redis.Redis, label: str = "testapp.product") -> list[str | None]:
     """The ``sku`` of every event in ``label``'s log (None: an event without one)."""
-    bodies = [f[b"b"].decode() for _, f in client.xrange(route(label).stream)]
+    bodies = [body for _, _, body in logged_events(client, route(label))]
     events = [json.loads("{" + split_hidden(body)[0]) for body in bodies]
     return [event.get("data", {}).get("sku") for event in events]
 
@@ -259,7 +260,7 @@ def test_transactions_go_out_in_the_order_they_changed_each_object(
     finally:
         relay.publisher.close()
     assert (outcome.rows, outcome.published) == (3, 3)
-    bodies = [f[b"b"].decode() for _, f in redis_client.xrange(route("testapp.product").stream)]
+    bodies = [body for _, _, body in logged_events(redis_client, route("testapp.product"))]
     x_stocks = [
         data["stock"]
         for data in (json.loads("{" + split_hidden(body)[0])["data"] for body in bodies[-3:])

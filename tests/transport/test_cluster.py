@@ -24,6 +24,7 @@ from broadcast_app.transport.redis_clients import make_async_client
 from broadcast_app.transport.redis_transport import RedisTransport
 from broadcast_app.transport.routes import once_key, route
 from tests.cluster_support import ClusterSetup
+from tests.logged import logged_events
 
 pytestmark = pytest.mark.cluster
 
@@ -94,7 +95,9 @@ def test_a_batch_is_logged_and_spublished_in_each_models_slot(on_cluster: Cluste
         finally:
             transport.close()
             pubsub.close()
-        assert client.xlen(products.stream) == 2 and client.xlen(articles.stream) == 1
+        # One log entry per model's call: the products' two events, the article's one.
+        assert [len(logged_events(client, r)) for r in (products, articles)] == [2, 1]
+        assert client.xlen(products.stream) == 1 and client.xlen(articles.stream) == 1
         last = client.hget(products.meta, "last").decode()
     (mine,) = [m for m in got if m["channel"] == products.channel]
     assert mine["type"] == "broadcast.events"
@@ -215,7 +218,7 @@ def test_publishing_follows_a_failover(cluster_setup: ClusterSetup) -> None:
             transport.close()
         survivor = next(n for n in cluster_setup.nodes if n.process is not None)
         with redis.RedisCluster(host="127.0.0.1", port=survivor.port) as client:
-            assert client.xrange(r.stream)[-1][1][b"b"].decode() == body(1)
+            assert logged_events(client, r)[-1][2] == body(1)
 
 
 @pytest.mark.parametrize(
