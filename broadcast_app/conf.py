@@ -134,7 +134,7 @@ SETTINGS: dict[str, Setting] = {
     "BROADCAST_LOG_MAXLEN": Setting(
         10_000,
         "positive",
-        "Approximate number of events kept per model in the Redis stream that assigns ids.",
+        "Events kept per model in the Redis stream that assigns ids (up to 1.5 times as many).",
     ),
     "BROADCAST_LOG_MAX_AGE": Setting(
         3600,

@@ -1,16 +1,16 @@
 """The Lua scripts that log and publish events in Redis, and how a batch is packed into
 their calls.
 
-Each event is appended to its model's stream (``XADD``: Redis assigns the first id of a
-call, the next ones follow it) and published on the model's channel-layer group in the
-same atomic step, so ids increase in publish order across every publishing process.
-The consecutive events of one model in a batch go through one script call
-(:data:`BATCH_SCRIPT`): Redis then pays the script's start, the meta read and its write
-once per run instead of once per event, which is most of what a script costs beyond
-the ``XADD`` and ``PUBLISH`` themselves. Such a call publishes one message for all its
-events (``broadcast.events``, see :mod:`.messages`): each event keeps its own log entry
-and id, but Redis pays one ``PUBLISH`` per call, builds no frame or id per event for
-the message or the reply, and each instance reads one message. Outbox events
+Events are appended to their model's stream and published on the model's channel-layer
+group in the same atomic step, with ids on Redis' clock, so ids increase in publish
+order across every publishing process. The consecutive events of one model in a batch
+go through one script call (:data:`BATCH_SCRIPT`), which logs them as one stream entry
+(one ``XADD``: what an event cost Redis was mostly its own entry) and publishes them as
+one message (``broadcast.events``, see :mod:`.messages`): Redis pays the script's
+start, the meta read and write, the ``XADD`` and the ``PUBLISH`` once per call, builds
+no frame or id per event, and each instance reads one message. Each event keeps its
+own id: an entry's events have consecutive ones (``events/wire.following_ids``), which
+is how the reader (:mod:`.log_reader`) and the listener tell them apart. Outbox events
 (relayed, each with its "already published" mark) go one per call through
 :data:`PUBLISH_SCRIPT`.
 """

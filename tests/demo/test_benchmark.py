@@ -52,7 +52,7 @@ def test_quick_benchmark_writes_results_with_nothing_lost(tmp_path: Path) -> Non
     assert ceiling["publishers"]["received"] == ceiling["publishers"]["events"] == 4 * 2_000
     assert ceiling["publishers"]["out_of_chain"] == 0
     resume = results["resume"]
-    assert resume["log_entries"] >= 10_000
+    assert resume["log_events"] >= 10_000
     assert resume["idle"]["p50_ms"] > 0
     start, limit = resume["loads"]["start"], resume["loads"]["limit"]
     # From the start of the log: more events than a resume replays, known without

@@ -1,5 +1,6 @@
-"""Several events of one model per script call: each keeps its id, ``prev`` chain, log
-entry and published message exactly as one call per event gave them."""
+"""Several events of one model per script call: one log entry and one message, from
+which each event is read back with its own id, ``prev`` and frame exactly as one call per
+event gave them."""
 
 from __future__ import annotations
 
@@ -250,3 +251,10 @@ def test_a_redis_older_than_the_scripts_need_is_named_as_such() -> None:
     assert not supported("6.2.14") and not supported("5.0.7")
     assert supported("unstable")  # unreadable: left to the scripts, which say it themselves
     assert MIN_REDIS == (7, 0)
+
+
+def test_an_earlier_builds_message_of_whole_frames_reads_as_before() -> None:
+    first = frame_from_body("5-1:e", body(1))
+    second = frame_from_body("5-2:e", body(2))
+    message = {"type": "broadcast.events", "frames": [first, second], "prev": "4-0:e"}
+    assert list(events_of(message)) == [(first, "4-0:e"), (second, "5-1:e")]

@@ -212,7 +212,7 @@ def resume_lines(row: dict[str, Any], target: dict[str, float]) -> list[str]:
         f"(h) victim ping round trip, ms, one every {row['ping_interval'] * 1000:g} ms for "
         f"{row['seconds']:g} s, while "
         f"{row['clients']} clients each send one every {row['interval'] * 1000:g} ms (a "
-        f"{row['log_entries']}-entry log; target: p50 <= {target['p50_ratio']:g} x idle, "
+        f"{row['log_events']}-event log; target: p50 <= {target['p50_ratio']:g} x idle, "
         f"max < {target['max_ms']:g} ms)",
         f"  {'idle':14}  p50 {idle['p50_ms']:6.2f} p99 {idle['p99_ms']:6.2f} "
         f"max {idle['max_ms']:6.2f}",

@@ -1,6 +1,6 @@
 """(h) What resuming clients cost everyone else: a victim's ping under resume load.
 
-The model's log is filled to ``log_entries`` events (a bulk update of as many products),
+The model's log is filled to ``log_events`` events (a bulk update of as many products),
 then a victim connection pings instance B every 50 ms, first with nothing else going
 on, then while ``clients`` connections (another process, ``resume_load``) each send a
 frame every ``resume_interval`` seconds (ten times what their resume allowance lets
@@ -26,6 +26,7 @@ from django.test.utils import override_settings
 
 from broadcast_app.conf import conf
 from broadcast_app.publish import publisher
+from broadcast_app.transport.log_reader import entry_events
 from broadcast_app.transport.routes import route
 
 from ..models import Product
@@ -56,18 +57,21 @@ def fill_log(entries: int) -> None:
 
 
 def resume_points(redis_url: str) -> tuple[int, dict[str, str]]:
-    """The log's length, and the ``since`` of each load: its start, and the furthest
-    back a resume may go (``BROADCAST_RESUME_MAX_EVENTS - 1`` events after it, what the
-    default send queue leaves room for)."""
+    """The events in the log, and the ``since`` of each load: its start, and the
+    furthest back a resume may go (``BROADCAST_RESUME_MAX_EVENTS - 1`` events after it,
+    what the default send queue leaves room for)."""
     r = route(LABEL)
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
         epoch = client.hget(r.meta, "epoch")
-        length = int(client.xlen(r.stream))
-        first_id, first = client.xrange(r.stream, count=1)[0]
-        back = min(conf.BROADCAST_RESUME_MAX_EVENTS, conf.BROADCAST_SEND_QUEUE_SIZE)
-        furthest_id, _ = client.xrevrange(r.stream, count=back)[-1]
-    start = first["p"] or f"{first_id}:{epoch}"
-    return length, {"pings": PINGS_ONLY, "start": start, "limit": f"{furthest_id}:{epoch}"}
+        ids = [
+            event_id
+            for entry_id, fields in client.xrange(r.stream)
+            for event_id, _, _ in entry_events(entry_id, fields, epoch)
+        ]
+        first = client.xrange(r.stream, count=1)[0][1]
+    back = min(conf.BROADCAST_RESUME_MAX_EVENTS, conf.BROADCAST_SEND_QUEUE_SIZE)
+    start = first["p"] or ids[0]
+    return len(ids), {"pings": PINGS_ONLY, "start": start, "limit": ids[-back]}
 
 
 def resume_row(
@@ -88,7 +92,7 @@ def resume_row(
     row: dict[str, Any] = {
         "clients": plan.resume_clients,
         "interval": plan.resume_interval,
-        "log_entries": length,
+        "log_events": length,
         "seconds": seconds,
         "ping_interval": PING_INTERVAL,
         "idle": idle,
