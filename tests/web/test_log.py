@@ -37,6 +37,7 @@ def changes(count: int) -> None:
     """``count`` saves, each published alone (one log entry each: the publisher is never
     busy enough to take two at once)."""
     product, _ = Product.objects.get_or_create(sku="LOG", defaults={"name": "l", "price": 1})
+    assert publisher.flush(TIMEOUT)
     for _ in range(count):
         product.stock += 1
         product.save()
