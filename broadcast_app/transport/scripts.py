@@ -285,7 +285,8 @@ class Shas:
         self.one = one
 
 
-#: the oldest Redis the scripts run on (``XADD`` with ``<ms>-*``; Valkey reports 7.2+)
+#: the oldest Redis the scripts are tested on (they need 6.2's ``XTRIM MINID`` at least;
+#: Valkey reports 7.2 and later)
 MIN_REDIS = (7, 0)
 
 
