@@ -247,7 +247,9 @@ class EventLog:
                     # of its own, so that a page is not one long step.
                     await asyncio.sleep(0)
                 for event_id, prev, body in entry_events(entry_id, fields, epoch):
-                    if id_key(event_id) <= after:
+                    # (Only the entry that holds ``since`` has events at or before it:
+                    # ids increase, so once one frame is in, the rest follow it.)
+                    if not frames and id_key(event_id) <= after:
                         continue
                     if prev != previous:
                         return []
