@@ -330,7 +330,7 @@ async def authorize(connection: Watched, config: ModelConfig, pk: str | None) ->
     if not connection.permissions[perm]:
         raise ProtocolError("forbidden", f"You may not subscribe to {config.label}.")
     if pk is not None and config.object_check is not None and not isinstance(pk, Where):
-        data = await in_worker(cache.get)(config.model, pk)
+        data = await _cached_row(config.model, pk)
         if data is None or not allows(config, connection.user, data):
             raise ProtocolError("forbidden", f"You may not subscribe to {config.label} {pk}.")
     if config.label in connection.forbidden:
@@ -353,6 +353,8 @@ def _ask(user: Any, perm: str) -> bool:
 
 
 _has_perm = in_worker(_ask)
+#: the row an ``object_check`` is asked about, from the cache (else the database)
+_cached_row = in_worker(cache.get)
 
 
 async def refresh(connection: Watched) -> None:

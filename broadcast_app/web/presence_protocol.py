@@ -61,6 +61,10 @@ def _state(message: dict[str, Any]) -> str:
     return text
 
 
+#: what a member list shows of a user, read in a worker thread
+_user_fields = in_worker(presence.user_fields)
+
+
 async def on_join(consumer: Any, message: dict[str, Any]) -> None:
     """``presence.join``: be one of the object's members, with ``state``; again: update it."""
     config, pk = _object(message)
@@ -83,7 +87,7 @@ async def on_join(consumer: Any, message: dict[str, Any]) -> None:
         raise ProtocolError(
             "bad_request", f"Subscribe to {config.label} {pk} before joining its presence."
         )
-    fields = await in_worker(presence.user_fields)(consumer.user)
+    fields = await _user_fields(consumer.user)
     payload = json.dumps({"user": fields}, separators=(",", ":"))[:-1] + f',"state":{state}}}'
     user_key = str(consumer.user.pk)
     joined = local.entry(consumer, key)
